@@ -1,0 +1,1 @@
+"""fedcredit partner ClientApp (Flower)."""

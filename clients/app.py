@@ -1,0 +1,77 @@
+"""The partner's Flower ClientApp: converts Flower records to plain values and calls common/.
+
+A reply carries only an ArrayRecord (the DP update), a MetricRecord (numbers listed in
+`common.partner.TRAIN_METRIC_KEYS` / `EVALUATE_METRIC_KEYS`) and a ConfigRecord `info` with the
+partner's name and, if it refused, the reason. Raw rows never leave this process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.config import PartnerConfig, RunConfig
+from common.partner import PartnerState, evaluate_round, load_data, train_round
+
+log = logging.getLogger(__name__)
+STATE_KEY = "fedcredit-partner-state"
+
+
+def _setup(context: Context, overrides: dict) -> tuple[RunConfig, PartnerConfig]:
+    torch.set_num_threads(1)
+    run = RunConfig.from_flower({**dict(context.run_config), **overrides})
+    partner = PartnerConfig.from_node_config(dict(context.node_config), run)
+    return run, partner
+
+
+def _weights(msg: Message) -> dict:
+    return {k: a.numpy() for k, a in msg.content["arrays"].items()}
+
+
+def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
+    """Train one round under the partner's own DP budget, or refuse with a reason."""
+    run, partner = _setup(context, overrides or {})
+    state = PartnerState.from_dict(dict(context.state.get(STATE_KEY, ConfigRecord())))
+    requested = dict(msg.content.get("config", ConfigRecord()))
+    reply = train_round(partner, run, state, _weights(msg), requested,
+                        int(requested.get("server-round", 0)), load_data(partner, run))
+    context.state[STATE_KEY] = ConfigRecord(state.to_dict())
+    content = RecordDict({
+        "metrics": MetricRecord(reply.metrics),
+        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": reply.refusal}),
+    })
+    if reply.weights is not None:
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> Message:
+    """Evaluate the global model on the partner's own test split."""
+    run, partner = _setup(context, overrides or {})
+    metrics = evaluate_round(run, _weights(msg), load_data(partner, run))
+    return Message(content=RecordDict({
+        "metrics": MetricRecord(metrics),
+        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": ""}),
+    }), reply_to=msg)
+
+
+def build_client_app(run_config: dict | None = None) -> ClientApp:
+    """A ClientApp; `run_config` (simulation only) overrides the run config Flower passes."""
+    overrides = dict(run_config or {})
+    client_app = ClientApp()
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, overrides)
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, overrides)
+
+    return client_app
+
+
+app = build_client_app()

@@ -1,0 +1,1 @@
+"""fedcredit core: schema, data, model, training, privacy accounting, metrics. No Flower here."""

@@ -1,0 +1,102 @@
+"""Privacy accounting for DP-SGD, in the style of Google's dp_accounting.
+
+What happened (a `SubsampledGaussianEvent`: Poisson sample rate q, noise multiplier σ, steps) is
+kept apart from how it is counted (`rdp_epsilon`, with a named RDP-to-(ε, δ) conversion). The RDP
+of the subsampled Gaussian comes from Opacus' analysis (Mironov et al. 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from opacus.accountants.analysis import rdp as opacus_rdp
+
+# Opacus' default RDP orders, extended for very small and very large budgets.
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1.0 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 128, 256, 512])
+
+ACCOUNTANT_NAME = "rdp (opacus.accountants.analysis.rdp)"
+CONVERSIONS = ("balle2020", "classic")
+"""`balle2020`: Balle et al. 2020 Thm. 21, Opacus 1.6's default; `classic`: Mironov 2017 Prop. 3."""
+
+
+@dataclass(frozen=True)
+class SubsampledGaussianEvent:
+    """`steps` DP-SGD steps with Poisson sampling at rate q and noise multiplier σ."""
+
+    sample_rate: float
+    noise_multiplier: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
+        if self.noise_multiplier < 0.0:
+            raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+def rdp_curve(events: Iterable[SubsampledGaussianEvent],
+              orders: tuple[float, ...] = RDP_ORDERS) -> list[float]:
+    """Total RDP at each order: the sum over all composed events."""
+    total = [0.0] * len(orders)
+    for event in events:
+        if event.steps == 0:
+            continue
+        if event.noise_multiplier == 0.0:
+            return [math.inf] * len(orders)
+        rdp = opacus_rdp.compute_rdp(q=event.sample_rate, noise_multiplier=event.noise_multiplier,
+                                     steps=event.steps, orders=list(orders))
+        total = [t + float(r) for t, r in zip(total, rdp, strict=True)]
+    return total
+
+
+def rdp_epsilon(events: Iterable[SubsampledGaussianEvent], *, delta: float,
+                conversion: str = "balle2020", orders: tuple[float, ...] = RDP_ORDERS) -> float:
+    """ε at `delta` of all `events` composed, via RDP and the named conversion."""
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if conversion not in CONVERSIONS:
+        raise ValueError(f"conversion must be one of {CONVERSIONS}, got {conversion!r}")
+    curve = rdp_curve(events, orders)
+    if all(r == 0.0 for r in curve):
+        return 0.0
+    best = math.inf
+    for order, rdp in zip(orders, curve, strict=True):
+        if math.isinf(rdp):
+            return math.inf
+        if conversion == "classic":
+            eps = rdp + math.log(1.0 / delta) / (order - 1.0)
+        else:
+            eps = (rdp - (math.log(delta) + math.log(order)) / (order - 1.0)
+                   + math.log((order - 1.0) / order))
+        best = min(best, eps)
+    return max(best, 0.0)
+
+
+def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float,
+                               steps: int, conversion: str = "balle2020",
+                               tolerance: float = 1e-3) -> float:
+    """Smallest σ (within `tolerance`) so that `steps` steps at rate q spend <= target ε."""
+    if target_epsilon <= 0:
+        raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+    def spent(sigma: float) -> float:
+        return rdp_epsilon([SubsampledGaussianEvent(sample_rate, sigma, steps)],
+                           delta=delta, conversion=conversion)
+
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, high * 2.0
+        if high > 1e4:
+            raise ValueError(f"cannot reach epsilon {target_epsilon} with {steps} steps at "
+                             f"sample rate {sample_rate}")
+    while high - low > tolerance:
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if spent(mid) > target_epsilon else (low, mid)
+    return high

@@ -1,0 +1,230 @@
+"""Run configuration: kebab-case Flower config keys parsed once into a validated frozen dataclass.
+
+Run config comes from the coordinator (`[tool.flwr.app.config]` plus `--run-config`
+overrides). It never carries a deployed partner's privacy budget: that lives in the partner's
+node config (see `PartnerConfig`). The `sim-*` keys are read only by simulated partners.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.privacy import check_budget
+from common.scenarios import SCENARIOS, SPLITS
+from common.training import OPTIMIZERS
+
+ConfigValue = bool | int | float | str
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _hidden_layers(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"hidden-layers must be comma-separated integers, got {text!r} "
+                         f"(run config key 'hidden-layers')") from None
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"hidden-layers sizes must be >= 1, got {text!r} "
+                         f"(run config key 'hidden-layers')")
+    return sizes
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every run-level setting; each field `foo_bar` is the kebab-case config key `foo-bar`."""
+
+    num_server_rounds: int = 20
+    local_epochs: float = 3.0
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    lr_schedule: str = "cosine"
+    optimizer: str = "adam"
+    clip_norm: float = 1.0
+    hidden_layers: str = ""
+    min_partners: int = 2
+    seed: int = 0
+    test_fraction: float = 0.25
+    scenario: str = "credit_data"
+    split: str = "natural"
+    dirichlet_alpha: float = 0.5
+    out_dir: str = "runs/latest"
+    schema_path: str = ""
+    personalize_epochs: float = 0.0
+    sim_dp: bool = True
+    sim_epsilon: float = 3.0
+    sim_delta: float = 1e-5
+    sim_budgets: str = ""
+    sim_pooled_eval: bool = True
+
+    def learning_rate_at(self, server_round: int) -> float:
+        """Learning rate of round `server_round` (1-based): constant, or cosine down to 10%."""
+        if self.lr_schedule == "constant":
+            return self.learning_rate
+        progress = (server_round - 1) / max(self.num_server_rounds, 1)
+        return self.learning_rate * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """Hidden layer widths of the MLP (empty: logistic regression)."""
+        return _hidden_layers(self.hidden_layers)
+
+    @classmethod
+    def keys(cls) -> dict[str, str]:
+        """Map of kebab-case config key to field name."""
+        return {f.name.replace("_", "-"): f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_flower(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """Parse a Flower run config; unknown keys and bad values raise, naming the key."""
+        known = cls.keys()
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"unknown run config key(s) {unknown}; known keys: {sorted(known)}")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = known[key]
+            values[name] = _coerce(key, value, types[name])
+        return cls(**values)
+
+    def to_flower(self) -> dict[str, ConfigValue]:
+        """The kebab-case dict form (for Flower's run config and for metadata)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_server_rounds >= 1, "num-server-rounds", "must be >= 1"),
+            (self.local_epochs > 0, "local-epochs", "must be > 0"),
+            (self.batch_size >= 1, "batch-size", "must be >= 1"),
+            (self.learning_rate > 0, "learning-rate", "must be > 0"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}"),
+            (self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {LR_SCHEDULES}"),
+            (self.clip_norm > 0, "clip-norm", "must be > 0"),
+            (self.min_partners >= 1, "min-partners", "must be >= 1"),
+            (0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)"),
+            (self.scenario in SCENARIOS, "scenario", f"must be one of {sorted(SCENARIOS)}"),
+            (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
+            (self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0"),
+            (self.personalize_epochs >= 0, "personalize-epochs", "must be >= 0"),
+            (bool(self.out_dir), "out-dir", "must not be empty"),
+        ]
+        for ok, key, rule in checks:
+            if not ok:
+                value = getattr(self, key.replace("-", "_"))
+                raise ValueError(f"{key} {rule}, got {value!r} (run config key '{key}')")
+        _hidden_layers(self.hidden_layers)
+        if self.sim_dp:
+            check_budget(self.sim_epsilon, self.sim_delta, source="run config",
+                         keys=("sim-epsilon", "sim-delta"))
+        partners = SCENARIOS[self.scenario].partners
+        for name, (eps, delta) in parse_budgets(self.sim_budgets, self.sim_delta).items():
+            if name not in partners:
+                raise ValueError(f"sim-budgets names unknown partner {name!r}; partners of "
+                                 f"scenario {self.scenario!r} are {partners} "
+                                 f"(run config key 'sim-budgets')")
+            check_budget(eps, delta, source="run config",
+                         keys=(f"sim-budgets[{name}]", f"sim-budgets[{name}]"))
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Convert a Flower config value to the field's type, naming the key on failure."""
+    try:
+        if annotation == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                return value.lower() == "true"
+            return bool(value)
+        if isinstance(value, bool):
+            raise ValueError
+        if annotation == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"run config key '{key}' must be {annotation}, got {value!r}") from None
+
+
+def _node_number(node: Mapping[str, Any], key: str) -> float:
+    value = node[key]
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"node config key '{key}' must be a number, got {value!r}") from None
+
+
+def parse_budgets(text: str, default_delta: float) -> dict[str, tuple[float, float]]:
+    """Parse 'lender=1.0,bank=3:1e-6' into {partner: (epsilon, delta)}."""
+    budgets: dict[str, tuple[float, float]] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"sim-budgets entry {item!r} must look like partner=epsilon"
+                             f"[:delta] (run config key 'sim-budgets')")
+        eps_text, _, delta_text = value.partition(":")
+        try:
+            budgets[name.strip()] = (float(eps_text),
+                                     float(delta_text) if delta_text else default_delta)
+        except ValueError:
+            raise ValueError(f"sim-budgets entry {item!r}: epsilon and delta must be numbers "
+                             f"(run config key 'sim-budgets')") from None
+    return budgets
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    """A partner's own settings, from its node config: who it is, its data, its budget.
+
+    In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path` are node config keys
+    the partner's SuperNode sets. In simulation the partner is taken from `partition-id` via
+    the scenario and its budget from the `sim-*` run config keys.
+    """
+
+    partner: str
+    epsilon: float | None
+    delta: float | None
+    data_path: str = ""
+    schema_path: str = ""
+    partition_id: int = -1
+
+    @property
+    def private(self) -> bool:
+        """Whether this partner trains with DP (always, outside simulation)."""
+        return self.epsilon is not None
+
+    @classmethod
+    def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:
+        """Resolve the partner from its node config (deployment) or partition id (simulation)."""
+        if "partner" in node:
+            missing = [k for k in ("epsilon", "delta", "data-path", "schema-path")
+                       if k not in node]
+            if missing:
+                raise ValueError(f"node config of partner {node['partner']!r} lacks {missing}")
+            epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
+            check_budget(epsilon, delta, source="node config")
+            return cls(partner=str(node["partner"]), epsilon=epsilon, delta=delta,
+                       data_path=str(node["data-path"]), schema_path=str(node["schema-path"]))
+        if "partition-id" not in node:
+            raise ValueError("node config has neither 'partner' (deployment) nor "
+                             "'partition-id' (simulation)")
+        partition_id = int(node["partition-id"])
+        partners = SCENARIOS[run.scenario].partners
+        if not 0 <= partition_id < len(partners):
+            raise ValueError(f"partition-id {partition_id} out of range: scenario "
+                             f"{run.scenario!r} has {len(partners)} partners")
+        name = partners[partition_id]
+        if not run.sim_dp:
+            return cls(partner=name, epsilon=None, delta=None, partition_id=partition_id)
+        epsilon, delta = parse_budgets(run.sim_budgets, run.sim_delta).get(
+            name, (run.sim_epsilon, run.sim_delta))
+        return cls(partner=name, epsilon=epsilon, delta=delta, partition_id=partition_id)

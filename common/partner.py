@@ -1,0 +1,175 @@
+"""A partner's side of a federated round, free of Flower: load data, enforce budget, train, reply.
+
+`clients/app.py` only converts Flower records to and from the plain values used here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.accounting import SubsampledGaussianEvent
+from common.config import PartnerConfig, RunConfig
+from common.data import PartnerData, load_partner_csv
+from common.model import build_model, get_weights, set_weights
+from common.privacy import (
+    PrivacyPlan,
+    PrivacyState,
+    authorize_round,
+    calibrate_plan,
+    record_round,
+)
+from common.scenarios import load_scenario_partner
+from common.training import TrainSettings, evaluate, train
+
+log = logging.getLogger(__name__)
+
+# Keys a partner puts in its train reply metrics; the coordinator rejects anything else.
+TRAIN_METRIC_KEYS = ("num-examples", "epsilon-spent", "epsilon-budget", "delta",
+                     "noise-multiplier", "sample-rate", "steps", "rounds-trained", "train-loss",
+                     "refused")
+EVALUATE_METRIC_KEYS = ("num-examples", "auc", "ks", "gini", "brier", "pr-auc", "log-loss")
+# Coordinator round-config keys a partner never lets change its calibrated mechanism.
+IGNORED_MECHANISM_KEYS = ("noise-multiplier", "sample-rate", "batch-size", "max-grad-norm",
+                          "clip-norm")
+
+
+def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
+    """The partner's private train/test splits: its own CSV, or its simulated share."""
+    if partner.data_path:
+        return load_partner_csv(partner.partner, partner.data_path, partner.schema_path,
+                                test_fraction=run.test_fraction, seed=run.seed)
+    return load_scenario_partner(run.scenario, partner.partition_id, split=run.split,
+                                 seed=run.seed, alpha=run.dirichlet_alpha,
+                                 test_fraction=run.test_fraction)
+
+
+def train_settings(run: RunConfig, requested: dict[str, float | int | str | bool]) -> TrainSettings:
+    """Local optimiser settings: run config, with the coordinator's per-round learning rate."""
+    return TrainSettings(epochs=float(requested.get("local-epochs", run.local_epochs)),
+                         batch_size=run.batch_size,
+                         learning_rate=float(requested.get("learning-rate", run.learning_rate)),
+                         optimizer=run.optimizer)
+
+
+@dataclass
+class PartnerState:
+    """What a partner keeps between rounds (persisted by the ClientApp in its Context)."""
+
+    plan: PrivacyPlan | None = None
+    privacy: PrivacyState = field(default_factory=PrivacyState)
+
+    def to_dict(self) -> dict[str, list[float] | list[int] | float | int]:
+        """Flat dict of numbers and number lists (fits a Flower ConfigRecord)."""
+        out: dict[str, list[float] | list[int] | float | int] = {
+            "events-sample-rate": [e.sample_rate for e in self.privacy.events],
+            "events-noise-multiplier": [e.noise_multiplier for e in self.privacy.events],
+            "events-steps": [e.steps for e in self.privacy.events],
+        }
+        if self.plan is not None:
+            out.update({f"plan-{k.replace('_', '-')}": v for k, v in vars(self.plan).items()})
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PartnerState:
+        """Inverse of `to_dict`; an empty dict gives a fresh state."""
+        events = [SubsampledGaussianEvent(float(q), float(s), int(n)) for q, s, n in zip(
+            raw.get("events-sample-rate", []), raw.get("events-noise-multiplier", []),
+            raw.get("events-steps", []), strict=True)]
+        plan = None
+        if "plan-noise-multiplier" in raw:
+            plan = PrivacyPlan(**{name: type(default)(raw[f"plan-{name.replace('_', '-')}"])
+                                  for name, default in _PLAN_FIELD_TYPES.items()})
+        return cls(plan=plan, privacy=PrivacyState(events))
+
+
+_PLAN_FIELD_TYPES = {"epsilon_budget": 0.0, "delta": 0.0, "sample_rate": 0.0,
+                     "noise_multiplier": 0.0, "max_grad_norm": 0.0, "steps_per_round": 0,
+                     "planned_rounds": 0}
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A partner's answer to a train request: new weights (None if refused) and metrics."""
+
+    weights: dict[str, np.ndarray] | None
+    metrics: dict[str, float]
+    refusal: str = ""
+
+
+def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
+                global_weights: dict[str, np.ndarray], requested: dict, server_round: int,
+                data: PartnerData) -> TrainReply:
+    """Train one round on the partner's data under its budget; mutates `state` on success."""
+    for key in IGNORED_MECHANISM_KEYS:
+        if key in requested:
+            log.warning("partner %s ignores coordinator key %r: the privacy mechanism is the "
+                        "partner's own calibrated plan", partner.partner, key)
+    settings = train_settings(run, requested)
+    model = build_model(data.train.features.shape[1], run.hidden, run.seed)
+    set_weights(model, global_weights)
+    seed = _round_seed(run.seed, partner.partner, server_round)
+    metrics: dict[str, float] = {"num-examples": float(len(data.train))}
+    if not partner.private:
+        outcome = train(model, data.train, settings, seed=seed)
+        metrics.update(steps=float(outcome.steps), **{"train-loss": outcome.mean_loss},
+                       refused=0.0)
+        return TrainReply(get_weights(model), metrics)
+
+    assert partner.epsilon is not None and partner.delta is not None
+    if state.plan is None:
+        state.plan = calibrate_plan(
+            epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
+            batch_size=run.batch_size, local_epochs=run.local_epochs,
+            planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm)
+        log.info("partner %s calibrated sigma=%.4f for q=%.4f, %d steps/round, %d rounds, "
+                 "budget eps=%g delta=%g", partner.partner, state.plan.noise_multiplier,
+                 state.plan.sample_rate, state.plan.steps_per_round, state.plan.planned_rounds,
+                 partner.epsilon, partner.delta)
+    plan = state.plan
+    decision = authorize_round(plan, state.privacy, requested_epochs=settings.epochs,
+                               num_train_rows=len(data.train))
+    metrics.update(_privacy_metrics(plan, state.privacy))
+    if not decision.allowed:
+        metrics["refused"] = 1.0
+        return TrainReply(None, metrics, decision.reason)
+    outcome = train(model, data.train, settings, seed=seed, dp=decision.dp, steps=decision.steps)
+    weights = get_weights(model)
+    if not all(np.all(np.isfinite(w)) for w in weights.values()):
+        # Spent privacy is still counted: the noisy steps happened.
+        record_round(state.privacy, decision, outcome.steps)
+        metrics.update(_privacy_metrics(plan, state.privacy), refused=1.0)
+        return TrainReply(None, metrics, "local training diverged (non-finite weights)")
+    record_round(state.privacy, decision, outcome.steps)
+    metrics.update(_privacy_metrics(plan, state.privacy), steps=float(outcome.steps),
+                   refused=0.0, **{"train-loss": outcome.mean_loss})
+    return TrainReply(weights, metrics)
+
+
+def _privacy_metrics(plan: PrivacyPlan, privacy: PrivacyState) -> dict[str, float]:
+    return {"epsilon-spent": privacy.epsilon(plan.delta), "epsilon-budget": plan.epsilon_budget,
+            "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
+            "sample-rate": plan.sample_rate, "rounds-trained": float(privacy.rounds_trained)}
+
+
+def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
+                   data: PartnerData) -> dict[str, float]:
+    """Metrics of the global model on the partner's own test split (released unprotected)."""
+    model = build_model(data.test.features.shape[1], run.hidden, run.seed)
+    set_weights(model, global_weights)
+    result = evaluate(model, data.test)
+    metrics = {"num-examples": float(len(data.test))}
+    for name, value in result.items():
+        key = name.replace("_", "-")
+        if key in EVALUATE_METRIC_KEYS and math.isfinite(value):
+            metrics[key] = value
+    return metrics
+
+
+def _round_seed(seed: int, partner: str, server_round: int) -> int:
+    """A per-partner, per-round seed, stable across processes (no Python hash randomisation)."""
+    partner_code = int.from_bytes(partner.encode()[:6].ljust(6, b"\0"), "big")
+    return (seed * 1_000_003 + partner_code * 7919 + server_round) % (2**31 - 1)

@@ -1,0 +1,115 @@
+"""Partner scenarios: which rows of a bundled data set each simulated partner holds.
+
+`natural` splits follow DESIGN.md: credit_data by `Home` (bank = owners, lender = renters and
+private, e-commerce = the rest), lending_club by US census region of `addr_state`. `iid` and
+`dirichlet` are controls that deal the same rows out at random / label-skewed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.data import PartnerData, load_bundled, split_train_test, subset
+from common.schema import RawTable
+
+SPLITS = ("natural", "iid", "dirichlet")
+
+_CREDIT_DATA_HOME = {
+    "lender": {"rent", "priv"},
+    "ecommerce": {"parents", "other", "ignore", ""},
+    "bank": {"owner"},
+}
+_REGIONS = {
+    "west": {"AK", "AZ", "CA", "CO", "HI", "ID", "MT", "NM", "NV", "OR", "UT", "WA", "WY"},
+    "south": {"AL", "AR", "DC", "DE", "FL", "GA", "KY", "LA", "MD", "MS", "NC", "OK", "SC", "TN",
+              "TX", "VA", "WV"},
+    "northeast_midwest": {"CT", "IA", "IL", "IN", "KS", "MA", "ME", "MI", "MN", "MO", "ND", "NE",
+                          "NH", "NJ", "NY", "OH", "PA", "RI", "SD", "VT", "WI"},
+}
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """A bundled data set and how its rows are dealt to partners."""
+
+    name: str
+    dataset: str
+    partition_column: str
+    groups: dict[str, set[str]]
+
+    @property
+    def partners(self) -> list[str]:
+        """Partner names, in partition-id order."""
+        return list(self.groups)
+
+
+SCENARIOS: dict[str, ScenarioSpec] = {
+    "credit_data": ScenarioSpec("credit_data", "credit_data", "Home", _CREDIT_DATA_HOME),
+    "lending_club": ScenarioSpec("lending_club", "lending_club", "addr_state", _REGIONS),
+}
+
+
+def get_scenario(name: str) -> ScenarioSpec:
+    """Look up a scenario by name, with an error listing the valid names."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r} (config key 'scenario'); "
+                         f"choose from {sorted(SCENARIOS)}")
+    return SCENARIOS[name]
+
+
+def partner_rows(table: RawTable, spec: ScenarioSpec, *, split: str, seed: int,
+                 alpha: float, label_column: str, bad_value: str) -> dict[str, np.ndarray]:
+    """Row indices held by each partner under `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (config key 'split'); choose from {SPLITS}")
+    n_partners = len(spec.groups)
+    rng = np.random.default_rng(seed)
+    if split == "natural":
+        values = table.column(spec.partition_column)
+        rows = {p: np.array([i for i, v in enumerate(values) if v in group], dtype=int)
+                for p, group in spec.groups.items()}
+        claimed = sum(len(r) for r in rows.values())
+        if claimed != len(values):
+            raise ValueError(f"scenario {spec.name!r}: {len(values) - claimed} rows match no "
+                             f"partner group of column {spec.partition_column!r}")
+        return rows
+    if split == "iid":
+        assignment = rng.permutation(len(table.rows)) % n_partners
+        return {p: np.flatnonzero(assignment == k) for k, p in enumerate(spec.partners)}
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0 for the dirichlet split, got {alpha} (key 'alpha')")
+    labels = np.array([v == bad_value for v in table.column(label_column)])
+    assignment = np.empty(len(labels), dtype=int)
+    for label in (False, True):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        shares = rng.dirichlet([alpha] * n_partners)
+        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+        for k, part in enumerate(np.split(idx, cuts)):
+            assignment[part] = k
+    return {p: np.flatnonzero(assignment == k) for k, p in enumerate(spec.partners)}
+
+
+def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: float = 0.5,
+                  test_fraction: float = 0.25) -> list[PartnerData]:
+    """Every partner's encoded train/test data for a bundled scenario, in partition-id order."""
+    spec = get_scenario(name)
+    table, schema = load_bundled(spec.dataset)
+    rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
+                        label_column=schema.label, bad_value=schema.bad_value)
+    partners = []
+    for partner, idx in rows.items():
+        train, test = split_train_test(subset(table, idx, partner), schema,
+                                       test_fraction=test_fraction, seed=seed)
+        partners.append(PartnerData(partner=partner, train=train, test=test))
+    return partners
+
+
+def load_scenario_partner(name: str, partition_id: int, **kwargs: object) -> PartnerData:
+    """One partner's data by partition id (what a simulated ClientApp loads)."""
+    partners = load_scenario(name, **kwargs)  # type: ignore[arg-type]
+    if not 0 <= partition_id < len(partners):
+        raise ValueError(f"partition id {partition_id} out of range for scenario {name!r} "
+                         f"with {len(partners)} partners")
+    return partners[partition_id]

@@ -1,0 +1,1 @@
+"""fedcredit coordinator ServerApp (Flower)."""

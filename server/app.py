@@ -1,0 +1,111 @@
+"""The coordinator's Flower ServerApp: validated weighted FedAvg over the partners' DP updates."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from common.data import Split, bundled_path
+from common.model import build_model, set_weights
+from common.outputs import HISTORY_FILE, save_model, write_json
+from common.scenarios import get_scenario, load_scenario
+from common.schema import load_schema
+from common.training import evaluate
+from server.strategy import RoundRecord, TooFewPartners, ValidatingFedAvg
+
+log = logging.getLogger(__name__)
+
+
+def pooled_test_split(run: RunConfig) -> Split:
+    """All partners' test splits pooled (simulation only: a real coordinator has no data)."""
+    partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
+                             alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
+    return Split(np.concatenate([p.test.features for p in partners]),
+                 np.concatenate([p.test.labels for p in partners]))
+
+
+def run_federation(grid: Grid, run: RunConfig,
+                   on_round_end: Callable[[RoundRecord], None] | None = None) -> None:
+    """Run `num-server-rounds` rounds, then save the model, its metadata and the history."""
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    schema = load_schema(run.schema_path or bundled_path(get_scenario(run.scenario).dataset)[1])
+    model = build_model(schema.num_features, run.hidden, run.seed)
+    out_dir = Path(run.out_dir)
+
+    pooled = pooled_test_split(run) if run.sim_pooled_eval else None
+    probe = build_model(schema.num_features, run.hidden, run.seed)
+    strategy = ValidatingFedAvg(min_partners=run.min_partners, on_round_end=on_round_end,
+                                learning_rate_at=run.learning_rate_at)
+    strategy.num_rounds = run.num_server_rounds
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        metrics: dict[str, float] = {}
+        if pooled is not None:
+            set_weights(probe, {k: a.numpy() for k, a in arrays.items()})
+            metrics = {k: v for k, v in evaluate(probe, pooled).items() if np.isfinite(v)}
+        strategy.finish_round(server_round, metrics)
+        return MetricRecord(metrics) if metrics else None
+
+    status, message, final = "completed", "", ArrayRecord(model.state_dict())
+    try:
+        result = strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=run.num_server_rounds,
+            train_config=ConfigRecord({"local-epochs": run.local_epochs,
+                                       "learning-rate": run.learning_rate}),
+            evaluate_fn=end_of_round)
+        final = result.arrays
+    except TooFewPartners as exc:
+        status, message = "stopped", str(exc)
+        final = strategy.latest_arrays or final
+        log.error("run stopped: %s", exc)
+    set_weights(model, {k: a.numpy() for k, a in final.items()})
+    privacy = _last_privacy(strategy)
+    save_model(out_dir, model, {
+        "status": status, "message": message, "schema": schema.name,
+        "schema_sha256": schema.source_hash, "feature_names": schema.feature_names,
+        "hidden_layers": list(run.hidden), "config": run.to_flower(),
+        "rounds_completed": sum(1 for r in strategy.history if r.accepted),
+        "privacy": privacy,
+    })
+    write_json(out_dir / HISTORY_FILE, {
+        "status": status, "message": message, "wall_seconds": time.perf_counter() - started,
+        "rounds": [dataclasses.asdict(r) for r in strategy.history],
+    })
+    log.info("run %s; outputs in %s", status, out_dir)
+
+
+def _last_privacy(strategy: ValidatingFedAvg) -> dict[str, dict[str, float]]:
+    """Each partner's latest reported privacy figures."""
+    latest: dict[str, dict[str, float]] = {}
+    for record in strategy.history:
+        latest.update(record.privacy)
+    return latest
+
+
+def build_server_app(run_config: dict | None = None,
+                     on_round_end: Callable[[RoundRecord], None] | None = None) -> ServerApp:
+    """A ServerApp; `run_config` (simulation only) overrides the run config Flower passes,
+    `on_round_end` is called with each finished round's record (progress display)."""
+    overrides = dict(run_config or {})
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, RunConfig.from_flower({**dict(context.run_config), **overrides}),
+                       on_round_end)
+
+    return server_app
+
+
+app = build_server_app()

@@ -1,0 +1,198 @@
+"""Weighted FedAvg that validates every partner reply before it can touch the global model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+
+log = logging.getLogger(__name__)
+ALLOWED_RECORDS = {"arrays", "metrics", "info"}
+
+
+class TooFewPartners(RuntimeError):
+    """Fewer than `min-partners` usable updates arrived: the run stops cleanly."""
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round, partner by partner."""
+
+    round: int
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    pooled: dict[str, float] = field(default_factory=dict)
+
+
+def _error_summary(msg: Message) -> str:
+    """The last meaningful line of a failed reply's error (tracebacks can be kilobytes)."""
+    lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown error")[:300]
+
+
+def _partner_name(msg: Message) -> str:
+    info = msg.content.config_records.get("info")
+    name = info.get("partner") if info is not None else None
+    return str(name) if name else f"node-{msg.metadata.src_node_id}"
+
+
+def check_train_reply(msg: Message, reference: dict[str, np.ndarray]) -> str:
+    """Why this train reply must not be aggregated ('' if it is fine)."""
+    content = msg.content
+    extra = set(content.keys()) - ALLOWED_RECORDS
+    if extra:
+        return f"unexpected records {sorted(extra)}"
+    metrics = content.metric_records.get("metrics")
+    if metrics is None:
+        return "no 'metrics' record"
+    unknown = set(metrics.keys()) - set(TRAIN_METRIC_KEYS)
+    if unknown:
+        return f"unknown metric keys {sorted(unknown)}"
+    values = {k: v for k, v in metrics.items()}
+    if any(isinstance(v, list) or not math.isfinite(float(v)) for v in values.values()):
+        return "non-finite or list-valued metrics"
+    if not values.get("num-examples", 0) > 0:
+        return "num-examples missing or not positive"
+    arrays = content.array_records.get("arrays")
+    if arrays is None:
+        return "no 'arrays' record"
+    if set(arrays.keys()) != set(reference):
+        return (f"array keys differ from the global model: missing "
+                f"{sorted(set(reference) - set(arrays.keys()))}, unexpected "
+                f"{sorted(set(arrays.keys()) - set(reference))}")
+    for key, ref in reference.items():
+        array = arrays[key].numpy()
+        if array.shape != ref.shape:
+            return f"array {key!r} has shape {array.shape}, expected {ref.shape}"
+        if not np.issubdtype(array.dtype, np.floating):
+            return f"array {key!r} has dtype {array.dtype}, expected floating point"
+        if not np.all(np.isfinite(array)):
+            return f"array {key!r} contains NaN or Inf"
+    return ""
+
+
+class ValidatingFedAvg(FedAvg):
+    """FedAvg weighted by `num-examples`; refused, failed and invalid replies never aggregate."""
+
+    def __init__(self, *, min_partners: int, evaluate_every: int = 1,
+                 learning_rate_at: Callable[[int], float] | None = None,
+                 on_round_end: Callable[[RoundRecord], None] | None = None) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
+                         min_train_nodes=min_partners, min_evaluate_nodes=min_partners,
+                         min_available_nodes=min_partners)
+        self.min_partners = min_partners
+        self.evaluate_every = evaluate_every
+        self.learning_rate_at = learning_rate_at
+        self.on_round_end = on_round_end
+        self.history: list[RoundRecord] = []
+        self.num_rounds = 0
+        self._reference: dict[str, np.ndarray] = {}
+        self.latest_arrays: ArrayRecord | None = None
+
+    def _record(self, server_round: int) -> RoundRecord:
+        if not self.history or self.history[-1].round != server_round:
+            self.history.append(RoundRecord(round=server_round))
+        return self.history[-1]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Remember the global model's shapes and add the round's learning rate."""
+        self._reference = {k: a.numpy() for k, a in arrays.items()}
+        config = ConfigRecord(dict(config))
+        if self.learning_rate_at is not None:
+            config["learning-rate"] = float(self.learning_rate_at(server_round))
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate each reply, aggregate the accepted ones, stop if too few remain."""
+        record = self._record(server_round)
+        accepted = []
+        for msg in replies:
+            if msg.has_error():
+                record.failed[f"node-{msg.metadata.src_node_id}"] = _error_summary(msg)
+                log.warning("round %d: node %d failed: %s", server_round,
+                            msg.metadata.src_node_id, _error_summary(msg))
+                continue
+            name = _partner_name(msg)
+            metrics = msg.content.metric_records.get("metrics")
+            if metrics is not None:
+                record.privacy[name] = {k: float(v) for k, v in metrics.items()
+                                        if k in TRAIN_METRIC_KEYS and not isinstance(v, list)}
+            info = msg.content.config_records.get("info")
+            reason = str(info.get("refusal-reason", "")) if info is not None else ""
+            if reason:
+                record.refused[name] = reason
+                log.warning("round %d: partner %s refused: %s", server_round, name, reason)
+                continue
+            problem = check_train_reply(msg, self._reference)
+            if problem:
+                record.rejected[name] = problem
+                log.warning("round %d: rejected update of %s: %s", server_round, name, problem)
+                continue
+            accepted.append(msg)
+            record.accepted.append(name)
+        if len(accepted) < self.min_partners:
+            raise TooFewPartners(
+                f"round {server_round}: only {len(accepted)} usable update(s) "
+                f"({', '.join(record.accepted) or 'none'}), fewer than min-partners="
+                f"{self.min_partners}; refused: {record.refused or 'none'}; rejected: "
+                f"{record.rejected or 'none'}; failed: {record.failed or 'none'}")
+        # A fixed order makes the floating-point sum, and so the run, reproducible.
+        accepted.sort(key=_partner_name)
+        contents = [msg.content for msg in accepted]
+        arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+        self.latest_arrays = arrays
+        total = sum(float(c["metrics"]["num-examples"]) for c in contents)
+        return arrays, MetricRecord({"num-examples": total, "partners": float(len(contents))})
+
+    def finish_round(self, server_round: int, pooled: dict[str, float]) -> None:
+        """Called once a round is complete (after evaluation): store pooled metrics, notify."""
+        if server_round < 1:
+            return
+        record = self._record(server_round)
+        record.pooled = pooled
+        if self.on_round_end is not None:
+            self.on_round_end(record)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Federated evaluation every `evaluate_every` rounds and at the last round."""
+        if server_round % self.evaluate_every and server_round != self.num_rounds:
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """Keep each partner's own-test metrics; return their example-weighted mean."""
+        record = self._record(server_round)
+        valid = []
+        for msg in replies:
+            if msg.has_error():
+                record.failed[f"node-{msg.metadata.src_node_id}"] = _error_summary(msg)
+                continue
+            metrics = msg.content.metric_records.get("metrics")
+            if metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS):
+                record.rejected[_partner_name(msg)] = "invalid evaluation metrics"
+                continue
+            record.evaluation[_partner_name(msg)] = {k: float(v) for k, v in metrics.items()}
+            valid.append(metrics)
+        if not valid:
+            return None
+        total = sum(float(m["num-examples"]) for m in valid)
+        keys = set.intersection(*(set(m.keys()) for m in valid)) - {"num-examples"}
+        return MetricRecord({k: sum(float(m[k]) * float(m["num-examples"]) for m in valid) / total
+                             for k in sorted(keys)})

@@ -1,0 +1,1 @@
+"""fedcredit simulations: scenarios, baselines, reports, CLI."""

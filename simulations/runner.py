@@ -1,0 +1,163 @@
+"""Simulation driver: the four settings of a scenario on the same splits, with the same code.
+
+- `federated_dp`: Flower Simulation Engine, each partner training with DP-SGD under its budget;
+- `federated`: the same federation without DP (a non-private reference);
+- `local_only`: each partner trains alone on its own data (non-private);
+- `centralized`: one model on all partners' training data pooled (non-private).
+Every setting is evaluated per partner on that partner's test split and pooled over all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config import RunConfig
+from common.data import PartnerData, Split
+from common.metrics import credit_metrics
+from common.model import build_model, set_weights
+from common.outputs import HISTORY_FILE, MODEL_FILE
+from common.scenarios import load_scenario
+from common.training import TrainSettings, predict, train
+
+log = logging.getLogger(__name__)
+SETTINGS = ("federated_dp", "federated", "local_only", "centralized")
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class SettingResult:
+    """Scores of one setting: each partner's own test split scored by that setting's model."""
+
+    scores: dict[str, np.ndarray]
+    history: dict[str, Any] | None = None
+
+    def metrics(self, partners: list[PartnerData]) -> dict[str, Any]:
+        """Per-partner and pooled credit metrics."""
+        per_partner = {p.partner: credit_metrics(p.test.labels, self.scores[p.partner])
+                       for p in partners}
+        labels = np.concatenate([p.test.labels for p in partners])
+        scores = np.concatenate([self.scores[p.partner] for p in partners])
+        return {"pooled": credit_metrics(labels, scores), "partners": per_partner}
+
+
+def train_settings(run: RunConfig) -> TrainSettings:
+    """Optimiser settings shared by every setting, so the comparison is like for like."""
+    return TrainSettings(epochs=run.local_epochs, batch_size=run.batch_size,
+                         learning_rate=run.learning_rate, optimizer=run.optimizer)
+
+
+def run_local_only(run: RunConfig, partners: list[PartnerData]) -> SettingResult:
+    """Each partner trains alone, non-private, for the same total epochs as the federation."""
+    scores = {}
+    for k, partner in enumerate(partners):
+        model = build_model(partner.train.features.shape[1], run.hidden, run.seed)
+        settings = replace(train_settings(run),
+                           epochs=run.local_epochs * run.num_server_rounds)
+        train(model, partner.train, settings, seed=run.seed * 100 + k)
+        scores[partner.partner] = predict(model, partner.test.features)
+    return SettingResult(scores)
+
+
+def run_centralized(run: RunConfig, partners: list[PartnerData]) -> SettingResult:
+    """One non-private model on all training rows pooled (what no partner may legally do)."""
+    pooled = Split(np.concatenate([p.train.features for p in partners]),
+                   np.concatenate([p.train.labels for p in partners]))
+    model = build_model(pooled.features.shape[1], run.hidden, run.seed)
+    settings = replace(train_settings(run), epochs=run.local_epochs * run.num_server_rounds)
+    train(model, pooled, settings, seed=run.seed)
+    return SettingResult({p.partner: predict(model, p.test.features) for p in partners})
+
+
+def run_federation(run: RunConfig, partners: list[PartnerData],
+                   progress: ProgressFn | None = None, label: str = "") -> SettingResult:
+    """Run the Flower ServerApp and ClientApps in the Simulation Engine; score the final model."""
+    from flwr.simulation import run_simulation
+
+    from clients.app import build_client_app
+    from server.app import build_server_app
+
+    def on_round_end(record: Any) -> None:
+        if progress is not None:
+            progress(label, record.round, run.num_server_rounds)
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    config = run.to_flower()
+    run_simulation(
+        server_app=build_server_app(config, on_round_end=on_round_end),
+        client_app=build_client_app(config), num_supernodes=len(partners),
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+    out_dir = Path(run.out_dir)
+    history = json.loads((out_dir / HISTORY_FILE).read_text())
+    if history["status"] != "completed":
+        log.warning("federation %s ended early: %s", label, history["message"])
+    model = build_model(partners[0].train.features.shape[1], run.hidden, run.seed)
+    state = torch.load(out_dir / MODEL_FILE, weights_only=True)
+    set_weights(model, {k: v.numpy() for k, v in state.items()})
+    return SettingResult({p.partner: predict(model, p.test.features) for p in partners}, history)
+
+
+def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Every setting on one scenario; returns metrics, privacy and timing (report.json body)."""
+    started = time.perf_counter()
+    partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
+                             alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
+    out = Path(run.out_dir)
+    timings: dict[str, float] = {}
+    results: dict[str, SettingResult] = {}
+
+    t0 = time.perf_counter()
+    results["federated_dp"] = run_federation(
+        replace(run, sim_dp=True, sim_pooled_eval=True, out_dir=str(out / "federated_dp")),
+        partners, progress, "federated_dp")
+    timings["federated_dp"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results["federated"] = run_federation(
+        replace(run, sim_dp=False, sim_pooled_eval=True, out_dir=str(out / "federated")),
+        partners, progress, "federated")
+    timings["federated"] = time.perf_counter() - t0
+    for name, fn in (("local_only", run_local_only), ("centralized", run_centralized)):
+        t0 = time.perf_counter()
+        results[name] = fn(run, partners)
+        timings[name] = time.perf_counter() - t0
+        if progress is not None:
+            progress(name, 1, 1)
+
+    dp_history = results["federated_dp"].history or {}
+    return {
+        "partners": {p.partner: {"train_rows": len(p.train), "test_rows": len(p.test),
+                                 "train_bad_rate": p.train.bad_rate} for p in partners},
+        "results": {name: results[name].metrics(partners) for name in SETTINGS},
+        "privacy": privacy_summary(run, dp_history),
+        "history": {name: results[name].history for name in ("federated_dp", "federated")},
+        "timing": {"wall_seconds": time.perf_counter() - started,
+                   **{f"{k}_seconds": v for k, v in timings.items()}},
+    }
+
+
+def privacy_summary(run: RunConfig, history: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per partner: ε spent (composed over every round), budget, δ, σ, rounds trained."""
+    summary: dict[str, dict[str, Any]] = {}
+    for record in history.get("rounds", []):
+        for partner, figures in record["privacy"].items():
+            summary[partner] = {
+                "epsilon_spent": figures.get("epsilon-spent"),
+                "epsilon_budget": figures.get("epsilon-budget"),
+                "delta": figures.get("delta"),
+                "noise_multiplier": figures.get("noise-multiplier"),
+                "sample_rate": figures.get("sample-rate"),
+                "rounds_trained": int(figures.get("rounds-trained", 0)),
+                "epsilon_per_round": summary.get(partner, {}).get("epsilon_per_round", [])
+                + [figures.get("epsilon-spent")],
+            }
+    return summary

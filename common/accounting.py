@@ -41,15 +41,23 @@ class SubsampledGaussianEvent:
 
 def rdp_curve(events: Iterable[SubsampledGaussianEvent],
               orders: tuple[float, ...] = RDP_ORDERS) -> list[float]:
-    """Total RDP at each order: the sum over all composed events."""
-    total = [0.0] * len(orders)
+    """Total RDP at each order: the sum over all composed events.
+
+    RDP composes additively and is linear in steps, so events with the same (q, σ) are merged
+    before the (costly) per-order computation.
+    """
+    steps_by_mechanism: dict[tuple[float, float], int] = {}
     for event in events:
         if event.steps == 0:
             continue
         if event.noise_multiplier == 0.0:
             return [math.inf] * len(orders)
-        rdp = opacus_rdp.compute_rdp(q=event.sample_rate, noise_multiplier=event.noise_multiplier,
-                                     steps=event.steps, orders=list(orders))
+        key = (event.sample_rate, event.noise_multiplier)
+        steps_by_mechanism[key] = steps_by_mechanism.get(key, 0) + event.steps
+    total = [0.0] * len(orders)
+    for (sample_rate, noise_multiplier), steps in steps_by_mechanism.items():
+        rdp = opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                                     steps=steps, orders=list(orders))
         total = [t + float(r) for t, r in zip(total, rdp, strict=True)]
     return total
 

@@ -47,6 +47,7 @@ class RunConfig:
     clip_norm: float = 1.0
     hidden_layers: str = ""
     min_partners: int = 2
+    evaluate_every: int = 5
     seed: int = 0
     test_fraction: float = 0.25
     scenario: str = "credit_data"
@@ -106,6 +107,7 @@ class RunConfig:
             (self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {LR_SCHEDULES}"),
             (self.clip_norm > 0, "clip-norm", "must be > 0"),
             (self.min_partners >= 1, "min-partners", "must be >= 1"),
+            (self.evaluate_every >= 1, "evaluate-every", "must be >= 1"),
             (0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)"),
             (self.scenario in SCENARIOS, "scenario", f"must be one of {sorted(SCENARIOS)}"),
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),

@@ -92,24 +92,32 @@ def partner_rows(table: RawTable, spec: ScenarioSpec, *, split: str, seed: int,
 
 
 def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: float = 0.5,
-                  test_fraction: float = 0.25) -> list[PartnerData]:
-    """Every partner's encoded train/test data for a bundled scenario, in partition-id order."""
+                  test_fraction: float = 0.25, only: str | None = None) -> list[PartnerData]:
+    """Every partner's encoded train/test data for a bundled scenario, in partition-id order.
+
+    `only` restricts encoding to one partner (what a simulated ClientApp needs).
+    """
     spec = get_scenario(name)
     table, schema = load_bundled(spec.dataset)
     rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
                         label_column=schema.label, bad_value=schema.bad_value)
     partners = []
     for partner, idx in rows.items():
+        if only is not None and partner != only:
+            continue
         train, test = split_train_test(subset(table, idx, partner), schema,
                                        test_fraction=test_fraction, seed=seed)
         partners.append(PartnerData(partner=partner, train=train, test=test))
     return partners
 
 
-def load_scenario_partner(name: str, partition_id: int, **kwargs: object) -> PartnerData:
+def load_scenario_partner(name: str, partition_id: int, *, split: str = "natural",
+                          seed: int = 0, alpha: float = 0.5,
+                          test_fraction: float = 0.25) -> PartnerData:
     """One partner's data by partition id (what a simulated ClientApp loads)."""
-    partners = load_scenario(name, **kwargs)  # type: ignore[arg-type]
+    partners = get_scenario(name).partners
     if not 0 <= partition_id < len(partners):
         raise ValueError(f"partition id {partition_id} out of range for scenario {name!r} "
                          f"with {len(partners)} partners")
-    return partners[partition_id]
+    return load_scenario(name, split=split, seed=seed, alpha=alpha,
+                         test_fraction=test_fraction, only=partners[partition_id])[0]

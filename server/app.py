@@ -45,6 +45,7 @@ def run_federation(grid: Grid, run: RunConfig,
     pooled = pooled_test_split(run) if run.sim_pooled_eval else None
     probe = build_model(schema.num_features, run.hidden, run.seed)
     strategy = ValidatingFedAvg(min_partners=run.min_partners, on_round_end=on_round_end,
+                                evaluate_every=run.evaluate_every,
                                 learning_rate_at=run.learning_rate_at)
     strategy.num_rounds = run.num_server_rounds
 

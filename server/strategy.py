@@ -99,7 +99,7 @@ class ValidatingFedAvg(FedAvg):
         self.on_round_end = on_round_end
         self.history: list[RoundRecord] = []
         self.num_rounds = 0
-        self._reference: dict[str, np.ndarray] = {}
+        self.current_weights: dict[str, np.ndarray] = {}
         self.latest_arrays: ArrayRecord | None = None
 
     def _record(self, server_round: int) -> RoundRecord:
@@ -110,7 +110,7 @@ class ValidatingFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Remember the global model's shapes and add the round's learning rate."""
-        self._reference = {k: a.numpy() for k, a in arrays.items()}
+        self.current_weights = {k: a.numpy() for k, a in arrays.items()}
         config = ConfigRecord(dict(config))
         if self.learning_rate_at is not None:
             config["learning-rate"] = float(self.learning_rate_at(server_round))
@@ -138,7 +138,7 @@ class ValidatingFedAvg(FedAvg):
                 record.refused[name] = reason
                 log.warning("round %d: partner %s refused: %s", server_round, name, reason)
                 continue
-            problem = check_train_reply(msg, self._reference)
+            problem = check_train_reply(msg, self.current_weights)
             if problem:
                 record.rejected[name] = problem
                 log.warning("round %d: rejected update of %s: %s", server_round, name, problem)

@@ -1,0 +1,124 @@
+"""The coordinator's strategy: invalid, refused and failed replies never reach the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Error, Message, RecordDict
+from flwr.app import MessageType
+
+from common.config import RunConfig
+from server.strategy import TooFewPartners, ValidatingFedAvg, check_train_reply
+from tests.flower_helpers import initial_weights, reply_message, set_task_identity
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> None:
+    set_task_identity()
+
+
+@pytest.fixture()
+def weights() -> dict[str, np.ndarray]:
+    return initial_weights(RunConfig())
+
+
+def _metrics(n: float = 100.0) -> dict[str, float]:
+    return {"num-examples": n, "epsilon-spent": 1.0, "epsilon-budget": 3.0, "delta": 1e-5,
+            "noise-multiplier": 2.0, "sample-rate": 0.05, "steps": 10.0,
+            "rounds-trained": 1.0, "refused": 0.0, "train-loss": 0.5}
+
+
+def _shifted(weights: dict[str, np.ndarray], value: float) -> dict[str, np.ndarray]:
+    return {k: np.full_like(v, value) for k, v in weights.items()}
+
+
+def _strategy(weights: dict[str, np.ndarray], min_partners: int = 1) -> ValidatingFedAvg:
+    strategy = ValidatingFedAvg(min_partners=min_partners)
+    strategy.current_weights = weights
+    return strategy
+
+
+def test_valid_reply_passes(weights) -> None:
+    assert check_train_reply(reply_message("bank", _shifted(weights, 0.1), _metrics()),
+                             weights) == ""
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda w: {**w, "net.0.weight": w["net.0.weight"] * np.nan}, "NaN or Inf"),
+    (lambda w: {**w, "net.0.weight": w["net.0.weight"] + np.inf}, "NaN or Inf"),
+    (lambda w: {**w, "net.0.weight": np.zeros((3, 3), dtype=np.float32)}, "shape"),
+    (lambda w: {k: v for k, v in w.items() if k != "net.0.bias"}, "missing"),
+    (lambda w: {**w, "extra.weight": np.zeros(2, dtype=np.float32)}, "unexpected"),
+    (lambda w: {**w, "net.0.bias": w["net.0.bias"].astype(np.int64)}, "dtype"),
+])
+def test_malformed_update_is_rejected(weights, mutate, expected) -> None:
+    reply = reply_message("bank", mutate(dict(weights)), _metrics())
+    assert expected in check_train_reply(reply, weights)
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [
+    ({**_metrics(), "raw-income-mean": 42.0}, "unknown metric keys"),
+    ({**_metrics(), "num-examples": 0.0}, "num-examples"),
+    ({**_metrics(), "train-loss": float("nan")}, "non-finite"),
+])
+def test_bad_metrics_are_rejected(weights, metrics, expected) -> None:
+    assert expected in check_train_reply(reply_message("bank", weights, metrics), weights)
+
+
+def test_extra_record_is_rejected(weights) -> None:
+    reply = reply_message("bank", weights, _metrics())
+    reply.content["leak"] = reply.content["info"]
+    assert "unexpected records" in check_train_reply(reply, weights)
+
+
+def test_aggregate_uses_only_valid_updates_and_stays_finite(weights) -> None:
+    strategy = _strategy(weights)
+    bad_nan = {k: v * np.nan for k, v in weights.items()}
+    bad_shape = {**weights, "net.0.weight": np.zeros((2, 2), dtype=np.float32)}
+    request = Message(content=RecordDict(), dst_node_id=9, message_type=MessageType.TRAIN)
+    failed = Message(Error(code=0, reason="node crashed"), reply_to=request)
+    replies = [
+        reply_message("lender", _shifted(weights, 1.0), _metrics(100.0), node_id=1),
+        reply_message("bank", _shifted(weights, 4.0), _metrics(300.0), node_id=2),
+        reply_message("ecommerce", bad_nan, _metrics(1000.0), node_id=3),
+        reply_message("mallory", bad_shape, _metrics(1000.0), node_id=4),
+        reply_message("refuser", None, {**_metrics(50.0), "refused": 1.0},
+                      refusal="privacy budget exhausted", node_id=5),
+        failed,
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    for array in arrays.values():
+        values = array.numpy()
+        assert np.all(np.isfinite(values))
+        # weighted by num-examples: (1.0*100 + 4.0*300) / 400
+        np.testing.assert_allclose(values, 3.25, rtol=1e-6)
+    record = strategy.history[-1]
+    assert record.accepted == ["lender", "bank"]
+    assert set(record.rejected) == {"ecommerce", "mallory"}
+    assert "NaN" in record.rejected["ecommerce"] and "shape" in record.rejected["mallory"]
+    assert record.refused == {"refuser": "privacy budget exhausted"}
+    assert list(record.failed.values()) == ["node crashed"]
+    assert metrics["num-examples"] == 400.0
+
+
+def test_too_few_valid_updates_stop_the_run(weights) -> None:
+    strategy = _strategy(weights, min_partners=2)
+    replies = [
+        reply_message("lender", _shifted(weights, 1.0), _metrics(), node_id=1),
+        reply_message("bank", None, {**_metrics(), "refused": 1.0}, refusal="budget",
+                      node_id=2),
+    ]
+    with pytest.raises(TooFewPartners, match="min-partners=2"):
+        strategy.aggregate_train(3, replies)
+    assert strategy.history[-1].refused == {"bank": "budget"}
+
+
+def test_aggregation_does_not_depend_on_reply_order(weights) -> None:
+    replies = [reply_message(name, _shifted(weights, value), _metrics(n), node_id=i)
+               for i, (name, value, n) in enumerate([("a", 0.1, 913.0), ("b", 0.7, 847.0),
+                                                      ("c", 0.3, 1581.0)])]
+    first, _ = _strategy(weights).aggregate_train(1, replies)
+    second, _ = _strategy(weights).aggregate_train(1, list(reversed(replies)))
+    for key in first:
+        assert np.array_equal(first[key].numpy(), second[key].numpy())

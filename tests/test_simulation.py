@@ -1,0 +1,117 @@
+"""End to end on the bundled real data: Flower Simulation Engine, reports, CLI validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from common.config import RunConfig
+from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from common.scenarios import load_scenario
+from server.strategy import ValidatingFedAvg
+from simulations.cli import app
+from simulations.runner import run_federation
+
+pytestmark = pytest.mark.slow
+RUNNER = CliRunner()
+
+
+def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypatch) -> None:
+    seen: list[tuple[str, dict]] = []
+    original_train = ValidatingFedAvg.aggregate_train
+    original_evaluate = ValidatingFedAvg.aggregate_evaluate
+
+    def describe(msg) -> dict:
+        content = msg.content
+        return {"arrays": list(content.array_records), "metrics": list(content.metric_records),
+                "configs": list(content.config_records),
+                "metric_keys": {k for r in content.metric_records.values() for k in r},
+                "config_keys": {k for r in content.config_records.values() for k in r},
+                "other": set(content.keys()) - set(content.array_records)
+                - set(content.metric_records) - set(content.config_records)}
+
+    def spy_train(self, server_round, replies):
+        replies = list(replies)
+        seen.extend(("train", describe(m)) for m in replies)
+        return original_train(self, server_round, replies)
+
+    def spy_evaluate(self, server_round, replies):
+        replies = list(replies)
+        seen.extend(("evaluate", describe(m)) for m in replies)
+        return original_evaluate(self, server_round, replies)
+
+    monkeypatch.setattr(ValidatingFedAvg, "aggregate_train", spy_train)
+    monkeypatch.setattr(ValidatingFedAvg, "aggregate_evaluate", spy_evaluate)
+    run = RunConfig(num_server_rounds=2, evaluate_every=1, out_dir=str(tmp_path / "fed"))
+    partners = load_scenario(run.scenario, seed=run.seed)
+    result = run_federation(run, partners)
+    assert result.history["status"] == "completed"
+    kinds = [kind for kind, _ in seen]
+    assert kinds.count("train") == 6 and kinds.count("evaluate") == 6
+    for kind, described in seen:
+        assert described["other"] == set()
+        assert described["configs"] == ["info"]
+        assert described["config_keys"] == {"partner", "refusal-reason"}
+        assert described["metrics"] == ["metrics"]
+        allowed = TRAIN_METRIC_KEYS if kind == "train" else EVALUATE_METRIC_KEYS
+        assert described["metric_keys"] <= set(allowed)
+        assert described["arrays"] == (["arrays"] if kind == "train" else [])
+
+
+def _simulate(out: Path, *extra: str):
+    return RUNNER.invoke(app, ["simulate", "--rounds", "3", "--seed", "1", "--out", str(out),
+                               *extra])
+
+
+def test_simulate_writes_report_contract_and_is_reproducible(tmp_path: Path) -> None:
+    first = _simulate(tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    for key in ("scenario", "seed", "epsilon", "delta", "rounds"):
+        assert key in report
+    assert (report["scenario"], report["seed"], report["epsilon"], report["rounds"]) == (
+        "credit_data", 1, 3.0, 3)
+    for setting in ("federated_dp", "federated", "local_only", "centralized"):
+        pooled = report["results"][setting]["pooled"]
+        for metric in ("auc", "ks", "gini", "brier"):
+            assert np.isfinite(pooled[metric])
+        assert 0.6 < pooled["auc"] <= 1.0
+        for partner in ("lender", "ecommerce", "bank"):
+            assert {"auc", "ks"} <= set(report["results"][setting]["partners"][partner])
+    for partner in ("lender", "ecommerce", "bank"):
+        privacy = report["privacy"][partner]
+        assert privacy["epsilon_budget"] == 3.0 and privacy["delta"] == 1e-5
+        assert 0 < privacy["epsilon_spent"] <= privacy["epsilon_budget"]
+        assert privacy["noise_multiplier"] > 0 and privacy["rounds_trained"] == 3
+        spent = privacy["epsilon_per_round"]
+        assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
+    assert report["timing"]["wall_seconds"] > 0
+    for name in ("report.md", "pooled_auc_per_round.png", "epsilon_per_round.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+
+    second = _simulate(tmp_path / "b")
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert again["results"] == report["results"]
+    assert again["privacy"] == report["privacy"]
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--epsilon", "0"], "sim-epsilon"),
+    (["--epsilon", "-1"], "sim-epsilon"),
+    (["--delta", "0"], "sim-delta"),
+    (["--delta", "1.5"], "sim-delta"),
+    (["--rounds", "0"], "num-server-rounds"),
+    (["--scenario", "mortgages"], "scenario"),
+    (["--budget", "bnk=1"], "sim-budgets"),
+])
+def test_bad_run_config_fails_before_training_naming_the_key(tmp_path: Path, args, key) -> None:
+    out = tmp_path / "never"
+    result = RUNNER.invoke(app, ["simulate", "--out", str(out), *args])
+    assert result.exit_code != 0
+    assert f"'{key}'" in result.output
+    assert not out.exists()

@@ -125,6 +125,43 @@ def show_summary(report: dict, out: Path) -> None:
                     f"{report['timing']['wall_seconds']:.1f} s")
 
 
+@app.command()
+def bench(
+    scenario: ScenarioOpt = "credit_data",
+    epsilon: EpsilonOpt = 3.0,
+    rounds: RoundsOpt = 20,
+    seed: SeedOpt = 0,
+) -> None:
+    """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory."""
+    from simulations.bench import run_benchmark
+
+    run = build_run_config(scenario=scenario, epsilon=epsilon, delta=1e-5, rounds=rounds,
+                           seed=seed, out=Path("runs/bench"), split="natural", alpha=0.5,
+                           budgets="")
+    console.print(f"benchmarking {scenario}, {rounds} rounds, eps={epsilon} (takes a minute)")
+    figures = run_benchmark(run)
+    table = Table(title="fedcredit benchmark")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    e, s = figures["epoch"], figures["simulation"]
+    rows = [
+        (f"full {rounds}-round 3-partner DP simulation, wall (incl. start-up)",
+         f"{s['wall_seconds']:.1f} s"),
+        ("  start-up until round 1 done", f"{s['startup_to_round1_seconds']:.1f} s"),
+        ("steady-state seconds per round (median)", f"{s['steady_round_seconds']:.3f} s"),
+        ("  of which largest partner's DP compute",
+         f"{e['largest_partner_round_compute_seconds']:.3f} s"),
+        ("  round overhead (round - compute)", f"{s['round_overhead_seconds']:.3f} s"),
+        (f"DP-SGD epoch ({e['partner_rows']} rows)", f"{e['dp_epoch_seconds'] * 1000:.1f} ms"),
+        ("non-private epoch", f"{e['plain_epoch_seconds'] * 1000:.1f} ms"),
+        ("DP / non-private epoch time", f"{e['dp_over_plain']:.2f}x"),
+        ("peak memory, whole process tree (RSS)", f"{s['peak_rss_mib']:.0f} MiB"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
 def main() -> None:
     """Entry point for `python -m simulations.cli`."""
     app()

@@ -91,6 +91,8 @@ def run_federation(run: RunConfig, partners: list[PartnerData],
             progress(label, record.round, run.num_server_rounds)
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     config = run.to_flower()
     run_simulation(
         server_app=build_server_app(config, on_round_end=on_round_end),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Error, Message, RecordDict
-from flwr.app import MessageType
+from flwr.app import Error, Message, MessageType, RecordDict
 
 from common.config import RunConfig
 from server.strategy import TooFewPartners, ValidatingFedAvg, check_train_reply

@@ -55,7 +55,6 @@ class RunConfig:
     dirichlet_alpha: float = 0.5
     out_dir: str = "runs/latest"
     schema_path: str = ""
-    personalize_epochs: float = 0.0
     sim_dp: bool = True
     sim_epsilon: float = 3.0
     sim_delta: float = 1e-5
@@ -112,7 +111,6 @@ class RunConfig:
             (self.scenario in SCENARIOS, "scenario", f"must be one of {sorted(SCENARIOS)}"),
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
             (self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0"),
-            (self.personalize_epochs >= 0, "personalize-epochs", "must be >= 0"),
             (bool(self.out_dir), "out-dir", "must not be empty"),
         ]
         for ok, key, rule in checks:

@@ -88,7 +88,7 @@ def simulate(
     with Progress(TextColumn("{task.description:<14}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                   console=console) as progress:
-        tasks = {name: progress.add_task(name, total=run.num_server_rounds
+        tasks = {name: progress.add_task(name[:14], total=run.num_server_rounds
                                          if name.startswith("federated") else 1)
                  for name in SETTINGS}
 

@@ -17,6 +17,7 @@ SETTING_TITLES = {
     "federated": "Federated (non-private)",
     "local_only": "Local only (non-private)",
     "centralized": "Centralized pooled (non-private)",
+    "federated_dp_personalized": "Federated + DP, personalised",
 }
 AUC_PLOT = "pooled_auc_per_round.png"
 EPSILON_PLOT = "epsilon_per_round.png"
@@ -111,6 +112,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [_fmt(res[s]["partners"][p]["auc"]) for s in SETTING_TITLES]
         lines.append(f"| {p} | {info['train_rows']}/{info['test_rows']} | " + " | ".join(cells)
                      + " |")
+    weights = (report.get("personalization") or {}).get("global_weight", {})
+    if weights:
+        lines += ["", "Personalised: each partner blends the global DP model with a model trained "
+                  "on its own rows only (weight of the global model chosen by 3-fold CV on its "
+                  "own training rows: " + ", ".join(f"{p} {w:g}" for p, w in weights.items())
+                  + "). Neither model leaves the partner; no privacy is spent."]
     lines += ["", "## Privacy spent (federated + DP)", "",
               "| partner | eps spent | eps budget | delta | noise multiplier | sample rate | "
               "rounds trained |", "|---|---|---|---|---|---|---|"]

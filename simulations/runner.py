@@ -3,7 +3,9 @@
 - `federated_dp`: Flower Simulation Engine, each partner training with DP-SGD under its budget;
 - `federated`: the same federation without DP (a non-private reference);
 - `local_only`: each partner trains alone on its own data (non-private);
-- `centralized`: one model on all partners' training data pooled (non-private).
+- `centralized`: one model on all partners' training data pooled (non-private);
+- `federated_dp_personalized`: each partner blends the global DP model with a model of its own
+  (neither leaves the partner, so no privacy is spent; see `common.personalize`).
 Every setting is evaluated per partner on that partner's test split and pooled over all of them.
 """
 
@@ -26,11 +28,12 @@ from common.data import PartnerData, Split
 from common.metrics import credit_metrics
 from common.model import build_model, set_weights
 from common.outputs import HISTORY_FILE, MODEL_FILE
+from common.personalize import personalize
 from common.scenarios import load_scenario
 from common.training import TrainSettings, predict, train
 
 log = logging.getLogger(__name__)
-SETTINGS = ("federated_dp", "federated", "local_only", "centralized")
+SETTINGS = ("federated_dp", "federated", "local_only", "centralized", "federated_dp_personalized")
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -40,6 +43,7 @@ class SettingResult:
 
     scores: dict[str, np.ndarray]
     history: dict[str, Any] | None = None
+    model: Any = None
 
     def metrics(self, partners: list[PartnerData]) -> dict[str, Any]:
         """Per-partner and pooled credit metrics."""
@@ -106,7 +110,22 @@ def run_federation(run: RunConfig, partners: list[PartnerData],
     model = build_model(partners[0].train.features.shape[1], run.hidden, run.seed)
     state = torch.load(out_dir / MODEL_FILE, weights_only=True)
     set_weights(model, {k: v.numpy() for k, v in state.items()})
-    return SettingResult({p.partner: predict(model, p.test.features) for p in partners}, history)
+    return SettingResult({p.partner: predict(model, p.test.features) for p in partners}, history,
+                         model)
+
+
+def run_personalized(run: RunConfig, partners: list[PartnerData],
+                     federated: SettingResult) -> SettingResult:
+    """Each partner blends the global DP model with its own local model (no privacy cost)."""
+    scores, weights = {}, {}
+    for k, partner in enumerate(partners):
+        personal = personalize(federated.model, partner.train, hidden=run.hidden,
+                               settings=replace(train_settings(run),
+                                                epochs=run.local_epochs * run.num_server_rounds),
+                               seed=run.seed * 100 + k)
+        scores[partner.partner] = personal.predict(partner.test.features)
+        weights[partner.partner] = personal.global_weight
+    return SettingResult(scores, {"global_weight": weights})
 
 
 def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -134,6 +153,12 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
         timings[name] = time.perf_counter() - t0
         if progress is not None:
             progress(name, 1, 1)
+    t0 = time.perf_counter()
+    results["federated_dp_personalized"] = run_personalized(run, partners,
+                                                            results["federated_dp"])
+    timings["federated_dp_personalized"] = time.perf_counter() - t0
+    if progress is not None:
+        progress("federated_dp_personalized", 1, 1)
 
     dp_history = results["federated_dp"].history or {}
     return {
@@ -142,6 +167,7 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
         "results": {name: results[name].metrics(partners) for name in SETTINGS},
         "privacy": privacy_summary(run, dp_history),
         "history": {name: results[name].history for name in ("federated_dp", "federated")},
+        "personalization": results["federated_dp_personalized"].history,
         "timing": {"wall_seconds": time.perf_counter() - started,
                    **{f"{k}_seconds": v for k, v in timings.items()}},
     }

@@ -82,7 +82,6 @@ BAD_VALUES = [
     ("scenario", "mortgages"),
     ("split", "vertical"),
     ("dirichlet-alpha", 0),
-    ("personalize-epochs", -1),
     ("out-dir", ""),
     ("hidden-layers", "32,x"),
     ("hidden-layers", "32,0"),
@@ -215,3 +214,15 @@ def test_simulation_without_dp_is_not_private() -> None:
 def test_sim_budgets_reject_unknown_partner() -> None:
     with pytest.raises(ValueError, match=r"'sim-budgets'.*lendr|lendr.*'sim-budgets'"):
         RunConfig.from_flower({"sim-budgets": "lendr=0.5"})
+
+
+def test_flower_app_defaults_match_run_config_defaults() -> None:
+    """`flwr run .` and `fedcredit simulate` must start from the same settings."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    app_config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert app_config == RunConfig().to_flower()
+    assert pyproject["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "server.app:app", "clientapp": "clients.app:app"}

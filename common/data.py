@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -38,11 +41,34 @@ class PartnerData:
     test: Split
 
 
+def bundled_data_dir() -> Path:
+    """The folder of the bundled CSVs and schemas.
+
+    `flwr run` executes apps from an extracted Flower App bundle, which carries code and TOML but
+    no CSV files; the installed fedcredit distribution (regular or editable) has them.
+    """
+    here = Path(__file__).parent / "data"
+    if (here / f"{BUNDLED_DATASETS[0]}.csv").exists():
+        return here
+    try:
+        dist = metadata.distribution("fedcredit")
+    except metadata.PackageNotFoundError:
+        return here
+    candidates = [Path(str(dist.locate_file("common/data")))]
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+    if direct_url.startswith("file://"):
+        candidates.append(Path(unquote(urlparse(direct_url).path)) / "common" / "data")
+    for folder in candidates:
+        if (folder / f"{BUNDLED_DATASETS[0]}.csv").exists():
+            return folder
+    return here
+
+
 def bundled_path(dataset: str) -> tuple[Path, Path]:
     """Paths of a bundled data set's CSV and schema."""
     if dataset not in BUNDLED_DATASETS:
         raise ValueError(f"unknown bundled data set {dataset!r}; choose from {BUNDLED_DATASETS}")
-    folder = Path(__file__).parent / "data"
+    folder = bundled_data_dir()
     return folder / f"{dataset}.csv", folder / f"{dataset}.toml"
 
 

@@ -102,6 +102,12 @@ def simulate(
     report["timing"]["wall_seconds"] = time.perf_counter() - started
     write_report(out, report)
     show_summary(report, out)
+    stopped = {name: history["message"] for name, history in report["history"].items()
+               if history and history["status"] != "completed"}
+    for name, message in stopped.items():
+        console.print(f"[red]{name} ended before its last round:[/red] {message}")
+    if stopped:
+        raise typer.Exit(code=2)
 
 
 def show_summary(report: dict, out: Path) -> None:

@@ -95,6 +95,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"eps={report['epsilon']:g}, delta={report['delta']:g}. "
         f"Wall time {report['timing']['wall_seconds']:.1f} s.",
         "",
+        *[f"**Warning: {name} ended before its last round:** {h['message']}\n"
+          for name, h in report["history"].items() if h and h["status"] != "completed"],
         "## Pooled test metrics (all partners' test splits)",
         "",
         "| setting | AUC | KS | Gini | Brier | PR-AUC |",

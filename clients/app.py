@@ -2,7 +2,8 @@
 
 A reply carries only an ArrayRecord (the DP update), a MetricRecord (numbers listed in
 `common.partner.TRAIN_METRIC_KEYS` / `EVALUATE_METRIC_KEYS`) and a ConfigRecord `info` with the
-partner's name and, if it refused, the reason. Raw rows never leave this process.
+partner's name, the refusal reason if it refused, and the hash of the ledger entry it wrote for
+the round. Raw rows never leave this process.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
     state = PartnerState.from_dict(dict(context.state.get(STATE_KEY, ConfigRecord())))
     requested = dict(msg.content.get("config", ConfigRecord()))
     reply = train_round(partner, run, state, _weights(msg), requested,
-                        int(requested.get("server-round", 0)), load_data(partner, run))
+                        int(requested.get("server-round", 0)), load_data(partner, run),
+                        run_id=str(context.run_id))
     context.state[STATE_KEY] = ConfigRecord(state.to_dict())
     content = RecordDict({
         "metrics": MetricRecord(reply.metrics),
-        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": reply.refusal}),
+        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": reply.refusal,
+                              "ledger-entry-sha256": reply.ledger_entry_sha256}),
     })
     if reply.weights is not None:
         content["arrays"] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
@@ -54,7 +57,8 @@ def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> M
     metrics = evaluate_round(run, _weights(msg), load_data(partner, run))
     return Message(content=RecordDict({
         "metrics": MetricRecord(metrics),
-        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": ""}),
+        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": "",
+                              "ledger-entry-sha256": ""}),
     }), reply_to=msg)
 
 

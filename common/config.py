@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from common.privacy import check_budget
@@ -60,6 +61,10 @@ class RunConfig:
     sim_delta: float = 1e-5
     sim_budgets: str = ""
     sim_pooled_eval: bool = True
+    sim_ledger_dir: str = ""
+    sim_keys_dir: str = ""
+    receipts_path: str = ""
+    receipt_key: str = ""
 
     def learning_rate_at(self, server_round: int) -> float:
         """Learning rate of round `server_round` (1-based): constant, or cosine down to 10%."""
@@ -118,6 +123,10 @@ class RunConfig:
                 value = getattr(self, key.replace("-", "_"))
                 raise ValueError(f"{key} {rule}, got {value!r} (run config key '{key}')")
         _hidden_layers(self.hidden_layers)
+        if bool(self.sim_ledger_dir) != bool(self.sim_keys_dir):
+            raise ValueError("run config keys 'sim-ledger-dir' and 'sim-keys-dir' go together")
+        if bool(self.receipts_path) != bool(self.receipt_key):
+            raise ValueError("run config keys 'receipts-path' and 'receipt-key' go together")
         if self.sim_dp:
             check_budget(self.sim_epsilon, self.sim_delta, source="run config",
                          keys=("sim-epsilon", "sim-delta"))
@@ -185,9 +194,10 @@ def parse_budgets(text: str, default_delta: float) -> dict[str, tuple[float, flo
 class PartnerConfig:
     """A partner's own settings, from its node config: who it is, its data, its budget.
 
-    In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path` are node config keys
-    the partner's SuperNode sets. In simulation the partner is taken from `partition-id` via
-    the scenario and its budget from the `sim-*` run config keys.
+    In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path` and optionally
+    `ledger-path` with `signing-key` are node config keys the partner's SuperNode sets. In
+    simulation the partner is taken from `partition-id` via the scenario, its budget from the
+    `sim-*` run config keys, and its ledger from `sim-ledger-dir` / `sim-keys-dir`.
     """
 
     partner: str
@@ -196,6 +206,8 @@ class PartnerConfig:
     data_path: str = ""
     schema_path: str = ""
     partition_id: int = -1
+    ledger_path: str = ""
+    signing_key: str = ""
 
     @property
     def private(self) -> bool:
@@ -212,8 +224,12 @@ class PartnerConfig:
                 raise ValueError(f"node config of partner {node['partner']!r} lacks {missing}")
             epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
             check_budget(epsilon, delta, source="node config")
+            if ("ledger-path" in node) != ("signing-key" in node):
+                raise ValueError("node config keys 'ledger-path' and 'signing-key' go together")
             return cls(partner=str(node["partner"]), epsilon=epsilon, delta=delta,
-                       data_path=str(node["data-path"]), schema_path=str(node["schema-path"]))
+                       data_path=str(node["data-path"]), schema_path=str(node["schema-path"]),
+                       ledger_path=str(node.get("ledger-path", "")),
+                       signing_key=str(node.get("signing-key", "")))
         if "partition-id" not in node:
             raise ValueError("node config has neither 'partner' (deployment) nor "
                              "'partition-id' (simulation)")
@@ -227,4 +243,9 @@ class PartnerConfig:
             return cls(partner=name, epsilon=None, delta=None, partition_id=partition_id)
         epsilon, delta = parse_budgets(run.sim_budgets, run.sim_delta).get(
             name, (run.sim_epsilon, run.sim_delta))
-        return cls(partner=name, epsilon=epsilon, delta=delta, partition_id=partition_id)
+        ledger_path = signing_key = ""
+        if run.sim_ledger_dir:
+            ledger_path = str(Path(run.sim_ledger_dir) / f"{name}.jsonl")
+            signing_key = str(Path(run.sim_keys_dir) / f"{name}.key")
+        return cls(partner=name, epsilon=epsilon, delta=delta, partition_id=partition_id,
+                   ledger_path=ledger_path, signing_key=signing_key)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from common.accounting import SubsampledGaussianEvent
 from common.config import PartnerConfig, RunConfig
+from common.crypto import CryptoError, hash_weights, load_private_key
 from common.data import PartnerData, load_partner_csv
+from common.ledger import LedgerError, PartnerLedger, entry_hash
 from common.model import build_model, get_weights, set_weights
 from common.privacy import (
     PrivacyPlan,
@@ -98,12 +101,25 @@ class TrainReply:
     weights: dict[str, np.ndarray] | None
     metrics: dict[str, float]
     refusal: str = ""
+    ledger_entry_sha256: str = ""
+
+
+def open_ledger(partner: PartnerConfig, run_id: str) -> PartnerLedger | None:
+    """The partner's verified ledger, or None if it keeps none (LedgerError/CryptoError)."""
+    if not partner.ledger_path:
+        return None
+    key = load_private_key(Path(partner.signing_key))
+    return PartnerLedger(Path(partner.ledger_path), key, partner.partner, run_id)
 
 
 def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
                 global_weights: dict[str, np.ndarray], requested: dict, server_round: int,
-                data: PartnerData) -> TrainReply:
-    """Train one round on the partner's data under its budget; mutates `state` on success."""
+                data: PartnerData, run_id: str = "") -> TrainReply:
+    """Train one round on the partner's data under its budget; mutates `state` on success.
+
+    With a ledger configured, spent privacy is restored from the verified ledger (not from
+    `state`), and the round, trained or refused, is appended to it before replying.
+    """
     for key in IGNORED_MECHANISM_KEYS:
         if key in requested:
             log.warning("partner %s ignores coordinator key %r: the privacy mechanism is the "
@@ -120,6 +136,17 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         return TrainReply(get_weights(model), metrics)
 
     assert partner.epsilon is not None and partner.delta is not None
+    try:
+        ledger = open_ledger(partner, run_id)
+    except (LedgerError, CryptoError) as exc:
+        log.error("partner %s refuses to train: %s", partner.partner, exc)
+        return TrainReply(None, {**metrics, "refused": 1.0}, str(exc))
+    if ledger is not None:
+        state.plan, state.privacy = ledger.plan(), PrivacyState(ledger.events())
+        if ledger.entries and server_round <= ledger.entries[-1]["round"]:
+            reason = (f"round {server_round} is not after round {ledger.entries[-1]['round']}, "
+                      f"the last one in the partner's ledger")
+            return TrainReply(None, {**metrics, "refused": 1.0}, reason)
     if state.plan is None:
         state.plan = calibrate_plan(
             epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
@@ -132,21 +159,38 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     plan = state.plan
     decision = authorize_round(plan, state.privacy, requested_epochs=settings.epochs,
                                num_train_rows=len(data.train))
-    metrics.update(_privacy_metrics(plan, state.privacy))
+    received = hash_weights(global_weights)
     if not decision.allowed:
-        metrics["refused"] = 1.0
-        return TrainReply(None, metrics, decision.reason)
-    outcome = train(model, data.train, settings, seed=seed, dp=decision.dp, steps=decision.steps)
-    weights = get_weights(model)
-    if not all(np.all(np.isfinite(w)) for w in weights.values()):
-        # Spent privacy is still counted: the noisy steps happened.
-        record_round(state.privacy, decision, outcome.steps)
         metrics.update(_privacy_metrics(plan, state.privacy), refused=1.0)
-        return TrainReply(None, metrics, "local training diverged (non-finite weights)")
+        entry_hash_ = _log(ledger, server_round, plan, 0, decision.epsilon_before, received,
+                           None, decision.reason)
+        return TrainReply(None, metrics, decision.reason, entry_hash_)
+    outcome = train(model, data.train, settings, seed=seed, dp=decision.dp, steps=decision.steps)
     record_round(state.privacy, decision, outcome.steps)
-    metrics.update(_privacy_metrics(plan, state.privacy), steps=float(outcome.steps),
-                   refused=0.0, **{"train-loss": outcome.mean_loss})
-    return TrainReply(weights, metrics)
+    weights = get_weights(model)
+    metrics.update(_privacy_metrics(plan, state.privacy))
+    if not all(np.all(np.isfinite(w)) for w in weights.values()):
+        # The noisy steps happened, so their privacy is spent and logged; no update is sent.
+        reason = "local training diverged (non-finite weights)"
+        entry_hash_ = _log(ledger, server_round, plan, outcome.steps,
+                           metrics["epsilon-spent"], received, None, reason)
+        return TrainReply(None, {**metrics, "refused": 1.0}, reason, entry_hash_)
+    entry_hash_ = _log(ledger, server_round, plan, outcome.steps, metrics["epsilon-spent"],
+                       received, hash_weights(weights))
+    metrics.update(steps=float(outcome.steps), refused=0.0,
+                   **{"train-loss": outcome.mean_loss})
+    return TrainReply(weights, metrics, "", entry_hash_)
+
+
+def _log(ledger: PartnerLedger | None, server_round: int, plan: PrivacyPlan, steps: int,
+         epsilon: float, received: str, sent: str | None, refusal: str = "") -> str:
+    """Append the round to the ledger (if any); the new entry's hash, or ''."""
+    if ledger is None:
+        return ""
+    entry = ledger.append(server_round=server_round, plan=plan, steps=steps,
+                          epsilon_cumulative=epsilon, model_received_sha256=received,
+                          update_sent_sha256=sent, refusal_reason=refusal)
+    return entry_hash(entry)
 
 
 def _privacy_metrics(plan: PrivacyPlan, privacy: PrivacyState) -> dict[str, float]:

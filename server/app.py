@@ -14,7 +14,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
+from common.crypto import load_private_key
 from common.data import Split, bundled_path
+from common.ledger import ReceiptLog
 from common.model import build_model, set_weights
 from common.outputs import HISTORY_FILE, save_model, write_json
 from common.scenarios import get_scenario, load_scenario
@@ -33,7 +35,7 @@ def pooled_test_split(run: RunConfig) -> Split:
                  np.concatenate([p.test.labels for p in partners]))
 
 
-def run_federation(grid: Grid, run: RunConfig,
+def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
                    on_round_end: Callable[[RoundRecord], None] | None = None) -> None:
     """Run `num-server-rounds` rounds, then save the model, its metadata and the history."""
     started = time.perf_counter()
@@ -44,9 +46,13 @@ def run_federation(grid: Grid, run: RunConfig,
 
     pooled = pooled_test_split(run) if run.sim_pooled_eval else None
     probe = build_model(schema.num_features, run.hidden, run.seed)
+    receipts = None
+    if run.receipts_path:
+        receipts = ReceiptLog(Path(run.receipts_path), load_private_key(Path(run.receipt_key)),
+                              run_id=run_id)
     strategy = ValidatingFedAvg(min_partners=run.min_partners, on_round_end=on_round_end,
                                 evaluate_every=run.evaluate_every,
-                                learning_rate_at=run.learning_rate_at)
+                                learning_rate_at=run.learning_rate_at, receipts=receipts)
     strategy.num_rounds = run.num_server_rounds
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -80,7 +86,8 @@ def run_federation(grid: Grid, run: RunConfig,
         "privacy": privacy,
     })
     write_json(out_dir / HISTORY_FILE, {
-        "status": status, "message": message, "wall_seconds": time.perf_counter() - started,
+        "status": status, "message": message, "run_id": run_id,
+        "wall_seconds": time.perf_counter() - started,
         "rounds": [dataclasses.asdict(r) for r in strategy.history],
     })
     log.info("run %s; outputs in %s", status, out_dir)
@@ -104,7 +111,7 @@ def build_server_app(run_config: dict | None = None,
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         run_federation(grid, RunConfig.from_flower({**dict(context.run_config), **overrides}),
-                       on_round_end)
+                       str(context.run_id), on_round_end)
 
     return server_app
 

@@ -13,6 +13,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from common.crypto import hash_weights
+from common.ledger import ReceiptLog
 from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,11 @@ def _error_summary(msg: Message) -> str:
     """The last meaningful line of a failed reply's error (tracebacks can be kilobytes)."""
     lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()]
     return (lines[-1] if lines else "unknown error")[:300]
+
+
+def _ledger_hash(msg: Message) -> str:
+    info = msg.content.config_records.get("info")
+    return str(info.get("ledger-entry-sha256", "")) if info is not None else ""
 
 
 def _partner_name(msg: Message) -> str:
@@ -89,7 +96,8 @@ class ValidatingFedAvg(FedAvg):
 
     def __init__(self, *, min_partners: int, evaluate_every: int = 1,
                  learning_rate_at: Callable[[int], float] | None = None,
-                 on_round_end: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round_end: Callable[[RoundRecord], None] | None = None,
+                 receipts: ReceiptLog | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
                          min_train_nodes=min_partners, min_evaluate_nodes=min_partners,
                          min_available_nodes=min_partners)
@@ -97,6 +105,7 @@ class ValidatingFedAvg(FedAvg):
         self.evaluate_every = evaluate_every
         self.learning_rate_at = learning_rate_at
         self.on_round_end = on_round_end
+        self.receipts = receipts
         self.history: list[RoundRecord] = []
         self.num_rounds = 0
         self.current_weights: dict[str, np.ndarray] = {}
@@ -139,6 +148,8 @@ class ValidatingFedAvg(FedAvg):
                 log.warning("round %d: partner %s refused: %s", server_round, name, reason)
                 continue
             problem = check_train_reply(msg, self.current_weights)
+            if not problem and self.receipts is not None and not _ledger_hash(msg):
+                problem = "no ledger entry hash: this coordinator requires partner ledgers"
             if problem:
                 record.rejected[name] = problem
                 log.warning("round %d: rejected update of %s: %s", server_round, name, problem)
@@ -153,6 +164,12 @@ class ValidatingFedAvg(FedAvg):
                 f"{record.rejected or 'none'}; failed: {record.failed or 'none'}")
         # A fixed order makes the floating-point sum, and so the run, reproducible.
         accepted.sort(key=_partner_name)
+        if self.receipts is not None:
+            for msg in accepted:
+                update = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+                self.receipts.append(server_round=server_round, partner=_partner_name(msg),
+                                     ledger_entry_sha256=_ledger_hash(msg),
+                                     update_sha256=hash_weights(update))
         contents = [msg.content for msg in accepted]
         arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
         self.latest_arrays = arrays

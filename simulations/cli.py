@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -74,8 +75,11 @@ def simulate(
     hidden_layers: Annotated[str | None, typer.Option(
         help="MLP hidden widths, e.g. '16' or '32,16' ('' = logistic).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an earlier run in --out (its keys, ledgers and reports).")] = False,
 ) -> None:
     """Simulate lender, e-commerce and bank: federated+DP vs federated, local-only, centralized."""
+    prepare_out_dir(out, overwrite)
     run = build_run_config(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds,
                            seed=seed, out=out, split=split, alpha=alpha, budgets=budgets,
                            local_epochs=local_epochs, batch_size=batch_size,
@@ -110,6 +114,22 @@ def simulate(
         raise typer.Exit(code=2)
 
 
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory unless told to replace the earlier one."""
+    from simulations.runner import KEYS_DIR
+
+    earlier = [out / name for name in ("report.json", KEYS_DIR, "federated_dp", "federated")
+               if (out / name).exists()]
+    if earlier and not overwrite:
+        raise typer.BadParameter(f"{out} already holds a run ({', '.join(p.name for p in earlier)}"
+                                 f"); choose another --out or pass --overwrite", param_hint="--out")
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def show_summary(report: dict, out: Path) -> None:
     """Print the pooled comparison and privacy spent as tables."""
     table = Table(title=f"{report['scenario']}: pooled test metrics")
@@ -129,6 +149,30 @@ def show_summary(report: dict, out: Path) -> None:
     Console().print(privacy)
     Console().print(f"report: {out / 'report.md'}  (json: {out / 'report.json'}), "
                     f"{report['timing']['wall_seconds']:.1f} s")
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for ledgers and receipts.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    partner: Annotated[str, typer.Option(help="Key owner: a partner name or 'coordinator'.")],
+    out: Annotated[Path, typer.Option(help="Directory for <partner>.key and <partner>.pub.")],
+) -> None:
+    """Create an Ed25519 signing key pair: <out>/<partner>.key (mode 0600) and .pub."""
+    from common.crypto import CryptoError, fingerprint, generate_signing_key, write_key_pair
+
+    if not partner or "/" in partner or partner.startswith("."):
+        raise typer.BadParameter(f"invalid partner name {partner!r}", param_hint="--partner")
+    key = generate_signing_key()
+    try:
+        private_path, public_path = write_key_pair(key, out, partner)
+    except CryptoError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
+    Console().print(f"private key: {private_path} (mode 0600, keep it on the partner's machine)\n"
+                    f"public key:  {public_path} (give it to the auditor)\n"
+                    f"fingerprint: {fingerprint(key.public_key())}")
 
 
 @app.command()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from common.config import RunConfig
+from common.crypto import generate_signing_key, write_key_pair
 from common.data import PartnerData, Split
 from common.metrics import credit_metrics
 from common.model import build_model, set_weights
@@ -33,6 +34,8 @@ from common.scenarios import load_scenario
 from common.training import TrainSettings, predict, train
 
 log = logging.getLogger(__name__)
+KEYS_DIR, LEDGER_DIR = "keys", "ledgers"
+RECEIPTS_FILE, COORDINATOR = "receipts.jsonl", "coordinator"
 SETTINGS = ("federated_dp", "federated", "local_only", "centralized", "federated_dp_personalized")
 ProgressFn = Callable[[str, int, int], None]
 
@@ -128,6 +131,12 @@ def run_personalized(run: RunConfig, partners: list[PartnerData],
     return SettingResult(scores, {"global_weight": weights})
 
 
+def create_run_keys(keys_dir: Path, partners: list[str]) -> None:
+    """Fresh Ed25519 signing keys for every simulated partner and the coordinator."""
+    for name in [*partners, COORDINATOR]:
+        write_key_pair(generate_signing_key(), keys_dir, name)
+
+
 def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Every setting on one scenario; returns metrics, privacy and timing (report.json body)."""
     started = time.perf_counter()
@@ -138,8 +147,13 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
     results: dict[str, SettingResult] = {}
 
     t0 = time.perf_counter()
+    dp_dir, keys_dir = out / "federated_dp", out / KEYS_DIR
+    create_run_keys(keys_dir, [p.partner for p in partners])
     results["federated_dp"] = run_federation(
-        replace(run, sim_dp=True, sim_pooled_eval=True, out_dir=str(out / "federated_dp")),
+        replace(run, sim_dp=True, sim_pooled_eval=True, out_dir=str(dp_dir),
+                sim_ledger_dir=str(dp_dir / LEDGER_DIR), sim_keys_dir=str(keys_dir),
+                receipts_path=str(dp_dir / RECEIPTS_FILE),
+                receipt_key=str(keys_dir / f"{COORDINATOR}.key")),
         partners, progress, "federated_dp")
     timings["federated_dp"] = time.perf_counter() - t0
     t0 = time.perf_counter()

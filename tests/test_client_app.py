@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_reply_carries_only_arrays_metrics_and_info() -> None:
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics", "info"}
     assert set(content["metrics"].keys()) <= set(TRAIN_METRIC_KEYS)
-    assert set(content["info"].keys()) == {"partner", "refusal-reason"}
+    assert set(content["info"].keys()) == {"partner", "refusal-reason", "ledger-entry-sha256"}
     assert content["info"]["partner"] == "lender"
     assert set(content["arrays"].keys()) == set(initial_weights(run))
     for key, array in content["arrays"].items():
@@ -109,3 +110,61 @@ def test_deployed_partner_budget_comes_from_node_config_not_run_config(tmp_path:
     assert metrics["epsilon-budget"] == 0.5
     assert metrics["delta"] == 1e-6
     assert metrics["epsilon-spent"] <= 0.5
+
+
+def _ledger_node(tmp_path: Path, partner: str = "bank") -> dict:
+    from common.crypto import generate_signing_key, write_key_pair
+
+    csv_path, schema_path = bundled_path("credit_data")
+    if not (tmp_path / "keys" / f"{partner}.key").exists():
+        write_key_pair(generate_signing_key(), tmp_path / "keys", partner)
+    return {"partner": partner, "epsilon": 3.0, "delta": 1e-5, "data-path": str(csv_path),
+            "schema-path": str(schema_path), "ledger-path": str(tmp_path / f"{partner}.jsonl"),
+            "signing-key": str(tmp_path / "keys" / f"{partner}.key")}
+
+
+def test_restarted_partner_resumes_with_exact_epsilon_from_its_ledger(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    steady = node_context(_ledger_node(tmp_path / "steady"), run)
+    uninterrupted = [_train(run, steady, r).content["metrics"]["epsilon-spent"]
+                     for r in range(1, 5)]
+    node = _ledger_node(tmp_path / "restarted")
+    before = node_context(node, run)
+    spent = [_train(run, before, r).content["metrics"]["epsilon-spent"] for r in (1, 2)]
+    after = node_context(node, run)  # process state dropped: only the ledger survives
+    assert STATE_KEY not in after.state
+    spent += [_train(run, after, r).content["metrics"]["epsilon-spent"] for r in (3, 4)]
+    assert spent == pytest.approx(uninterrupted, rel=1e-12)
+    assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
+    lines = (tmp_path / "restarted" / "bank.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+def test_tampered_ledger_makes_the_partner_refuse(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    context = node_context(node, run)
+    for server_round in (1, 2):
+        _train(run, context, server_round)
+    ledger = Path(node["ledger-path"])
+    text = ledger.read_text()
+    tampered = re.sub(r'"steps":(\d+)', lambda m: f'"steps":{int(m.group(1)) // 2}', text, count=1)
+    assert tampered != text
+    ledger.write_text(tampered)
+    reply = _train(run, node_context(node, run), 3)
+    assert "arrays" not in reply.content
+    reason = reply.content["info"]["refusal-reason"]
+    assert "failed verification" in reason and "bad-signature" in reason
+    assert ledger.read_text().count("\n") == 2  # nothing appended to a ledger it cannot trust
+
+
+def test_ledger_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    from common.crypto import generate_signing_key, write_key_pair
+
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    _train(run, node_context(node, run), 1)
+    write_key_pair(generate_signing_key(), tmp_path / "other", "bank")
+    reply = _train(run, node_context({**node, "signing-key": str(tmp_path / "other" / "bank.key")},
+                                     run), 2)
+    assert "unknown-key" in reply.content["info"]["refusal-reason"]

@@ -55,7 +55,7 @@ def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypat
     for kind, described in seen:
         assert described["other"] == set()
         assert described["configs"] == ["info"]
-        assert described["config_keys"] == {"partner", "refusal-reason"}
+        assert described["config_keys"] == {"partner", "refusal-reason", "ledger-entry-sha256"}
         assert described["metrics"] == ["metrics"]
         allowed = TRAIN_METRIC_KEYS if kind == "train" else EVALUATE_METRIC_KEYS
         assert described["metric_keys"] <= set(allowed)

@@ -7,6 +7,7 @@ of the subsampled Gaussian comes from Opacus' analysis (Mironov et al. 2019).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,10 +57,18 @@ def rdp_curve(events: Iterable[SubsampledGaussianEvent],
         steps_by_mechanism[key] = steps_by_mechanism.get(key, 0) + event.steps
     total = [0.0] * len(orders)
     for (sample_rate, noise_multiplier), steps in steps_by_mechanism.items():
-        rdp = opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
-                                     steps=steps, orders=list(orders))
-        total = [t + float(r) for t, r in zip(total, rdp, strict=True)]
+        per_step = _rdp_per_step(sample_rate, noise_multiplier, orders)
+        total = [t + steps * r for t, r in zip(total, per_step, strict=True)]
     return total
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_per_step(sample_rate: float, noise_multiplier: float,
+                  orders: tuple[float, ...]) -> tuple[float, ...]:
+    """RDP of one subsampled Gaussian step at each order (a pure function, so memoised)."""
+    rdp = opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                 orders=list(orders))
+    return tuple(float(r) for r in rdp)
 
 
 def rdp_epsilon(events: Iterable[SubsampledGaussianEvent], *, delta: float,

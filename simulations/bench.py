@@ -26,13 +26,13 @@ from common.training import train
 
 _CHILD = """
 import json, sys, time
-from dataclasses import replace
 from common.config import RunConfig
 from common.scenarios import load_scenario
-from simulations.runner import run_federation
+from simulations.runner import create_run_keys, run_federation
 marks = []
 run = RunConfig.from_flower(json.loads(sys.argv[1]))
 partners = load_scenario(run.scenario, seed=run.seed)
+create_run_keys(run.sim_keys_dir, [p.partner for p in partners])
 run_federation(run, partners, progress=lambda label, done, total: marks.append(time.time()))
 json.dump({"round_ends": marks}, open(sys.argv[2], "w"))
 """
@@ -65,10 +65,15 @@ def _tree_rss_bytes(root: int) -> int:
 
 
 def full_simulation(run: RunConfig) -> dict[str, float]:
-    """Run the 3-partner DP federation in a fresh interpreter; time it and sample its memory."""
+    """Run the 3-partner DP federation (ledgers and receipts on) in a fresh interpreter; time it
+    and sample its memory."""
     with tempfile.TemporaryDirectory() as tmp:
         marks_file = Path(tmp) / "marks.json"
-        config = replace(run, out_dir=str(Path(tmp) / "run"), sim_dp=True).to_flower()
+        keys = Path(tmp) / "keys"
+        config = replace(run, out_dir=str(Path(tmp) / "run"), sim_dp=True,
+                         sim_ledger_dir=str(Path(tmp) / "ledgers"), sim_keys_dir=str(keys),
+                         receipts_path=str(Path(tmp) / "receipts.jsonl"),
+                         receipt_key=str(keys / "coordinator.key")).to_flower()
         started = time.time()
         child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(config),
                                   str(marks_file)], stdout=subprocess.DEVNULL,

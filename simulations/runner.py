@@ -131,10 +131,10 @@ def run_personalized(run: RunConfig, partners: list[PartnerData],
     return SettingResult(scores, {"global_weight": weights})
 
 
-def create_run_keys(keys_dir: Path, partners: list[str]) -> None:
+def create_run_keys(keys_dir: Path | str, partners: list[str]) -> None:
     """Fresh Ed25519 signing keys for every simulated partner and the coordinator."""
     for name in [*partners, COORDINATOR]:
-        write_key_pair(generate_signing_key(), keys_dir, name)
+        write_key_pair(generate_signing_key(), Path(keys_dir), name)
 
 
 def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any]:

@@ -115,3 +115,54 @@ def test_bad_run_config_fails_before_training_naming_the_key(tmp_path: Path, arg
     assert result.exit_code != 0
     assert f"'{key}'" in result.output
     assert not out.exists()
+
+
+def _malicious_client_app(config: dict):
+    """Partition 0 sends NaN weights, partition 1 a wrong-shaped update, partition 2 is honest."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Context, Message
+    from flwr.clientapp import ClientApp
+
+    from clients.app import evaluate, train
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        reply = train(msg, context, config)
+        partition = int(context.node_config["partition-id"])
+        arrays = reply.content["arrays"]
+        if partition == 0:
+            reply.content["arrays"] = ArrayRecord(
+                {k: Array(np.full_like(a.numpy(), np.nan)) for k, a in arrays.items()})
+        elif partition == 1:
+            reply.content["arrays"] = ArrayRecord(
+                {k: Array(np.zeros((7, 3), dtype=np.float32)) for k in arrays})
+        return reply
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, config)
+
+    return client_app
+
+
+def test_nan_and_wrong_shape_updates_are_rejected_in_a_simulation(tmp_path: Path) -> None:
+    from flwr.simulation import run_simulation
+
+    from server.app import build_server_app
+
+    run = RunConfig(num_server_rounds=2, min_partners=1, out_dir=str(tmp_path / "fed"))
+    config = run.to_flower()
+    run_simulation(build_server_app(config), _malicious_client_app(config), num_supernodes=3,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    history = json.loads((tmp_path / "fed" / "history.json").read_text())
+    assert history["status"] == "completed"
+    for record in history["rounds"]:
+        assert record["accepted"] == ["bank"]
+        assert "NaN or Inf" in record["rejected"]["lender"]
+        assert "shape" in record["rejected"]["ecommerce"]
+    import torch
+
+    state = torch.load(tmp_path / "fed" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())

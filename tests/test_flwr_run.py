@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,10 +53,8 @@ def test_flwr_run_trains_and_writes_the_model(tmp_path: Path) -> None:
             time.sleep(1)
     finally:
         for pid in _processes_mentioning(str(home)):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     assert (out / "history.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
     assert history["status"] == "completed"

@@ -71,10 +71,14 @@ def sign_entry(body: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 def verify_entry_signature(entry: dict[str, Any], key: Ed25519PublicKey) -> None:
     """Raise CryptoError unless the entry's signature verifies under `key`."""
     unsigned = {k: v for k, v in entry.items() if k != "signature"}
+    text = str(entry.get("signature", ""))
     try:
-        signature = base64.b64decode(str(entry.get("signature", "")), validate=True)
+        signature = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise CryptoError("signature is not valid base64") from exc
+    if base64.b64encode(signature).decode("ascii") != text:
+        # Decoders ignore unused padding bits: several strings decode to one signature.
+        raise CryptoError("signature is not canonical base64 (its bytes were altered)")
     verify(key, signature, canonical_bytes(unsigned))
 
 
@@ -106,9 +110,16 @@ def read_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[Findi
             entry = json.loads(line.decode("utf-8"))
             if not isinstance(entry, dict):
                 raise ValueError("not a JSON object")
-        except (UnicodeDecodeError, ValueError) as exc:
+            canonical = canonical_bytes(entry)
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
             findings.append(Finding(str(path), number, "malformed", f"not a JSON entry: {exc}"))
             continue
+        if canonical != line:
+            # Signatures cover the canonical encoding, so bytes that parse to the same values
+            # (say 1e-05 written 1E-05) would still verify: any other encoding is tampering.
+            findings.append(Finding(str(path), number, "not-canonical",
+                                    "line is not the canonical encoding of its entry: its bytes "
+                                    "were altered"))
         entries.append((number, entry))
     if raw and not raw.endswith(b"\n"):
         findings.append(Finding(str(path), raw.count(b"\n") + 1, "truncated",

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.config import RunConfig
+from simulations.audit_cli import audit_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedcredit: federated credit-risk modelling with partner-owned DP budgets.")
@@ -151,6 +152,7 @@ def show_summary(report: dict, out: Path) -> None:
                     f"{report['timing']['wall_seconds']:.1f} s")
 
 
+app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for ledgers and receipts.")
 app.add_typer(keys_app, name="keys")
 

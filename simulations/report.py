@@ -135,4 +135,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         "", f"![pooled AUC per round]({AUC_PLOT})", "", f"![epsilon per round]({EPSILON_PLOT})",
         "",
     ]
+    audit = report.get("audit")
+    if audit:
+        verdict = ("verified: every signature, hash chain and receipt checks out and every "
+                   "claimed epsilon matches an independent recomputation (dp-accounting RDP)"
+                   if audit["ok"] else f"FAILED with {len(audit['findings'])} finding(s)")
+        lines += ["## Privacy audit", "",
+                  f"Partner ledgers, coordinator receipts and public keys are in this directory "
+                  f"(`federated_dp/ledgers/`, `federated_dp/receipts.jsonl`, `keys/`). Audit: "
+                  f"{verdict}. Full report: [{audit['report']}]({audit['report']}).", "",
+                  "| partner | eps claimed | eps recomputed (RDP) | eps recomputed (PLD) |",
+                  "|---|---|---|---|"]
+        for partner, f in audit["partners"].items():
+            lines.append(f"| {partner} | {_fmt(f['epsilon_claimed'])} | "
+                         f"{_fmt(f['epsilon_rdp_recomputed'])} | "
+                         f"{_fmt(f['epsilon_pld_recomputed'])} |")
+        lines += [f"- {finding}" for finding in audit["findings"]] + [""]
     return "\n".join(lines)

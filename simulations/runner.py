@@ -35,7 +35,7 @@ from common.training import TrainSettings, predict, train
 
 log = logging.getLogger(__name__)
 KEYS_DIR, LEDGER_DIR = "keys", "ledgers"
-RECEIPTS_FILE, COORDINATOR = "receipts.jsonl", "coordinator"
+RECEIPTS_FILE, COORDINATOR, AUDIT_FILE = "receipts.jsonl", "coordinator", "audit.html"
 SETTINGS = ("federated_dp", "federated", "local_only", "centralized", "federated_dp_personalized")
 ProgressFn = Callable[[str, int, int], None]
 
@@ -175,7 +175,9 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
         progress("federated_dp_personalized", 1, 1)
 
     dp_history = results["federated_dp"].history or {}
+    audit = audit_run(out, dp_dir, [p.partner for p in partners])
     return {
+        "audit": audit,
         "partners": {p.partner: {"train_rows": len(p.train), "test_rows": len(p.test),
                                  "train_bad_rate": p.train.bad_rate} for p in partners},
         "results": {name: results[name].metrics(partners) for name in SETTINGS},
@@ -185,6 +187,22 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
         "timing": {"wall_seconds": time.perf_counter() - started,
                    **{f"{k}_seconds": v for k, v in timings.items()}},
     }
+
+
+def audit_run(out: Path, dp_dir: Path, partners: list[str]) -> dict[str, Any]:
+    """Verify the DP run's ledgers and receipts as an auditor would; write `audit.html`."""
+    from common.audit import verify
+    from simulations.audit_report import render_audit_html
+
+    ledgers = [dp_dir / LEDGER_DIR / f"{name}.jsonl" for name in partners]
+    result = verify([p for p in ledgers if p.exists()], out / KEYS_DIR, dp_dir / RECEIPTS_FILE)
+    (out / AUDIT_FILE).write_text(render_audit_html(result))
+    return {"ok": result.ok, "findings": [str(f) for f in result.findings],
+            "report": AUDIT_FILE,
+            "partners": {p.partner: {"epsilon_claimed": p.epsilon_claimed,
+                                     "epsilon_rdp_recomputed": p.epsilon_rdp,
+                                     "epsilon_pld_recomputed": p.epsilon_pld}
+                         for p in result.partners}}
 
 
 def privacy_summary(run: RunConfig, history: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -93,6 +93,23 @@ def test_simulate_writes_report_contract_and_is_reproducible(tmp_path: Path) -> 
     for name in ("report.md", "pooled_auc_per_round.png", "epsilon_per_round.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0
 
+    run_dir = tmp_path / "a"
+    ledgers = sorted((run_dir / "federated_dp" / "ledgers").glob("*.jsonl"))
+    assert [p.stem for p in ledgers] == ["bank", "ecommerce", "lender"]
+    assert report["audit"]["ok"] and (run_dir / "audit.html").stat().st_size > 0
+    assert "audit.html" in (run_dir / "report.md").read_text()
+    audit = RUNNER.invoke(app, ["audit", "verify", *map(str, ledgers), "--keys",
+                                str(run_dir / "keys"), "--receipts",
+                                str(run_dir / "federated_dp" / "receipts.jsonl"), "--json"])
+    assert audit.exit_code == 0, audit.output
+    verdict = json.loads(audit.stdout)
+    assert verdict["ok"] is True and verdict["findings"] == []
+    for partner in verdict["partners"]:
+        claimed, recomputed = partner["epsilon_claimed"], partner["epsilon_rdp"]
+        assert claimed == pytest.approx(report["privacy"][partner["partner"]]["epsilon_spent"])
+        assert abs(recomputed - claimed) <= 0.01 * claimed
+        assert partner["rounds_trained"] == 3
+
     second = _simulate(tmp_path / "b")
     assert second.exit_code == 0, second.output
     again = json.loads((tmp_path / "b" / "report.json").read_text())

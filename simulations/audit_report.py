@@ -130,7 +130,7 @@ def _epsilon_plot(partner: PartnerAudit, bad_lines: set[int]) -> str:
 def _overview_plot(result: AuditResult) -> str:
     """Budget vs claimed vs recomputed RDP/PLD ε, one group of bars per partner."""
     partners = result.partners
-    figure = Figure(figsize=(7.2, 0.75 + 0.75 * max(1, len(partners))))
+    figure = Figure(figsize=(7.2, 1.2 + 0.75 * max(1, len(partners))), layout="constrained")
     axes = figure.add_subplot()
     bars = [("budget", "budget", lambda p: p.epsilon_budget),
             ("claimed", "claimed", lambda p: p.epsilon_claimed),
@@ -150,7 +150,8 @@ def _overview_plot(result: AuditResult) -> str:
     axes.set_xlabel("ε (final, cumulative)")
     axes.margins(x=0.15)
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(fontsize=7.5, loc="lower right", framealpha=0.9)
+    axes.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(bars),
+                frameon=False)
     return _png(figure)
 
 

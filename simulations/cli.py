@@ -177,6 +177,30 @@ def keys_new(
                     f"fingerprint: {fingerprint(key.public_key())}")
 
 
+federation_app = typer.Typer(no_args_is_help=True,
+                             help="Set up a real federation: certificates and keys.")
+app.add_typer(federation_app, name="federation")
+
+
+@federation_app.command("init")
+def federation_init(
+    out: Annotated[Path, typer.Option(help="New directory for every party's files.")],
+    partners: Annotated[str, typer.Option(help="Comma-separated partner names.")] = (
+        "lender,ecommerce,bank"),
+    superlink_host: Annotated[str, typer.Option(
+        help="Host name or IP the partners use to reach the SuperLink.")] = "localhost",
+) -> None:
+    """Create a CA, SuperLink TLS certificate, SuperNode auth keys, ledger and receipt keys."""
+    from simulations.federation import init_federation
+
+    names = [p.strip() for p in partners.split(",") if p.strip()]
+    try:
+        layout = init_federation(out, names, superlink_host)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    Console().print(layout.instructions())
+
+
 @app.command()
 def bench(
     scenario: ScenarioOpt = "credit_data",

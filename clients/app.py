@@ -32,14 +32,38 @@ def _weights(msg: Message) -> dict:
     return {k: a.numpy() for k, a in msg.content["arrays"].items()}
 
 
+class PartnerError(RuntimeError):
+    """What the coordinator learns of a partner-side failure: no data values, no paths."""
+
+
+def _guarded(handler):
+    """Log a failure in full on the partner's side; send the coordinator only its kind.
+
+    Data validation errors quote cell values and file paths: they must not leave the partner.
+    """
+    def run(msg: Message, context: Context, overrides: dict | None = None) -> Message:
+        try:
+            return handler(msg, context, overrides)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none leaks
+            log.exception("partner-side failure in %s", handler.__name__)
+            raise PartnerError(f"partner failed ({type(exc).__name__}); details are in the "
+                               f"partner's own log") from None
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+@_guarded
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
     run, partner = _setup(context, overrides or {})
     state = PartnerState.from_dict(dict(context.state.get(STATE_KEY, ConfigRecord())))
     requested = dict(msg.content.get("config", ConfigRecord()))
-    reply = train_round(partner, run, state, _weights(msg), requested,
-                        int(requested.get("server-round", 0)), load_data(partner, run),
-                        run_id=str(context.run_id))
+    server_round = requested.get("server-round")
+    if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
+        raise ValueError(f"train request without a valid 'server-round' (got {server_round!r})")
+    reply = train_round(partner, run, state, _weights(msg), requested, server_round,
+                        load_data(partner, run), run_id=str(context.run_id))
     context.state[STATE_KEY] = ConfigRecord(state.to_dict())
     content = RecordDict({
         "metrics": MetricRecord(reply.metrics),
@@ -51,9 +75,13 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
     return Message(content=content, reply_to=msg)
 
 
+@_guarded
 def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> Message:
-    """Evaluate the global model on the partner's own test split."""
+    """Evaluate the global model on the partner's own test split (unless its node config says
+    `allow-evaluate=false`: released metrics are not covered by its DP guarantee)."""
     run, partner = _setup(context, overrides or {})
+    if not partner.allow_evaluate:
+        raise ValueError("this partner does not release evaluation metrics")
     metrics = evaluate_round(run, _weights(msg), load_data(partner, run))
     return Message(content=RecordDict({
         "metrics": MetricRecord(metrics),

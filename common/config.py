@@ -208,6 +208,7 @@ class PartnerConfig:
     partition_id: int = -1
     ledger_path: str = ""
     signing_key: str = ""
+    allow_evaluate: bool = True
 
     @property
     def private(self) -> bool:
@@ -218,18 +219,18 @@ class PartnerConfig:
     def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:
         """Resolve the partner from its node config (deployment) or partition id (simulation)."""
         if "partner" in node:
-            missing = [k for k in ("epsilon", "delta", "data-path", "schema-path")
-                       if k not in node]
+            missing = [k for k in ("epsilon", "delta", "data-path", "schema-path", "ledger-path",
+                                   "signing-key") if k not in node]
             if missing:
-                raise ValueError(f"node config of partner {node['partner']!r} lacks {missing}")
+                raise ValueError(f"node config of partner {node['partner']!r} lacks {missing} "
+                                 f"(a deployed partner keeps a signed ledger: its privacy state)")
             epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
             check_budget(epsilon, delta, source="node config")
-            if ("ledger-path" in node) != ("signing-key" in node):
-                raise ValueError("node config keys 'ledger-path' and 'signing-key' go together")
             return cls(partner=str(node["partner"]), epsilon=epsilon, delta=delta,
                        data_path=str(node["data-path"]), schema_path=str(node["schema-path"]),
-                       ledger_path=str(node.get("ledger-path", "")),
-                       signing_key=str(node.get("signing-key", "")))
+                       ledger_path=str(node["ledger-path"]),
+                       signing_key=str(node["signing-key"]),
+                       allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false")
         if "partition-id" not in node:
             raise ValueError("node config has neither 'partner' (deployment) nor "
                              "'partition-id' (simulation)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,6 +181,14 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
     return findings
 
 
+def _append_durably(path: Path, line: bytes) -> None:
+    """Append and fsync before anything is replied: a logged entry survives a crash."""
+    with path.open("ab") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def ledger_event(entry: dict[str, Any]) -> SubsampledGaussianEvent:
     """The mechanism event an entry records (zero steps for a refusal)."""
     mechanism = entry["mechanism"]
@@ -213,8 +222,9 @@ class PartnerLedger:
         return entry_hash(self.entries[-1]) if self.entries else GENESIS
 
     def events(self) -> list[SubsampledGaussianEvent]:
-        """Every mechanism event of rounds trained, in order (the partner's spent privacy)."""
-        return [ledger_event(e) for e in self.entries if e["event"] == "train"]
+        """Every mechanism event that ran steps, in order (the partner's spent privacy); a round
+        whose training diverged is logged as a refusal but its steps still count."""
+        return [ledger_event(e) for e in self.entries if int(e["mechanism"]["steps"]) > 0]
 
     def plan(self) -> PrivacyPlan | None:
         """The calibrated plan recorded in the ledger (None before the first entry)."""
@@ -254,9 +264,7 @@ class PartnerLedger:
         }
         entry = sign_entry(body, self.key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
-            handle.write(canonical_bytes(entry) + b"\n")
-            handle.flush()
+        _append_durably(self.path, canonical_bytes(entry) + b"\n")
         self.entries.append(entry)
         return entry
 
@@ -286,7 +294,6 @@ class ReceiptLog:
                 "prev_entry_sha256": entry_hash(self.entries[-1]) if self.entries else GENESIS}
         entry = sign_entry(body, self.key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
-            handle.write(canonical_bytes(entry) + b"\n")
+        _append_durably(self.path, canonical_bytes(entry) + b"\n")
         self.entries.append(entry)
         return entry

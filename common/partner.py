@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,13 +66,16 @@ class PartnerState:
 
     plan: PrivacyPlan | None = None
     privacy: PrivacyState = field(default_factory=PrivacyState)
+    ledger_entries: int = 0
+    ledger_last_hash: str = ""
 
-    def to_dict(self) -> dict[str, list[float] | list[int] | float | int]:
+    def to_dict(self) -> dict[str, list[float] | list[int] | float | int | str]:
         """Flat dict of numbers and number lists (fits a Flower ConfigRecord)."""
-        out: dict[str, list[float] | list[int] | float | int] = {
+        out: dict[str, list[float] | list[int] | float | int | str] = {
             "events-sample-rate": [e.sample_rate for e in self.privacy.events],
             "events-noise-multiplier": [e.noise_multiplier for e in self.privacy.events],
             "events-steps": [e.steps for e in self.privacy.events],
+            "ledger-entries": self.ledger_entries, "ledger-last-hash": self.ledger_last_hash,
         }
         if self.plan is not None:
             out.update({f"plan-{k.replace('_', '-')}": v for k, v in vars(self.plan).items()})
@@ -86,7 +91,9 @@ class PartnerState:
         if "plan-noise-multiplier" in raw:
             plan = PrivacyPlan(**{name: type(default)(raw[f"plan-{name.replace('_', '-')}"])
                                   for name, default in _PLAN_FIELD_TYPES.items()})
-        return cls(plan=plan, privacy=PrivacyState(events))
+        return cls(plan=plan, privacy=PrivacyState(events),
+                   ledger_entries=int(raw.get("ledger-entries", 0)),
+                   ledger_last_hash=str(raw.get("ledger-last-hash", "")))
 
 
 _PLAN_FIELD_TYPES = {"epsilon_budget": 0.0, "delta": 0.0, "sample_rate": 0.0,
@@ -127,7 +134,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     settings = train_settings(run, requested)
     model = build_model(data.train.features.shape[1], run.hidden, run.seed)
     set_weights(model, global_weights)
-    seed = _round_seed(run.seed, partner.partner, server_round)
+    seed = round_seed(run.seed, partner, server_round)
     metrics: dict[str, float] = {"num-examples": float(len(data.train))}
     if not partner.private:
         outcome = train(model, data.train, settings, seed=seed)
@@ -142,11 +149,11 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         log.error("partner %s refuses to train: %s", partner.partner, exc)
         return TrainReply(None, {**metrics, "refused": 1.0}, str(exc))
     if ledger is not None:
-        state.plan, state.privacy = ledger.plan(), PrivacyState(ledger.events())
-        if ledger.entries and server_round <= ledger.entries[-1]["round"]:
-            reason = (f"round {server_round} is not after round {ledger.entries[-1]['round']}, "
-                      f"the last one in the partner's ledger")
+        reason = _ledger_mismatch(ledger, state, partner, server_round)
+        if reason:
+            log.error("partner %s refuses to train: %s", partner.partner, reason)
             return TrainReply(None, {**metrics, "refused": 1.0}, reason)
+        state.plan, state.privacy = ledger.plan(), PrivacyState(ledger.events())
     if state.plan is None:
         state.plan = calibrate_plan(
             epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
@@ -164,6 +171,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         metrics.update(_privacy_metrics(plan, state.privacy), refused=1.0)
         entry_hash_ = _log(ledger, server_round, plan, 0, decision.epsilon_before, received,
                            None, decision.reason)
+        _remember_ledger(state, ledger)
         return TrainReply(None, metrics, decision.reason, entry_hash_)
     outcome = train(model, data.train, settings, seed=seed, dp=decision.dp, steps=decision.steps)
     record_round(state.privacy, decision, outcome.steps)
@@ -174,12 +182,35 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         reason = "local training diverged (non-finite weights)"
         entry_hash_ = _log(ledger, server_round, plan, outcome.steps,
                            metrics["epsilon-spent"], received, None, reason)
+        _remember_ledger(state, ledger)
         return TrainReply(None, {**metrics, "refused": 1.0}, reason, entry_hash_)
     entry_hash_ = _log(ledger, server_round, plan, outcome.steps, metrics["epsilon-spent"],
                        received, hash_weights(weights))
+    _remember_ledger(state, ledger)
     metrics.update(steps=float(outcome.steps), refused=0.0,
                    **{"train-loss": outcome.mean_loss})
     return TrainReply(weights, metrics, "", entry_hash_)
+
+
+def _ledger_mismatch(ledger: PartnerLedger, state: PartnerState, partner: PartnerConfig,
+                     server_round: int) -> str:
+    """Why the verified ledger cannot be this partner's privacy state now ('' if it can)."""
+    if len(ledger.entries) < state.ledger_entries or (
+            state.ledger_entries and entry_hash(ledger.entries[state.ledger_entries - 1])
+            != state.ledger_last_hash):
+        return (f"ledger {ledger.path} holds {len(ledger.entries)} entries but this node wrote "
+                f"{state.ledger_entries} in this run: it was truncated or replaced; refusing "
+                f"rather than under-count privacy spent")
+    plan = ledger.plan()
+    if plan is not None and (plan.epsilon_budget, plan.delta) != (partner.epsilon,
+                                                                   partner.delta):
+        return (f"node config budget (epsilon={partner.epsilon}, delta={partner.delta}) differs "
+                f"from the budget in the ledger (epsilon={plan.epsilon_budget}, "
+                f"delta={plan.delta}); a budget cannot change within a run")
+    if ledger.entries and server_round <= ledger.entries[-1]["round"]:
+        return (f"round {server_round} is not after round {ledger.entries[-1]['round']}, the "
+                f"last one in the partner's ledger")
+    return ""
 
 
 def _log(ledger: PartnerLedger | None, server_round: int, plan: PrivacyPlan, steps: int,
@@ -191,6 +222,12 @@ def _log(ledger: PartnerLedger | None, server_round: int, plan: PrivacyPlan, ste
                           epsilon_cumulative=epsilon, model_received_sha256=received,
                           update_sent_sha256=sent, refusal_reason=refusal)
     return entry_hash(entry)
+
+
+def _remember_ledger(state: PartnerState, ledger: PartnerLedger | None) -> None:
+    if ledger is not None and ledger.entries:
+        state.ledger_entries = len(ledger.entries)
+        state.ledger_last_hash = ledger.last_hash
 
 
 def _privacy_metrics(plan: PrivacyPlan, privacy: PrivacyState) -> dict[str, float]:
@@ -213,7 +250,14 @@ def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
     return metrics
 
 
-def _round_seed(seed: int, partner: str, server_round: int) -> int:
-    """A per-partner, per-round seed, stable across processes (no Python hash randomisation)."""
-    partner_code = int.from_bytes(partner.encode()[:6].ljust(6, b"\0"), "big")
-    return (seed * 1_000_003 + partner_code * 7919 + server_round) % (2**31 - 1)
+def round_seed(seed: int, partner: PartnerConfig, server_round: int) -> int:
+    """The seed of this round's Poisson sampling and DP noise.
+
+    Simulated partners derive it from the run seed, so a simulation is reproducible. A deployed
+    partner draws it from the OS: the coordinator sets the run seed, and whoever knows the seed
+    can recompute the noise and subtract it from the update.
+    """
+    if partner.partition_id < 0:
+        return secrets.randbits(63)
+    digest = hashlib.sha256(f"{seed}|{partner.partner}|{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1

@@ -99,13 +99,17 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
     """Train `model` in place on `data`; returns what was done.
 
     `steps` overrides the number of steps implied by `settings.epochs` (the privacy layer uses it
-    to enforce the partner's per-round allowance).
+    to enforce the partner's per-round allowance). Sampling and noise use two independent streams
+    derived from `seed`; whoever knows `seed` can reproduce both, so a deployed partner passes
+    fresh OS randomness (see `common.partner.round_seed`).
     """
     if len(data) == 0:
         raise ValueError("cannot train on an empty data split")
     features = torch.as_tensor(data.features, dtype=torch.float32)
     labels = torch.as_tensor(data.labels, dtype=torch.float32)
-    sampling = torch.Generator().manual_seed(seed)
+    sampling_seed, noise_seed = (int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+                                 for s in np.random.SeedSequence(seed).spawn(2))
+    sampling = torch.Generator().manual_seed(sampling_seed)
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     model.train()
     if dp is None:
@@ -136,7 +140,7 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
             _make_optimizer(list(private.parameters()), settings),
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
             expected_batch_size=max(1, round(dp.sample_rate * len(data))),
-            loss_reduction="mean", generator=torch.Generator().manual_seed(seed + 1))
+            loss_reduction="mean", generator=torch.Generator().manual_seed(noise_seed))
     losses = []
     try:
         for _ in range(total):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clients.app import STATE_KEY, build_client_app
@@ -101,9 +102,7 @@ def test_greedy_coordinator_cannot_make_the_partner_overspend() -> None:
 
 
 def test_deployed_partner_budget_comes_from_node_config_not_run_config(tmp_path: Path) -> None:
-    csv_path, schema_path = bundled_path("credit_data")
-    node = {"partner": "bank", "epsilon": 0.5, "delta": 1e-6, "data-path": str(csv_path),
-            "schema-path": str(schema_path)}
+    node = {**_ledger_node(tmp_path), "epsilon": 0.5, "delta": 1e-6}
     run = RunConfig(num_server_rounds=2, sim_epsilon=100.0, sim_delta=0.1)
     context = node_context(node, run)
     metrics = _train(run, context, 1).content["metrics"]
@@ -168,3 +167,66 @@ def test_ledger_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     reply = _train(run, node_context({**node, "signing-key": str(tmp_path / "other" / "bank.key")},
                                      run), 2)
     assert "unknown-key" in reply.content["info"]["refusal-reason"]
+
+
+def test_truncated_or_deleted_ledger_is_refused_not_reset(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    context = node_context(node, run)
+    for server_round in (1, 2):
+        _train(run, context, server_round)
+    ledger = Path(node["ledger-path"])
+    ledger.write_text(ledger.read_text().splitlines(keepends=True)[0])  # drop the last entry
+    reply = _train(run, context, 3)
+    assert "arrays" not in reply.content
+    assert "truncated or replaced" in reply.content["info"]["refusal-reason"]
+    ledger.unlink()
+    assert "truncated or replaced" in _train(run, context, 3).content["info"]["refusal-reason"]
+
+
+def test_budget_cannot_change_within_a_run(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    _train(run, node_context(node, run), 1)
+    lowered = {**node, "epsilon": 0.1}
+    reply = _train(run, node_context(lowered, run), 2)
+    assert "differs from the budget in the ledger" in reply.content["info"]["refusal-reason"]
+
+
+def test_deployed_partners_draw_fresh_noise_each_time(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=2)
+    first = _train(run, node_context(_ledger_node(tmp_path / "a"), run), 1)
+    second = _train(run, node_context(_ledger_node(tmp_path / "b"), run), 1)
+    a, b = first.content["arrays"], second.content["arrays"]
+    assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    simulated = [_train(run, node_context(SIM_NODE, run), 1).content["arrays"] for _ in range(2)]
+    assert all(np.array_equal(simulated[0][k].numpy(), simulated[1][k].numpy())
+               for k in simulated[0])
+
+
+def test_data_errors_do_not_leak_values_to_the_coordinator(tmp_path: Path) -> None:
+    from clients.app import PartnerError
+
+    csv_path, _ = bundled_path("credit_data")
+    bad = tmp_path / "bad.csv"
+    text = csv_path.read_text().splitlines()
+    header, row = text[0], text[1].split(",")
+    row[1] = "SECRET-VALUE"  # Seniority must be numeric
+    bad.write_text("\n".join([header, ",".join(row), *text[2:]]) + "\n")
+    node = {**_ledger_node(tmp_path), "data-path": str(bad)}
+    run = RunConfig(num_server_rounds=2)
+    with pytest.raises(PartnerError) as raised:
+        _train(run, node_context(node, run), 1)
+    assert "SECRET-VALUE" not in str(raised.value) and str(bad) not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_train_request_without_a_round_is_refused_before_logging(tmp_path: Path) -> None:
+    from clients.app import PartnerError
+
+    run = RunConfig(num_server_rounds=2)
+    node = _ledger_node(tmp_path)
+    msg = train_message(initial_weights(run), {"local-epochs": 1.0})
+    with pytest.raises(PartnerError):
+        build_client_app(run.to_flower())(msg, node_context(node, run))
+    assert not Path(node["ledger-path"]).exists()

@@ -126,13 +126,16 @@ def test_hidden_layers() -> None:
 # --- PartnerConfig ----------------------------------------------------------------------------
 
 DEPLOYMENT = {"partner": "bank", "epsilon": 2.0, "delta": 1e-6,
-              "data-path": "/data/bank.csv", "schema-path": "/data/bank.toml"}
+              "data-path": "/data/bank.csv", "schema-path": "/data/bank.toml",
+              "ledger-path": "/data/bank.ledger.jsonl", "signing-key": "/keys/bank.key"}
 
 
 def test_deployment_node_config() -> None:
     partner = PartnerConfig.from_node_config(DEPLOYMENT, RunConfig())
     assert partner == PartnerConfig(partner="bank", epsilon=2.0, delta=1e-6,
-                                    data_path="/data/bank.csv", schema_path="/data/bank.toml")
+                                    data_path="/data/bank.csv", schema_path="/data/bank.toml",
+                                    ledger_path="/data/bank.ledger.jsonl",
+                                    signing_key="/keys/bank.key")
     assert partner.private
 
 

@@ -60,7 +60,7 @@ class RunConfig:
     sim_epsilon: float = 3.0
     sim_delta: float = 1e-5
     sim_budgets: str = ""
-    sim_pooled_eval: bool = True
+    sim_pooled_eval: bool = False
     sim_ledger_dir: str = ""
     sim_keys_dir: str = ""
     receipts_path: str = ""

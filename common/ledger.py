@@ -38,6 +38,12 @@ LEDGER_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint",
                  "event", "mechanism", "delta", "epsilon_budget", "epsilon_cumulative",
                  "accountant", "conversion", "calibration", "model_received_sha256",
                  "update_sent_sha256", "refusal_reason", "prev_entry_sha256", "signature"}
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "seq": int, "round": int, "run_id": str, "partner": str, "key_fingerprint": str,
+    "timestamp": str, "prev_entry_sha256": str, "signature": str, "event": str,
+    "mechanism": dict, "calibration": dict, "delta": (int, float), "epsilon_budget": (int, float),
+    "epsilon_cumulative": (int, float), "ledger_entry_sha256": str, "update_sha256": str,
+    "model_received_sha256": str, "refusal_reason": str}
 RECEIPT_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint", "timestamp",
                   "ledger_entry_sha256", "update_sha256", "prev_entry_sha256", "signature"}
 
@@ -146,6 +152,13 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
         if set(entry) != fields or entry.get("kind") != kind:
             missing, extra = sorted(fields - set(entry)), sorted(set(entry) - fields)
             problem("fields", f"not a {kind} entry (missing {missing}, unexpected {extra})")
+            previous_hash = entry_hash(entry)
+            continue
+        mistyped = sorted(k for k in fields & set(_FIELD_TYPES)
+                          if not isinstance(entry[k], _FIELD_TYPES[k])
+                          or isinstance(entry[k], bool))
+        if mistyped:
+            problem("fields", f"fields of the wrong type: {mistyped}")
             previous_hash = entry_hash(entry)
             continue
         signer = keys.get(entry["key_fingerprint"])

@@ -76,6 +76,20 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
         status, message = "stopped", str(exc)
         final = strategy.latest_arrays or final
         log.error("run stopped: %s", exc)
+    except Exception as exc:
+        # Nothing is lost: the model so far and the history are still written, then re-raised.
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+        final = strategy.latest_arrays or final
+        log.exception("run failed")
+        _save(out_dir, model, final, schema, run, strategy, status, message, run_id, started)
+        raise
+    _save(out_dir, model, final, schema, run, strategy, status, message, run_id, started)
+
+
+def _save(out_dir: Path, model, final: ArrayRecord, schema, run: RunConfig,
+          strategy: ValidatingFedAvg, status: str, message: str, run_id: str,
+          started: float) -> None:
+    """Write the final model, its metadata and the per-round history."""
     set_weights(model, {k: a.numpy() for k, a in final.items()})
     privacy = _last_privacy(strategy)
     save_model(out_dir, model, {
@@ -94,10 +108,10 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
 
 
 def _last_privacy(strategy: ValidatingFedAvg) -> dict[str, dict[str, float]]:
-    """Each partner's latest reported privacy figures."""
+    """Each partner's latest reported privacy figures (replies without ε figures skipped)."""
     latest: dict[str, dict[str, float]] = {}
     for record in strategy.history:
-        latest.update(record.privacy)
+        latest.update({p: f for p, f in record.privacy.items() if "epsilon-spent" in f})
     return latest
 
 

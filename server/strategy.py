@@ -156,20 +156,20 @@ class ValidatingFedAvg(FedAvg):
                 continue
             accepted.append(msg)
             record.accepted.append(name)
+        # A fixed order makes the floating-point sum, and so the run, reproducible.
+        accepted.sort(key=_partner_name)
+        if self.receipts is not None:  # before any stop: every accepted update gets its receipt
+            for msg in accepted:
+                update = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+                self.receipts.append(server_round=server_round, partner=_partner_name(msg),
+                                     ledger_entry_sha256=_ledger_hash(msg),
+                                     update_sha256=hash_weights(update))
         if len(accepted) < self.min_partners:
             raise TooFewPartners(
                 f"round {server_round}: only {len(accepted)} usable update(s) "
                 f"({', '.join(record.accepted) or 'none'}), fewer than min-partners="
                 f"{self.min_partners}; refused: {record.refused or 'none'}; rejected: "
                 f"{record.rejected or 'none'}; failed: {record.failed or 'none'}")
-        # A fixed order makes the floating-point sum, and so the run, reproducible.
-        accepted.sort(key=_partner_name)
-        if self.receipts is not None:
-            for msg in accepted:
-                update = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-                self.receipts.append(server_round=server_round, partner=_partner_name(msg),
-                                     ledger_entry_sha256=_ledger_hash(msg),
-                                     update_sha256=hash_weights(update))
         contents = [msg.content for msg in accepted]
         arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
         self.latest_arrays = arrays
@@ -202,7 +202,10 @@ class ValidatingFedAvg(FedAvg):
                 record.failed[f"node-{msg.metadata.src_node_id}"] = _error_summary(msg)
                 continue
             metrics = msg.content.metric_records.get("metrics")
-            if metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS):
+            if (metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS)
+                    or any(isinstance(v, list) or not math.isfinite(float(v))
+                           for v in metrics.values())
+                    or not float(metrics.get("num-examples", 0)) > 0):
                 record.rejected[_partner_name(msg)] = "invalid evaluation metrics"
                 continue
             record.evaluation[_partner_name(msg)] = {k: float(v) for k, v in metrics.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -45,9 +46,16 @@ def build_run_config(*, scenario: str, epsilon: float, delta: float, rounds: int
                         dirichlet_alpha=alpha, sim_budgets=budgets)
         return replace(run, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        key = re.search(r"key '([a-z-]+)", str(exc))
+        option = CLI_OPTIONS.get(key.group(1)) if key else None
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
+CLI_OPTIONS = {"sim-epsilon": "--epsilon", "sim-delta": "--delta", "num-server-rounds": "--rounds",
+               "scenario": "--scenario", "sim-budgets": "--budget", "split": "--split",
+               "dirichlet-alpha": "--alpha", "local-epochs": "--local-epochs",
+               "batch-size": "--batch-size", "learning-rate": "--learning-rate",
+               "hidden-layers": "--hidden-layers", "seed": "--seed", "out-dir": "--out"}
 ScenarioOpt = Annotated[str, typer.Option(help="Bundled scenario: credit_data or lending_club.")]
 EpsilonOpt = Annotated[float, typer.Option(help="Privacy budget epsilon of every partner.")]
 DeltaOpt = Annotated[float, typer.Option(help="Privacy budget delta of every partner.")]
@@ -80,11 +88,11 @@ def simulate(
         help="Replace an earlier run in --out (its keys, ledgers and reports).")] = False,
 ) -> None:
     """Simulate lender, e-commerce and bank: federated+DP vs federated, local-only, centralized."""
-    prepare_out_dir(out, overwrite)
     run = build_run_config(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds,
                            seed=seed, out=out, split=split, alpha=alpha, budgets=budgets,
                            local_epochs=local_epochs, batch_size=batch_size,
                            learning_rate=learning_rate, hidden_layers=hidden_layers)
+    prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo
     quiet_libraries(verbose)
     from simulations.report import write_report
     from simulations.runner import SETTINGS, run_all

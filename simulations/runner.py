@@ -29,6 +29,7 @@ from common.data import PartnerData, Split
 from common.metrics import credit_metrics
 from common.model import build_model, set_weights
 from common.outputs import HISTORY_FILE, MODEL_FILE
+from common.partner import train_settings as partner_train_settings
 from common.personalize import personalize
 from common.scenarios import load_scenario
 from common.training import TrainSettings, predict, train
@@ -59,8 +60,7 @@ class SettingResult:
 
 def train_settings(run: RunConfig) -> TrainSettings:
     """Optimiser settings shared by every setting, so the comparison is like for like."""
-    return TrainSettings(epochs=run.local_epochs, batch_size=run.batch_size,
-                         learning_rate=run.learning_rate, optimizer=run.optimizer)
+    return partner_train_settings(run, {})
 
 
 def run_local_only(run: RunConfig, partners: list[PartnerData]) -> SettingResult:
@@ -206,18 +206,23 @@ def audit_run(out: Path, dp_dir: Path, partners: list[str]) -> dict[str, Any]:
 
 
 def privacy_summary(run: RunConfig, history: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per partner: ε spent (composed over every round), budget, δ, σ, rounds trained."""
+    """Per partner: ε spent (composed over every round), budget, δ, σ, rounds trained.
+
+    Replies that carry no ε figures (a partner that refused before accounting) are skipped.
+    """
     summary: dict[str, dict[str, Any]] = {}
     for record in history.get("rounds", []):
         for partner, figures in record["privacy"].items():
+            if "epsilon-spent" not in figures:
+                continue
             summary[partner] = {
-                "epsilon_spent": figures.get("epsilon-spent"),
+                "epsilon_spent": figures["epsilon-spent"],
                 "epsilon_budget": figures.get("epsilon-budget"),
                 "delta": figures.get("delta"),
                 "noise_multiplier": figures.get("noise-multiplier"),
                 "sample_rate": figures.get("sample-rate"),
                 "rounds_trained": int(figures.get("rounds-trained", 0)),
                 "epsilon_per_round": summary.get(partner, {}).get("epsilon_per_round", [])
-                + [figures.get("epsilon-spent")],
+                + [figures["epsilon-spent"]],
             }
     return summary

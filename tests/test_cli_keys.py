@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from common.crypto import fingerprint, load_private_key, load_public_key, sign, verify
 from simulations.cli import app
 
-RUNNER = CliRunner()
+RUNNER = CliRunner(env={"COLUMNS": "240"})
 
 
 def test_keys_new_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:

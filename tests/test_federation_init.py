@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from common.crypto import load_private_key, load_public_keys
 from simulations.cli import app
 
-RUNNER = CliRunner()
+RUNNER = CliRunner(env={"COLUMNS": "240"})
 
 
 def _init(out: Path, *extra: str):

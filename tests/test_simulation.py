@@ -17,7 +17,7 @@ from simulations.cli import app
 from simulations.runner import run_federation
 
 pytestmark = pytest.mark.slow
-RUNNER = CliRunner()
+RUNNER = CliRunner(env={"COLUMNS": "240"})
 
 
 def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypatch) -> None:

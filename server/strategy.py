@@ -148,6 +148,8 @@ class ValidatingFedAvg(FedAvg):
                 log.warning("round %d: partner %s refused: %s", server_round, name, reason)
                 continue
             problem = check_train_reply(msg, self.current_weights)
+            if not problem and name in record.accepted:
+                problem = "a second update under the same partner name in this round"
             if not problem and self.receipts is not None and not _ledger_hash(msg):
                 problem = "no ledger entry hash: this coordinator requires partner ledgers"
             if problem:

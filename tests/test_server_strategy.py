@@ -121,3 +121,14 @@ def test_aggregation_does_not_depend_on_reply_order(weights) -> None:
     second, _ = _strategy(weights).aggregate_train(1, list(reversed(replies)))
     for key in first:
         assert np.array_equal(first[key].numpy(), second[key].numpy())
+
+
+def test_second_update_under_the_same_partner_name_is_rejected(weights) -> None:
+    strategy = _strategy(weights)
+    replies = [reply_message("bank", _shifted(weights, 1.0), _metrics(100.0), node_id=1),
+               reply_message("bank", _shifted(weights, 9.0), _metrics(100.0), node_id=2)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.history[-1].accepted == ["bank"]
+    assert "same partner name" in strategy.history[-1].rejected["bank"]
+    for array in arrays.values():
+        np.testing.assert_allclose(array.numpy(), 1.0)

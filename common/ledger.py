@@ -209,30 +209,56 @@ def ledger_event(entry: dict[str, Any]) -> SubsampledGaussianEvent:
                                    float(mechanism["noise_multiplier"]), int(mechanism["steps"]))
 
 
-class PartnerLedger:
-    """A partner's own ledger file: verified on open, then appended to, one entry per round."""
+class SignedLog:
+    """A signed, hash-chained JSON Lines log of one run: verified on open, appended durably."""
 
-    def __init__(self, path: Path, key: Ed25519PrivateKey, partner: str, run_id: str) -> None:
-        self.path, self.key, self.partner, self.run_id = Path(path), key, partner, run_id
+    kind = ""
+    consequence = ""
+
+    def __init__(self, path: Path, key: Ed25519PrivateKey, run_id: str, signer: str,
+                 expected_signer: str | None) -> None:
+        self.path, self.key, self.run_id = Path(path), key, run_id
         self.fingerprint = fingerprint(key.public_key())
         self.entries: list[dict[str, Any]] = []
-        if self.path.exists():
-            lines, findings = read_lines(self.path)
-            keys = {self.fingerprint: (partner, key.public_key())}
-            findings += check_log(self.path, lines, keys, kind=LEDGER_KIND)
-            findings += [Finding(str(self.path), line, "foreign-run",
-                                 f"entry of run {e.get('run_id')!r}, this is run {run_id!r}")
-                         for line, e in lines if e.get("run_id") != run_id]
-            if findings:
-                raise LedgerError(f"ledger {self.path} failed verification; refusing to train "
-                                  f"rather than under-count privacy spent: "
-                                  + "; ".join(str(f) for f in findings[:5]))
-            self.entries = [entry for _, entry in lines]
+        if not self.path.exists():
+            return
+        lines, findings = read_lines(self.path)
+        findings += check_log(self.path, lines, {self.fingerprint: (signer, key.public_key())},
+                              kind=self.kind, expected_signer=expected_signer)
+        findings += [Finding(str(self.path), line, "foreign-run",
+                             f"entry of run {e.get('run_id')!r}, this is run {run_id!r}")
+                     for line, e in lines if e.get("run_id") != run_id]
+        if findings:
+            raise LedgerError(f"{self.path} failed verification{self.consequence}: "
+                              + "; ".join(str(f) for f in findings[:5]))
+        self.entries = [entry for _, entry in lines]
 
     @property
     def last_hash(self) -> str:
         """Hash of the last entry (GENESIS when empty)."""
         return entry_hash(self.entries[-1]) if self.entries else GENESIS
+
+    def _append(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Number, timestamp, chain, sign and durably append one entry."""
+        body = {"kind": self.kind, "seq": len(self.entries), "run_id": self.run_id,
+                "key_fingerprint": self.fingerprint, "timestamp": utc_now(), **fields,
+                "prev_entry_sha256": self.last_hash}
+        entry = sign_entry(body, self.key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _append_durably(self.path, canonical_bytes(entry) + b"\n")
+        self.entries.append(entry)
+        return entry
+
+
+class PartnerLedger(SignedLog):
+    """A partner's own ledger file: one entry per round it trains in or refuses."""
+
+    kind = LEDGER_KIND
+    consequence = "; refusing to train rather than under-count privacy spent"
+
+    def __init__(self, path: Path, key: Ed25519PrivateKey, partner: str, run_id: str) -> None:
+        self.partner = partner
+        super().__init__(path, key, run_id, signer=partner, expected_signer=None)
 
     def events(self) -> list[SubsampledGaussianEvent]:
         """Every mechanism event that ran steps, in order (the partner's spent privacy); a round
@@ -257,10 +283,8 @@ class PartnerLedger:
                epsilon_cumulative: float, model_received_sha256: str,
                update_sent_sha256: str | None, refusal_reason: str = "") -> dict[str, Any]:
         """Sign and append one entry (a round trained, or refused if `refusal_reason`)."""
-        body = {
-            "kind": LEDGER_KIND, "seq": len(self.entries), "run_id": self.run_id,
+        return self._append({
             "round": int(server_round), "partner": self.partner,
-            "key_fingerprint": self.fingerprint, "timestamp": utc_now(),
             "event": "refusal" if refusal_reason else "train",
             "mechanism": {"name": MECHANISM, "sampling": SAMPLING,
                           "sample_rate": plan.sample_rate,
@@ -273,40 +297,20 @@ class PartnerLedger:
                             "steps_per_round": plan.steps_per_round},
             "model_received_sha256": model_received_sha256,
             "update_sent_sha256": update_sent_sha256, "refusal_reason": refusal_reason,
-            "prev_entry_sha256": self.last_hash,
-        }
-        entry = sign_entry(body, self.key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _append_durably(self.path, canonical_bytes(entry) + b"\n")
-        self.entries.append(entry)
-        return entry
+        })
 
 
-class ReceiptLog:
-    """The coordinator's receipts: one signed entry per accepted update, hash-chained."""
+class ReceiptLog(SignedLog):
+    """The coordinator's receipts: one signed entry per accepted update."""
+
+    kind = RECEIPT_KIND
 
     def __init__(self, path: Path, key: Ed25519PrivateKey, run_id: str) -> None:
-        self.path, self.key, self.run_id = Path(path), key, run_id
-        self.fingerprint = fingerprint(key.public_key())
-        lines, findings = read_lines(self.path) if self.path.exists() else ([], [])
-        findings += check_log(self.path, lines, {self.fingerprint: ("coordinator",
-                                                                    key.public_key())},
-                              kind=RECEIPT_KIND)
-        if findings:
-            raise LedgerError(f"receipts log {self.path} failed verification: "
-                              + "; ".join(str(f) for f in findings[:5]))
-        self.entries = [entry for _, entry in lines]
+        super().__init__(path, key, run_id, signer="coordinator", expected_signer="coordinator")
 
     def append(self, *, server_round: int, partner: str, ledger_entry_sha256: str,
                update_sha256: str) -> dict[str, Any]:
         """Sign and append a receipt for one accepted update."""
-        body = {"kind": RECEIPT_KIND, "seq": len(self.entries), "run_id": self.run_id,
-                "round": int(server_round), "partner": partner,
-                "key_fingerprint": self.fingerprint, "timestamp": utc_now(),
-                "ledger_entry_sha256": ledger_entry_sha256, "update_sha256": update_sha256,
-                "prev_entry_sha256": entry_hash(self.entries[-1]) if self.entries else GENESIS}
-        entry = sign_entry(body, self.key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _append_durably(self.path, canonical_bytes(entry) + b"\n")
-        self.entries.append(entry)
-        return entry
+        return self._append({"round": int(server_round), "partner": partner,
+                             "ledger_entry_sha256": ledger_entry_sha256,
+                             "update_sha256": update_sha256})

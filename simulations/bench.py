@@ -20,6 +20,7 @@ import torch
 
 from common.config import RunConfig
 from common.model import build_model
+from common.partner import train_settings
 from common.privacy import calibrate_plan
 from common.scenarios import load_scenario
 from common.training import train
@@ -108,7 +109,7 @@ def epoch_times(run: RunConfig, repeats: int = 5) -> dict[str, float]:
                           num_train_rows=len(partner.train), batch_size=run.batch_size,
                           local_epochs=run.local_epochs, planned_rounds=run.num_server_rounds,
                           max_grad_norm=run.clip_norm)
-    settings = replace(_settings(run), epochs=1.0)
+    settings = replace(train_settings(run, {}), epochs=1.0)
     timings: dict[str, list[float]] = {"dp": [], "plain": []}
     for repeat in range(repeats + 1):  # the first repeat warms up
         for kind in ("dp", "plain"):
@@ -123,12 +124,6 @@ def epoch_times(run: RunConfig, repeats: int = 5) -> dict[str, float]:
     return {"partner_rows": len(partner.train), "dp_epoch_seconds": dp,
             "plain_epoch_seconds": plain, "dp_over_plain": dp / plain,
             "largest_partner_round_compute_seconds": round_compute}
-
-
-def _settings(run: RunConfig):
-    from simulations.runner import train_settings
-
-    return train_settings(run)
 
 
 def run_benchmark(run: RunConfig) -> dict[str, dict[str, float]]:

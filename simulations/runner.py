@@ -29,10 +29,10 @@ from common.data import PartnerData, Split
 from common.metrics import credit_metrics
 from common.model import build_model, set_weights
 from common.outputs import HISTORY_FILE, MODEL_FILE
-from common.partner import train_settings as partner_train_settings
+from common.partner import train_settings
 from common.personalize import personalize
 from common.scenarios import load_scenario
-from common.training import TrainSettings, predict, train
+from common.training import predict, train
 
 log = logging.getLogger(__name__)
 KEYS_DIR, LEDGER_DIR = "keys", "ledgers"
@@ -58,17 +58,12 @@ class SettingResult:
         return {"pooled": credit_metrics(labels, scores), "partners": per_partner}
 
 
-def train_settings(run: RunConfig) -> TrainSettings:
-    """Optimiser settings shared by every setting, so the comparison is like for like."""
-    return partner_train_settings(run, {})
-
-
 def run_local_only(run: RunConfig, partners: list[PartnerData]) -> SettingResult:
     """Each partner trains alone, non-private, for the same total epochs as the federation."""
     scores = {}
     for k, partner in enumerate(partners):
         model = build_model(partner.train.features.shape[1], run.hidden, run.seed)
-        settings = replace(train_settings(run),
+        settings = replace(train_settings(run, {}),
                            epochs=run.local_epochs * run.num_server_rounds)
         train(model, partner.train, settings, seed=run.seed * 100 + k)
         scores[partner.partner] = predict(model, partner.test.features)
@@ -80,7 +75,7 @@ def run_centralized(run: RunConfig, partners: list[PartnerData]) -> SettingResul
     pooled = Split(np.concatenate([p.train.features for p in partners]),
                    np.concatenate([p.train.labels for p in partners]))
     model = build_model(pooled.features.shape[1], run.hidden, run.seed)
-    settings = replace(train_settings(run), epochs=run.local_epochs * run.num_server_rounds)
+    settings = replace(train_settings(run, {}), epochs=run.local_epochs * run.num_server_rounds)
     train(model, pooled, settings, seed=run.seed)
     return SettingResult({p.partner: predict(model, p.test.features) for p in partners})
 
@@ -123,7 +118,7 @@ def run_personalized(run: RunConfig, partners: list[PartnerData],
     scores, weights = {}, {}
     for k, partner in enumerate(partners):
         personal = personalize(federated.model, partner.train, hidden=run.hidden,
-                               settings=replace(train_settings(run),
+                               settings=replace(train_settings(run, {}),
                                                 epochs=run.local_epochs * run.num_server_rounds),
                                seed=run.seed * 100 + k)
         scores[partner.partner] = personal.predict(partner.test.features)

@@ -4,21 +4,62 @@ A reply carries only an ArrayRecord (the DP update), a MetricRecord (numbers lis
 `common.partner.TRAIN_METRIC_KEYS` / `EVALUATE_METRIC_KEYS`) and a ConfigRecord `info` with the
 partner's name, the refusal reason if it refused, and the hash of the ledger entry it wrote for
 the round. Raw rows never leave this process.
+
+Under secure aggregation (run config `secure-aggregation`) train instructions come through Flower's
+SecAgg+ in the legacy format (`fitins.*`); `secure_aggregation_mod` applies Flower's
+`secaggplus_mod` to exactly those messages, so the update leaves the partner only masked. The
+partner checks its update before masking it (finite, within +-`secagg-clipping-range`, weight at
+most `secagg-max-weight`); a partner that refuses drops out of the round with an error that
+carries its refusal, as a plain reply would.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 
+import flwr.compat.common.recorddict_compat as compat
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import (
+    Code,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from common.config import PartnerConfig, RunConfig
-from common.partner import PartnerState, evaluate_round, load_data, train_round
+from common.crypto import hash_weights
+from common.partner import (
+    REFUSAL_PREFIX,
+    PartnerState,
+    TrainReply,
+    evaluate_round,
+    load_data,
+    train_round,
+)
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedcredit-partner-state"
+SECURE_PARAMETERS = "fitins.parameters"  # a legacy (SecAgg+) train instruction holds these
+# Error code of a refusal under secure aggregation (Flower's own codes are small integers).
+REFUSAL_ERROR_CODE = 4030
 
 
 def _setup(context: Context, overrides: dict) -> tuple[RunConfig, PartnerConfig]:
@@ -53,26 +94,118 @@ def _guarded(handler):
     return run
 
 
+def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
+    """(global weights, round config, array keys) of a legacy SecAgg+ train instruction."""
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    requested = dict(fitins.config)
+    names = requested.pop("array-keys", None)
+    if not isinstance(names, str):
+        raise ValueError("secure train request without its 'array-keys'")
+    keys = names.split(",")
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    if len(arrays) != len(keys):
+        raise ValueError(f"secure train request has {len(arrays)} arrays for {len(keys)} keys")
+    return dict(zip(keys, arrays, strict=True)), requested, keys
+
+
 @_guarded
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
     run, partner = _setup(context, overrides or {})
     state = PartnerState.from_dict(dict(context.state.get(STATE_KEY, ConfigRecord())))
-    requested = dict(msg.content.get("config", ConfigRecord()))
+    secure = SECURE_PARAMETERS in msg.content.array_records
+    if secure:
+        weights, requested, keys = _secure_instruction(msg)
+    else:
+        weights, requested = _weights(msg), dict(msg.content.get("config", ConfigRecord()))
     server_round = requested.get("server-round")
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
         raise ValueError(f"train request without a valid 'server-round' (got {server_round!r})")
-    reply = train_round(partner, run, state, _weights(msg), requested, server_round,
-                        load_data(partner, run), run_id=str(context.run_id))
+    data = load_data(partner, run)
+    if secure and len(data.train) > run.secagg_max_weight:
+        # Checked before training: no privacy is spent on an update that could not be summed.
+        reply = TrainReply(None, {"num-examples": float(len(data.train)), "refused": 1.0},
+                           f"{len(data.train)} training rows exceed secagg-max-weight="
+                           f"{run.secagg_max_weight:g}: the weight would overflow the secure "
+                           f"sum's quantized weighting (run config key 'secagg-max-weight')")
+    else:
+        reply = train_round(partner, run, state, weights, requested, server_round, data,
+                            run_id=str(context.run_id),
+                            value_bound=run.secagg_clipping_range if secure else None)
     context.state[STATE_KEY] = ConfigRecord(state.to_dict())
-    content = RecordDict({
-        "metrics": MetricRecord(reply.metrics),
-        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": reply.refusal,
-                              "ledger-entry-sha256": reply.ledger_entry_sha256}),
-    })
+    info = {"partner": partner.partner, "refusal-reason": reply.refusal,
+            "ledger-entry-sha256": reply.ledger_entry_sha256}
+    if secure:
+        return _secure_reply(msg, reply, info, keys)
+    content = RecordDict({"metrics": MetricRecord(reply.metrics), "info": ConfigRecord(info)})
     if reply.weights is not None:
         content["arrays"] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
     return Message(content=content, reply_to=msg)
+
+
+def _secure_reply(msg: Message, reply: TrainReply, info: dict[str, str],
+                  keys: list[str]) -> Message:
+    """A legacy fit reply for `secaggplus_mod` to mask: the update in the instruction's key order,
+    the metrics and info (with the hash of the update, as the ledger entry logged it)."""
+    arrays = [] if reply.weights is None else [reply.weights[k] for k in keys]
+    update_hash = "" if reply.weights is None else hash_weights(reply.weights)
+    fitres = FitRes(status=Status(code=Code.OK, message="Success"),
+                    parameters=ndarrays_to_parameters(arrays),
+                    num_examples=int(reply.metrics["num-examples"]),
+                    metrics={**reply.metrics, **info, "update-sha256": update_hash})
+    return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+class _Refused(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside `secaggplus_mod` to leave the round without a masked update."""
+
+
+def make_secure_aggregation_mod(overrides: dict) -> Callable[
+        [Message, Context, ClientAppCallable], Message]:
+    """A mod that runs Flower's `secaggplus_mod` on SecAgg+ train messages only (the mod reads
+    the SecAgg+ config record of every train message it sees) and turns a refusal into a
+    drop-out: an error reply carrying the refusal, the partner's state kept."""
+    def secure_aggregation_mod(msg: Message, context: Context,
+                               call_next: ClientAppCallable) -> Message:
+        if not (msg.metadata.message_type == MessageType.TRAIN and msg.has_content()
+                and RECORD_KEY_CONFIGS in msg.content.config_records):
+            return call_next(msg, context)
+        configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+        if configs.get(Key.STAGE) == Stage.SETUP:
+            _check_protocol(configs, RunConfig.from_flower({**dict(context.run_config),
+                                                            **overrides}))
+
+        def train_or_refuse(inner: Message, ctxt: Context) -> Message:
+            reply = call_next(inner, ctxt)
+            result = compat.recorddict_to_fitres(reply.content, keep_input=True)
+            if result.metrics.get("refusal-reason"):
+                metrics = {k: v for k, v in result.metrics.items()
+                           if isinstance(v, int | float) and not isinstance(v, bool)}
+                raise _Refused(REFUSAL_PREFIX + json.dumps({
+                    "partner": result.metrics.get("partner", ""),
+                    "refusal-reason": result.metrics["refusal-reason"],
+                    "ledger-entry-sha256": result.metrics.get("ledger-entry-sha256", ""),
+                    "metrics": metrics}, sort_keys=True))
+            return reply
+
+        try:
+            return secaggplus_mod(msg, context, train_or_refuse)
+        except _Refused as refused:
+            log.warning("partner refuses this secure-aggregation round: %s", refused)
+            return Message(Error(code=REFUSAL_ERROR_CODE, reason=str(refused)), reply_to=msg)
+
+    return secure_aggregation_mod
+
+
+def _check_protocol(configs: ConfigRecord, run: RunConfig) -> None:
+    """The SecAgg+ setup must use the run config's clipping range and max weight: those are
+    what the partner checks its update against before masking it."""
+    announced = {"secagg-clipping-range": configs.get(Key.CLIPPING_RANGE),
+                 "secagg-max-weight": configs.get(Key.MAX_WEIGHT)}
+    expected = {"secagg-clipping-range": run.secagg_clipping_range,
+                "secagg-max-weight": run.secagg_max_weight}
+    if announced != expected:
+        raise ValueError(f"SecAgg+ setup announces {announced}, the run config says {expected}")
 
 
 @_guarded
@@ -95,7 +228,7 @@ def build_client_app(run_config: dict | None = None) -> ClientApp:
     overrides = dict(run_config or {})
     client_app = ClientApp()
 
-    @client_app.train()
+    @client_app.train(mods=[make_secure_aggregation_mod(overrides)])
     def _train(msg: Message, context: Context) -> Message:
         return train(msg, context, overrides)
 

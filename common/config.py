@@ -65,6 +65,9 @@ class RunConfig:
     sim_keys_dir: str = ""
     receipts_path: str = ""
     receipt_key: str = ""
+    secure_aggregation: bool = False
+    secagg_clipping_range: float = 8.0
+    secagg_max_weight: float = 10000.0
 
     def learning_rate_at(self, server_round: int) -> float:
         """Learning rate of round `server_round` (1-based): constant, or cosine down to 10%."""
@@ -117,6 +120,10 @@ class RunConfig:
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
             (self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0"),
             (bool(self.out_dir), "out-dir", "must not be empty"),
+            (0 < self.secagg_clipping_range < math.inf, "secagg-clipping-range",
+             "must be a finite number > 0"),
+            (1 <= self.secagg_max_weight < math.inf, "secagg-max-weight",
+             "must be a finite number >= 1"),
         ]
         for ok, key, rule in checks:
             if not ok:
@@ -127,6 +134,10 @@ class RunConfig:
             raise ValueError("run config keys 'sim-ledger-dir' and 'sim-keys-dir' go together")
         if bool(self.receipts_path) != bool(self.receipt_key):
             raise ValueError("run config keys 'receipts-path' and 'receipt-key' go together")
+        if self.secure_aggregation and self.min_partners < 2:
+            raise ValueError(f"min-partners must be >= 2 with secure-aggregation (the sum of one "
+                             f"partner's update is that update), got {self.min_partners} "
+                             f"(run config key 'min-partners')")
         if self.sim_dp:
             check_budget(self.sim_epsilon, self.sim_delta, source="run config",
                          keys=("sim-epsilon", "sim-delta"))

@@ -37,6 +37,11 @@ TRAIN_METRIC_KEYS = ("num-examples", "epsilon-spent", "epsilon-budget", "delta",
                      "noise-multiplier", "sample-rate", "steps", "rounds-trained", "train-loss",
                      "refused")
 EVALUATE_METRIC_KEYS = ("num-examples", "auc", "ks", "gini", "brier", "pr-auc", "log-loss")
+# Under secure aggregation the partner's info travels inside its train reply's metrics.
+SECURE_INFO_KEYS = ("partner", "refusal-reason", "ledger-entry-sha256", "update-sha256")
+# A partner that refuses a secure-aggregation round drops out of it with an error whose reason is
+# this prefix followed by a JSON object: its info and privacy metrics (what a plain reply holds).
+REFUSAL_PREFIX = "fedcredit-refusal "
 # Coordinator round-config keys a partner never lets change its calibrated mechanism.
 IGNORED_MECHANISM_KEYS = ("noise-multiplier", "sample-rate", "batch-size", "max-grad-norm",
                           "clip-norm")
@@ -119,13 +124,35 @@ def open_ledger(partner: PartnerConfig, run_id: str) -> PartnerLedger | None:
     return PartnerLedger(Path(partner.ledger_path), key, partner.partner, run_id)
 
 
+def update_problem(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                   value_bound: float | None = None) -> str:
+    """Why a partner must not send this update ('' if it may): non-finite values, keys or shapes
+    that differ from the global model, or (with `value_bound`, under secure aggregation) values
+    outside +-value_bound, which the quantizer would clip silently. Names no values."""
+    if not all(np.all(np.isfinite(w)) for w in weights.values()):
+        return "local training diverged (non-finite weights)"
+    if set(weights) != set(reference) or any(
+            np.shape(weights[k]) != np.shape(reference[k]) for k in reference):
+        return "update keys or shapes differ from the global model"
+    if value_bound is not None:
+        outside = sorted(k for k, w in weights.items() if np.any(np.abs(w) > value_bound))
+        if outside:
+            return (f"update has values outside +-{value_bound:g} in {outside} "
+                    f"(run config key 'secagg-clipping-range'): secure aggregation would clip "
+                    f"them; not sent")
+    return ""
+
+
 def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
                 global_weights: dict[str, np.ndarray], requested: dict, server_round: int,
-                data: PartnerData, run_id: str = "") -> TrainReply:
+                data: PartnerData, run_id: str = "", *,
+                value_bound: float | None = None) -> TrainReply:
     """Train one round on the partner's data under its budget; mutates `state` on success.
 
     With a ledger configured, spent privacy is restored from the verified ledger (not from
     `state`), and the round, trained or refused, is appended to it before replying.
+    `value_bound` (secure aggregation): an update with a value outside +-value_bound is withheld,
+    like one that diverged.
     """
     for key in IGNORED_MECHANISM_KEYS:
         if key in requested:
@@ -140,7 +167,12 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         outcome = train(model, data.train, settings, seed=seed)
         metrics.update(steps=float(outcome.steps), **{"train-loss": outcome.mean_loss},
                        refused=0.0)
-        return TrainReply(get_weights(model), metrics)
+        weights = get_weights(model)
+        problem = "" if value_bound is None else update_problem(weights, global_weights,
+                                                                value_bound)
+        if problem:
+            return TrainReply(None, {**metrics, "refused": 1.0}, problem)
+        return TrainReply(weights, metrics)
 
     assert partner.epsilon is not None and partner.delta is not None
     try:
@@ -177,9 +209,9 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     record_round(state.privacy, decision, outcome.steps)
     weights = get_weights(model)
     metrics.update(_privacy_metrics(plan, state.privacy))
-    if not all(np.all(np.isfinite(w)) for w in weights.values()):
+    reason = update_problem(weights, global_weights, value_bound)
+    if reason:
         # The noisy steps happened, so their privacy is spent and logged; no update is sent.
-        reason = "local training diverged (non-finite weights)"
         entry_hash_ = _log(ledger, server_round, plan, outcome.steps,
                            metrics["epsilon-spent"], received, None, reason)
         _remember_ledger(state, ledger)

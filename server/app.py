@@ -1,4 +1,5 @@
-"""The coordinator's Flower ServerApp: validated weighted FedAvg over the partners' DP updates."""
+"""The coordinator's Flower ServerApp: validated weighted FedAvg over the partners' DP updates
+(or, with `secure-aggregation`, over their SecAgg+ masked sum: see `server.secure`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from common.outputs import HISTORY_FILE, save_model, write_json
 from common.scenarios import get_scenario, load_scenario
 from common.schema import load_schema
 from common.training import evaluate
+from server.secure import run_secure_rounds
 from server.strategy import RoundRecord, TooFewPartners, ValidatingFedAvg
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,17 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
 
     status, message, final = "completed", "", ArrayRecord(model.state_dict())
     try:
-        result = strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=run.num_server_rounds,
-            train_config=ConfigRecord({"local-epochs": run.local_epochs,
-                                       "learning-rate": run.learning_rate}),
-            evaluate_fn=end_of_round)
-        final = result.arrays
+        if run.secure_aggregation:
+            final = run_secure_rounds(grid, run, strategy, ArrayRecord(model.state_dict()),
+                                      end_of_round)
+        else:
+            result = strategy.start(
+                grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                num_rounds=run.num_server_rounds,
+                train_config=ConfigRecord({"local-epochs": run.local_epochs,
+                                           "learning-rate": run.learning_rate}),
+                evaluate_fn=end_of_round)
+            final = result.arrays
     except TooFewPartners as exc:
         status, message = "stopped", str(exc)
         final = strategy.latest_arrays or final

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -37,12 +38,17 @@ class RoundRecord:
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
+    aggregate_sha256: str = ""
+
+
+def error_summary(reason: str) -> str:
+    """The last meaningful line of an error reason (tracebacks can be kilobytes)."""
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown error")[:300]
 
 
 def _error_summary(msg: Message) -> str:
-    """The last meaningful line of a failed reply's error (tracebacks can be kilobytes)."""
-    lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()]
-    return (lines[-1] if lines else "unknown error")[:300]
+    return error_summary(msg.error.reason)
 
 
 def _ledger_hash(msg: Message) -> str:
@@ -56,6 +62,36 @@ def _partner_name(msg: Message) -> str:
     return str(name) if name else f"node-{msg.metadata.src_node_id}"
 
 
+def check_train_metrics(metrics: Mapping[str, Any]) -> str:
+    """Why these train reply metrics are unusable ('' if they are fine)."""
+    unknown = set(metrics.keys()) - set(TRAIN_METRIC_KEYS)
+    if unknown:
+        return f"unknown metric keys {sorted(unknown)}"
+    if any(isinstance(v, list | str | bytes) or not math.isfinite(float(v))
+           for v in metrics.values()):
+        return "non-finite or list-valued metrics"
+    if not metrics.get("num-examples", 0) > 0:
+        return "num-examples missing or not positive"
+    return ""
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], reference: dict[str, np.ndarray]) -> str:
+    """Why these arrays cannot become (part of) the global model ('' if they can)."""
+    if set(arrays.keys()) != set(reference):
+        return (f"array keys differ from the global model: missing "
+                f"{sorted(set(reference) - set(arrays.keys()))}, unexpected "
+                f"{sorted(set(arrays.keys()) - set(reference))}")
+    for key, ref in reference.items():
+        array = arrays[key]
+        if array.shape != ref.shape:
+            return f"array {key!r} has shape {array.shape}, expected {ref.shape}"
+        if not np.issubdtype(array.dtype, np.floating):
+            return f"array {key!r} has dtype {array.dtype}, expected floating point"
+        if not np.all(np.isfinite(array)):
+            return f"array {key!r} contains NaN or Inf"
+    return ""
+
+
 def check_train_reply(msg: Message, reference: dict[str, np.ndarray]) -> str:
     """Why this train reply must not be aggregated ('' if it is fine)."""
     content = msg.content
@@ -65,30 +101,13 @@ def check_train_reply(msg: Message, reference: dict[str, np.ndarray]) -> str:
     metrics = content.metric_records.get("metrics")
     if metrics is None:
         return "no 'metrics' record"
-    unknown = set(metrics.keys()) - set(TRAIN_METRIC_KEYS)
-    if unknown:
-        return f"unknown metric keys {sorted(unknown)}"
-    values = {k: v for k, v in metrics.items()}
-    if any(isinstance(v, list) or not math.isfinite(float(v)) for v in values.values()):
-        return "non-finite or list-valued metrics"
-    if not values.get("num-examples", 0) > 0:
-        return "num-examples missing or not positive"
+    problem = check_train_metrics(dict(metrics))
+    if problem:
+        return problem
     arrays = content.array_records.get("arrays")
     if arrays is None:
         return "no 'arrays' record"
-    if set(arrays.keys()) != set(reference):
-        return (f"array keys differ from the global model: missing "
-                f"{sorted(set(reference) - set(arrays.keys()))}, unexpected "
-                f"{sorted(set(arrays.keys()) - set(reference))}")
-    for key, ref in reference.items():
-        array = arrays[key].numpy()
-        if array.shape != ref.shape:
-            return f"array {key!r} has shape {array.shape}, expected {ref.shape}"
-        if not np.issubdtype(array.dtype, np.floating):
-            return f"array {key!r} has dtype {array.dtype}, expected floating point"
-        if not np.all(np.isfinite(array)):
-            return f"array {key!r} contains NaN or Inf"
-    return ""
+    return check_arrays({k: a.numpy() for k, a in arrays.items()}, reference)
 
 
 class ValidatingFedAvg(FedAvg):
@@ -111,24 +130,30 @@ class ValidatingFedAvg(FedAvg):
         self.current_weights: dict[str, np.ndarray] = {}
         self.latest_arrays: ArrayRecord | None = None
 
-    def _record(self, server_round: int) -> RoundRecord:
+    def record_for(self, server_round: int) -> RoundRecord:
+        """The record of `server_round` (created on first use)."""
         if not self.history or self.history[-1].round != server_round:
             self.history.append(RoundRecord(round=server_round))
         return self.history[-1]
+
+    def round_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        """The train config of `server_round`: `config` with the round's learning rate."""
+        config = ConfigRecord(dict(config))
+        if self.learning_rate_at is not None:
+            config["learning-rate"] = float(self.learning_rate_at(server_round))
+        return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Remember the global model's shapes and add the round's learning rate."""
         self.current_weights = {k: a.numpy() for k, a in arrays.items()}
-        config = ConfigRecord(dict(config))
-        if self.learning_rate_at is not None:
-            config["learning-rate"] = float(self.learning_rate_at(server_round))
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, arrays,
+                                       self.round_config(server_round, config), grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate each reply, aggregate the accepted ones, stop if too few remain."""
-        record = self._record(server_round)
+        record = self.record_for(server_round)
         accepted = []
         for msg in replies:
             if msg.has_error():
@@ -160,29 +185,43 @@ class ValidatingFedAvg(FedAvg):
             record.accepted.append(name)
         # A fixed order makes the floating-point sum, and so the run, reproducible.
         accepted.sort(key=_partner_name)
-        if self.receipts is not None:  # before any stop: every accepted update gets its receipt
-            for msg in accepted:
-                update = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-                self.receipts.append(server_round=server_round, partner=_partner_name(msg),
-                                     ledger_entry_sha256=_ledger_hash(msg),
-                                     update_sha256=hash_weights(update))
+        self.admit(server_round, [
+            (_partner_name(msg), _ledger_hash(msg),
+             hash_weights({k: a.numpy() for k, a in msg.content["arrays"].items()}))
+            for msg in accepted])
+        contents = [msg.content for msg in accepted]
+        arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+        self.adopt(server_round, arrays)
+        total = sum(float(c["metrics"]["num-examples"]) for c in contents)
+        return arrays, MetricRecord({"num-examples": total, "partners": float(len(contents))})
+
+    def admit(self, server_round: int, accepted: list[tuple[str, str, str]]) -> None:
+        """Sign a receipt for each accepted (partner, ledger entry hash, update hash), then stop
+        the run if they are fewer than `min_partners`. Receipts come first: every accepted
+        update gets one even when the run stops."""
+        record = self.record_for(server_round)
+        if self.receipts is not None:
+            for partner, ledger_hash, update_hash in accepted:
+                self.receipts.append(server_round=server_round, partner=partner,
+                                     ledger_entry_sha256=ledger_hash, update_sha256=update_hash)
         if len(accepted) < self.min_partners:
             raise TooFewPartners(
                 f"round {server_round}: only {len(accepted)} usable update(s) "
                 f"({', '.join(record.accepted) or 'none'}), fewer than min-partners="
                 f"{self.min_partners}; refused: {record.refused or 'none'}; rejected: "
                 f"{record.rejected or 'none'}; failed: {record.failed or 'none'}")
-        contents = [msg.content for msg in accepted]
-        arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+
+    def adopt(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Make `arrays` the latest global model and record its hash in the round's record."""
         self.latest_arrays = arrays
-        total = sum(float(c["metrics"]["num-examples"]) for c in contents)
-        return arrays, MetricRecord({"num-examples": total, "partners": float(len(contents))})
+        self.record_for(server_round).aggregate_sha256 = hash_weights(
+            {k: a.numpy() for k, a in arrays.items()})
 
     def finish_round(self, server_round: int, pooled: dict[str, float]) -> None:
         """Called once a round is complete (after evaluation): store pooled metrics, notify."""
         if server_round < 1:
             return
-        record = self._record(server_round)
+        record = self.record_for(server_round)
         record.pooled = pooled
         if self.on_round_end is not None:
             self.on_round_end(record)
@@ -197,7 +236,7 @@ class ValidatingFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         """Keep each partner's own-test metrics; return their example-weighted mean."""
-        record = self._record(server_round)
+        record = self.record_for(server_round)
         valid = []
         for msg in replies:
             if msg.has_error():

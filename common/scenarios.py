@@ -7,11 +7,14 @@ private, e-commerce = the rest), lending_club by US census region of `addr_state
 
 from __future__ import annotations
 
+import csv
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from common.data import PartnerData, load_bundled, split_train_test, subset
+from common.data import PartnerData, bundled_path, load_bundled, split_train_test, subset
 from common.schema import RawTable
 
 SPLITS = ("natural", "iid", "dirichlet")
@@ -121,3 +124,27 @@ def load_scenario_partner(name: str, partition_id: int, *, split: str = "natural
                          f"with {len(partners)} partners")
     return load_scenario(name, split=split, seed=seed, alpha=alpha,
                          test_fraction=test_fraction, only=partners[partition_id])[0]
+
+
+def export_partner_files(name: str, out_dir: Path, *, split: str = "natural", seed: int = 0,
+                         alpha: float = 0.5) -> dict[str, tuple[Path, Path]]:
+    """Write each partner's raw rows as `<partner>.csv` plus the schema `<partner>.toml`.
+
+    What a real partner would hold on its own machine (local federation demo, onboarding).
+    """
+    spec = get_scenario(name)
+    table, schema = load_bundled(spec.dataset)
+    schema_source = bundled_path(spec.dataset)[1]
+    rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
+                        label_column=schema.label, bad_value=schema.bad_value)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for partner, idx in rows.items():
+        csv_path, schema_path = out_dir / f"{partner}.csv", out_dir / f"{partner}.toml"
+        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(table.header)
+            writer.writerows(table.rows[int(i)] for i in idx)
+        shutil.copyfile(schema_source, schema_path)
+        files[partner] = (csv_path, schema_path)
+    return files

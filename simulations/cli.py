@@ -83,6 +83,9 @@ def simulate(
     learning_rate: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
     hidden_layers: Annotated[str | None, typer.Option(
         help="MLP hidden widths, e.g. '16' or '32,16' ('' = logistic).")] = None,
+    secure_aggregation: Annotated[bool, typer.Option(
+        help="Federated settings aggregate with Flower's SecAgg+ (coordinator sees only the "
+             "sum).")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier run in --out (its keys, ledgers and reports).")] = False,
@@ -91,7 +94,8 @@ def simulate(
     run = build_run_config(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds,
                            seed=seed, out=out, split=split, alpha=alpha, budgets=budgets,
                            local_epochs=local_epochs, batch_size=batch_size,
-                           learning_rate=learning_rate, hidden_layers=hidden_layers)
+                           learning_rate=learning_rate, hidden_layers=hidden_layers,
+                           secure_aggregation=secure_aggregation or None)
     prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo
     quiet_libraries(verbose)
     from simulations.report import write_report
@@ -207,6 +211,82 @@ def federation_init(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     Console().print(layout.instructions())
+
+
+@federation_app.command("demo")
+def federation_demo(
+    out: Annotated[Path, typer.Option(help="Workspace: keys, data, logs, model, ledgers.")] = (
+        Path("runs/federation-demo")),
+    rounds: RoundsOpt = 3,
+    epsilon: EpsilonOpt = 3.0,
+    delta: DeltaOpt = 1e-5,
+    min_partners: Annotated[int, typer.Option(
+        help="Fewest partners a round may aggregate before the run stops.")] = 2,
+    superlink_port: Annotated[int, typer.Option(help="SuperLink HTTPS port.")] = 8000,
+    supernode_port: Annotated[int, typer.Option(
+        help="First partner SuperNode's ClientApp API port (the others follow).")] = 9094,
+    seed: SeedOpt = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds the run may take.")] = 900.0,
+    run_config: Annotated[str, typer.Option(
+        help="Extra coordinator run config, e.g. \"local-epochs=2\".")] = "",
+    secure_aggregation: Annotated[bool, typer.Option(
+        help="Aggregate with Flower's SecAgg+: the coordinator sees only the sum.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
+) -> None:
+    """Run a real federation on this machine: SuperLink with TLS and node authentication, one
+    SuperNode per partner, `flwr run`, then audit the ledgers. Stops every process it started."""
+    import signal
+
+    from simulations.local_federation import (
+        DemoOptions,
+        FederationError,
+        LocalFederation,
+        run_demo,
+    )
+
+    try:
+        options = DemoOptions(rounds=rounds, epsilon=epsilon, delta=delta,
+                              min_partners=min_partners, superlink_port=superlink_port,
+                              supernode_port=supernode_port, timeout=timeout, seed=seed,
+                              extra_run_config=run_config,
+                              secure_aggregation=secure_aggregation)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise typer.BadParameter(f"{out} is not empty; choose another --out or pass "
+                                     "--overwrite", param_hint="--out")
+        shutil.rmtree(out)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    fed = LocalFederation(out, options)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task("federation", total=rounds)
+            report = run_demo(fed, lambda text: progress.console.print(f"- {text}"),
+                              lambda done: progress.update(task, completed=done))
+    except FederationError as exc:
+        console.print(f"[red]local federation failed:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping every federation process[/yellow]")
+        raise typer.Exit(code=130) from None
+    finally:
+        fed.close()
+    out = fed.workspace
+    Console().print(f"run {report['status']}"
+                    + (f": {report['message']}" if report["message"] else "")
+                    + f"; audit {'VERIFIED' if report['audit']['ok'] else 'FAILED'}; "
+                    f"report {out / 'report.md'}, audit {out / 'audit.html'}")
+    if report["status"] != "completed" or not report["audit"]["ok"]:
+        for finding in report["audit"]["findings"]:
+            console.print(f"[red]{finding}[/red]")
+        raise typer.Exit(code=2)
 
 
 @app.command()

@@ -93,7 +93,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Seed {report['seed']}, {report['rounds']} rounds, budget per partner "
         f"eps={report['epsilon']:g}, delta={report['delta']:g}. "
-        f"Wall time {report['timing']['wall_seconds']:.1f} s.",
+        + ("Federated settings aggregated with SecAgg+ (the coordinator saw only sums). "
+           if report.get("config", {}).get("secure-aggregation") else "")
+        + f"Wall time {report['timing']['wall_seconds']:.1f} s.",
         "",
         *[f"**Warning: {name} ended before its last round:** {h['message']}\n"
           for name, h in report["history"].items() if h and h["status"] != "completed"],

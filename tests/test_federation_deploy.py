@@ -52,10 +52,11 @@ def _live(pids: list[int]) -> list[int]:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, dict]]:
-    """The demo's federation after a 2-round run; still up for the security checks."""
+    """The demo's federation after a 2-round run with SecAgg+ (the fault test below runs plain
+    FedAvg); still up for the security checks."""
     workspace = tmp_path_factory.mktemp("federation") / "demo"
     fed = LocalFederation(workspace, DemoOptions(rounds=2, superlink_port=18300,
-                                                 supernode_port=18310,
+                                                 supernode_port=18310, secure_aggregation=True,
                                                  extra_run_config=OVERRIDE_ATTEMPT))
     try:
         report = run_demo(fed, step=lambda _: None)
@@ -67,6 +68,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Local
 def test_local_federation_trains_over_tls_and_its_ledgers_verify(federation) -> None:
     fed, report = federation
     assert report["status"] == "completed", report["message"]
+    assert report["secure_aggregation"]
+    flwr_run_log = (fed.logs / "flwr-run.log").read_text()
+    assert "secure aggregation" in flwr_run_log.lower() or "secagg" in flwr_run_log.lower()
     assert [r["accepted"] for r in report["rounds"]] == [["bank", "ecommerce", "lender"]] * 2
     run_dir = fed.workspace / "run"
     state = torch.load(run_dir / "model.pt", weights_only=True)

@@ -48,6 +48,7 @@ class RunConfig:
     clip_norm: float = 1.0
     hidden_layers: str = ""
     min_partners: int = 2
+    wait_for_partners: float = 300.0
     evaluate_every: int = 5
     seed: int = 0
     test_fraction: float = 0.25
@@ -114,6 +115,7 @@ class RunConfig:
             (self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {LR_SCHEDULES}"),
             (self.clip_norm > 0, "clip-norm", "must be > 0"),
             (self.min_partners >= 1, "min-partners", "must be >= 1"),
+            (self.wait_for_partners > 0, "wait-for-partners", "must be > 0 (seconds)"),
             (self.evaluate_every >= 1, "evaluate-every", "must be >= 1"),
             (0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)"),
             (self.scenario in SCENARIOS, "scenario", f"must be one of {sorted(SCENARIOS)}"),

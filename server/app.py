@@ -54,7 +54,8 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
                               run_id=run_id)
     strategy = ValidatingFedAvg(min_partners=run.min_partners, on_round_end=on_round_end,
                                 evaluate_every=run.evaluate_every,
-                                learning_rate_at=run.learning_rate_at, receipts=receipts)
+                                learning_rate_at=run.learning_rate_at, receipts=receipts,
+                                wait_seconds=run.wait_for_partners)
     strategy.num_rounds = run.num_server_rounds
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -57,6 +57,7 @@ from server.strategy import (
     check_arrays,
     check_train_metrics,
     error_summary,
+    wait_for_partners,
 )
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ class SecureFit(Strategy):
                                                                   self.train_config))
         config["server-round"] = server_round
         config["array-keys"] = ",".join(self.keys)  # legacy configs hold scalars only
-        client_manager.wait_for(self.fedavg.min_partners)
+        wait_for_partners(client_manager.num_available, self.fedavg.min_partners,
+                          self.fedavg.wait_seconds, server_round)
         nodes = sorted(client_manager.all().values(), key=lambda proxy: proxy.node_id)
         return [(node, FitIns(parameters, config)) for node in nodes]
 
@@ -355,7 +357,8 @@ def run_secure_rounds(grid: Grid, run: RunConfig, strategy: ValidatingFedAvg,
              run.secagg_clipping_range, run.secagg_max_weight)
     try:
         for server_round in range(1, run.num_server_rounds + 1):
-            context.client_manager.wait_for(run.min_partners)
+            wait_for_partners(context.client_manager.num_available, run.min_partners,
+                              run.wait_for_partners, server_round)
             workflow = secagg_workflow(run, context.client_manager.num_available())
             round_config[WorkflowKey.CURRENT_ROUND] = server_round
             context.state.array_records[MAIN_PARAMS_RECORD] = arrays

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,13 +111,27 @@ def check_train_reply(msg: Message, reference: dict[str, np.ndarray]) -> str:
     return check_arrays({k: a.numpy() for k, a in arrays.items()}, reference)
 
 
+def wait_for_partners(online: Callable[[], int], needed: int, timeout: float,
+                      server_round: int) -> None:
+    """Wait until `needed` partners are connected; stop the run after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (connected := online()) < needed:
+        if time.monotonic() > deadline:
+            raise TooFewPartners(f"round {server_round}: only {connected} partner(s) connected "
+                                 f"after waiting {timeout:g} s (wait-for-partners), "
+                                 f"min-partners={needed}")
+        log.info("round %d: waiting for partners: %d connected, %d needed", server_round,
+                 connected, needed)
+        time.sleep(1)
+
+
 class ValidatingFedAvg(FedAvg):
     """FedAvg weighted by `num-examples`; refused, failed and invalid replies never aggregate."""
 
     def __init__(self, *, min_partners: int, evaluate_every: int = 1,
                  learning_rate_at: Callable[[int], float] | None = None,
                  on_round_end: Callable[[RoundRecord], None] | None = None,
-                 receipts: ReceiptLog | None = None) -> None:
+                 receipts: ReceiptLog | None = None, wait_seconds: float = 300.0) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
                          min_train_nodes=min_partners, min_evaluate_nodes=min_partners,
                          min_available_nodes=min_partners)
@@ -125,6 +140,7 @@ class ValidatingFedAvg(FedAvg):
         self.learning_rate_at = learning_rate_at
         self.on_round_end = on_round_end
         self.receipts = receipts
+        self.wait_seconds = wait_seconds
         self.history: list[RoundRecord] = []
         self.num_rounds = 0
         self.current_weights: dict[str, np.ndarray] = {}
@@ -147,6 +163,8 @@ class ValidatingFedAvg(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         """Remember the global model's shapes and add the round's learning rate."""
         self.current_weights = {k: a.numpy() for k, a in arrays.items()}
+        wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
+                          self.wait_seconds, server_round)
         return super().configure_train(server_round, arrays,
                                        self.round_config(server_round, config), grid)
 
@@ -231,6 +249,8 @@ class ValidatingFedAvg(FedAvg):
         """Federated evaluation every `evaluate_every` rounds and at the last round."""
         if server_round % self.evaluate_every and server_round != self.num_rounds:
             return []
+        wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
+                          self.wait_seconds, server_round)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]

@@ -243,3 +243,28 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
     # Every finding is the bank's round cut short by the kill (trained, never received).
     for finding in audit.findings:
         assert finding.code == "entry-without-receipt" and "bank" in finding.message, finding
+
+
+def test_killed_supernode_below_min_partners_ends_the_run_with_a_clear_message(
+        tmp_path: Path) -> None:
+    options = DemoOptions(rounds=3, min_partners=3, superlink_port=18500, supernode_port=18510,
+                          extra_run_config="wait-for-partners=20.0")
+    with LocalFederation(tmp_path / "stop", options) as fed:
+        fed.prepare()
+        fed.start_superlink()
+        for partner in options.partners:
+            fed.register(partner)
+            fed.start_supernode(partner)
+        fed.wait_online(3)
+        run = fed.start_run()
+        bank_ledger = fed.ledger_paths()[2]
+        fed._wait("bank's first round", lambda: bank_ledger.exists() and len(
+            read_lines(bank_ledger)[0]) >= 1, 300, watch=["superlink", "bank"])
+        fed.kill("bank", signal.SIGKILL)
+        history = fed.wait_run(run)
+    assert _live(processes_marked(fed.mark)) == []
+    assert history["status"] == "stopped"
+    assert "min-partners=3" in history["message"], history["message"]
+    assert len(history["rounds"]) < 3
+    state = torch.load(fed.workspace / "run" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())

@@ -132,3 +132,13 @@ def test_second_update_under_the_same_partner_name_is_rejected(weights) -> None:
     assert "same partner name" in strategy.history[-1].rejected["bank"]
     for array in arrays.values():
         np.testing.assert_allclose(array.numpy(), 1.0)
+
+
+def test_too_few_connected_partners_end_the_run_instead_of_waiting_forever() -> None:
+    from server.strategy import wait_for_partners
+
+    counts = iter([1, 2, 3])
+    wait_for_partners(lambda: next(counts), 3, timeout=30, server_round=1)  # 3rd poll: enough
+    with pytest.raises(TooFewPartners, match=r"round 4: only 2 partner\(s\) connected after "
+                                             r"waiting 1 s \(wait-for-partners\), min-partners=3"):
+        wait_for_partners(lambda: 2, 3, timeout=1, server_round=4)

@@ -90,7 +90,14 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier run in --out (its keys, ledgers and reports).")] = False,
 ) -> None:
-    """Simulate lender, e-commerce and bank: federated+DP vs federated, local-only, centralized."""
+    """Simulate lender, e-commerce and bank: federated+DP vs federated, local-only, centralized.
+
+    With --scenario credit_data_vertical: the same customers seen from three sides (vertical
+    mode), every party combination with and without DP."""
+    if scenario == "credit_data_vertical":
+        simulate_vertical_cli(out=out, epsilon=epsilon, delta=delta, seed=seed,
+                              overwrite=overwrite, verbose=verbose)
+        return
     run = build_run_config(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds,
                            seed=seed, out=out, split=split, alpha=alpha, budgets=budgets,
                            local_epochs=local_epochs, batch_size=batch_size,
@@ -127,11 +134,43 @@ def simulate(
         raise typer.Exit(code=2)
 
 
+def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
+                          overwrite: bool, verbose: bool) -> None:
+    """The vertical scenario: validate, run, print the summary (report.md in `out`)."""
+    from common.vertical import VerticalSettings
+    from simulations.vertical_report import simulate_vertical
+
+    try:
+        settings = VerticalSettings(epsilon=epsilon, delta=delta)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--epsilon/--delta") from exc
+    prepare_out_dir(out, overwrite)
+    quiet_libraries(verbose)
+    with console.status("vertical credit_data: PSI, DP releases, top models, scoring "
+                        "(about a minute)"):
+        report = simulate_vertical(out, seed=seed, settings=settings)
+    table = Table(title="credit_data_vertical: lender's pooled test metrics")
+    for column in ("setting", "AUC (DP)", "KS (DP)", "AUC (no DP)", "KS (no DP)"):
+        table.add_column(column)
+    for name, modes in report["results"].items():
+        table.add_row(name, *(f"{modes[m][k]:.4f}" for m in ("dp", "non_private")
+                              for k in ("auc", "ks")))
+    Console().print(table)
+    Console().print("eps spent: " + ", ".join(f"{p} {f['epsilon_spent']:.4f}/"
+                                              f"{f['epsilon_budget']:g}"
+                                              for p, f in report["privacy"].items())
+                    + f"; audit {'verified' if report['audit']['ok'] else 'FAILED'}; "
+                    f"report {out / 'report.md'}")
+    if not report["audit"]["ok"]:
+        raise typer.Exit(code=2)
+
+
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix two runs in one directory unless told to replace the earlier one."""
     from simulations.runner import KEYS_DIR
 
-    earlier = [out / name for name in ("report.json", KEYS_DIR, "federated_dp", "federated")
+    earlier = [out / name for name in ("report.json", KEYS_DIR, "federated_dp", "federated",
+                                       "vertical_ledgers", "audit.html")
                if (out / name).exists()]
     if earlier and not overwrite:
         raise typer.BadParameter(f"{out} already holds a run ({', '.join(p.name for p in earlier)}"

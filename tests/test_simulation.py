@@ -183,3 +183,28 @@ def test_nan_and_wrong_shape_updates_are_rejected_in_a_simulation(tmp_path: Path
 
     state = torch.load(tmp_path / "fed" / "model.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.slow
+def test_simulate_vertical_reports_every_combination_and_its_ledgers_verify(
+        tmp_path: Path) -> None:
+    out = tmp_path / "vertical"
+    done = RUNNER.invoke(app, ["simulate", "--scenario", "credit_data_vertical", "--epsilon", "3",
+                               "--seed", "1", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"lender", "lender+ecommerce", "lender+bank",
+                                      "lender+ecommerce+bank"}
+    for name, modes in report["results"].items():
+        assert set(modes) == {"dp", "non_private"}, name
+        assert all(0.5 < m["auc"] <= 1 and 0 <= m["ks"] <= 1 for m in modes.values())
+    everyone = report["results"]["lender+ecommerce+bank"]
+    assert everyone["dp"]["auc"] > report["results"]["lender"]["dp"]["auc"] + 0.05
+    assert abs(everyone["non_private"]["auc"] - report["centralized"]["auc"]) < 0.01
+    for party, figures in report["privacy"].items():
+        assert 0 < figures["epsilon_spent"] <= figures["epsilon_budget"] * (1 + 1e-9), party
+    assert report["audit"]["ok"], report["audit"]["findings"]
+    assert (out / "audit.html").exists() and "vertical" in (out / "report.md").read_text()
+    again = RUNNER.invoke(app, ["simulate", "--scenario", "credit_data_vertical", "--out",
+                                str(out)])
+    assert again.exit_code != 0 and "--overwrite" in again.output

@@ -95,6 +95,16 @@ def simulate(
     With --scenario credit_data_vertical: the same customers seen from three sides (vertical
     mode), every party combination with and without DP."""
     if scenario == "credit_data_vertical":
+        unused = [option for option, value, default in (
+            ("--rounds", rounds, 20), ("--split", split, "natural"), ("--alpha", alpha, 0.5),
+            ("--budget", budgets, ""), ("--local-epochs", local_epochs, None),
+            ("--batch-size", batch_size, None), ("--learning-rate", learning_rate, None),
+            ("--hidden-layers", hidden_layers, None),
+            ("--secure-aggregation", secure_aggregation, False)) if value != default]
+        if unused:
+            raise typer.BadParameter(f"{', '.join(unused)} not used by the vertical scenario "
+                                     "(it takes --epsilon, --delta, --seed, --out)",
+                                     param_hint="--scenario")
         simulate_vertical_cli(out=out, epsilon=epsilon, delta=delta, seed=seed,
                               overwrite=overwrite, verbose=verbose)
         return

@@ -190,21 +190,28 @@ def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
     assert commands.flwr_config().strip() in guide
 
 
+def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.Popen, Path]:
+    """Start the federation and the run; SIGKILL the bank's SuperNode (and its ClientApp)
+    once its ledger holds a round. Returns the `flwr run` process and the bank's ledger."""
+    fed.prepare()
+    fed.start_superlink()
+    for partner in fed.options.partners:
+        fed.register(partner)
+        fed.start_supernode(partner)
+    fed.wait_online(3)
+    run = fed.start_run()
+    bank_ledger = fed.ledger_paths()[2]
+    fed._wait("bank's first round", lambda: bank_ledger.exists() and len(
+        read_lines(bank_ledger)[0]) >= 1, 300, watch=["superlink", "bank"])
+    fed.kill("bank", signal.SIGKILL)
+    return run, bank_ledger
+
+
 def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
         tmp_path: Path) -> None:
     options = DemoOptions(rounds=4, min_partners=2, superlink_port=18400, supernode_port=18410)
     with LocalFederation(tmp_path / "fault", options) as fed:
-        fed.prepare()
-        fed.start_superlink()
-        for partner in options.partners:
-            fed.register(partner)
-            fed.start_supernode(partner)
-        fed.wait_online(3)
-        run = fed.start_run()
-        bank_ledger = fed.ledger_paths()[2]
-        fed._wait("bank's first round", lambda: bank_ledger.exists() and len(
-            read_lines(bank_ledger)[0]) >= 1, 300, watch=["superlink", "bank"])
-        fed.kill("bank", signal.SIGKILL)  # the SuperNode and its ClientApp, mid-run
+        run, bank_ledger = _kill_bank_after_its_first_round(fed)
         killed_after = len(read_lines(bank_ledger)[0])
         history_so_far = fed.workspace / "run" / "receipts.jsonl"
         fed._wait("a round that completes without the bank", lambda: any(
@@ -250,17 +257,7 @@ def test_killed_supernode_below_min_partners_ends_the_run_with_a_clear_message(
     options = DemoOptions(rounds=3, min_partners=3, superlink_port=18500, supernode_port=18510,
                           extra_run_config="wait-for-partners=20.0")
     with LocalFederation(tmp_path / "stop", options) as fed:
-        fed.prepare()
-        fed.start_superlink()
-        for partner in options.partners:
-            fed.register(partner)
-            fed.start_supernode(partner)
-        fed.wait_online(3)
-        run = fed.start_run()
-        bank_ledger = fed.ledger_paths()[2]
-        fed._wait("bank's first round", lambda: bank_ledger.exists() and len(
-            read_lines(bank_ledger)[0]) >= 1, 300, watch=["superlink", "bank"])
-        fed.kill("bank", signal.SIGKILL)
+        run, _ = _kill_bank_after_its_first_round(fed)
         history = fed.wait_run(run)
     assert _live(processes_marked(fed.mark)) == []
     assert history["status"] == "stopped"

@@ -17,9 +17,12 @@ from typing import Any
 from common.privacy import check_budget
 from common.scenarios import SCENARIOS, SPLITS
 from common.training import OPTIMIZERS
+from common.vertical import PARTIES
+from common.vertical import SCENARIO as VERTICAL_SCENARIO
 
 ConfigValue = bool | int | float | str
 LR_SCHEDULES = ("constant", "cosine")
+MODES = ("horizontal", "vertical")
 
 
 def _hidden_layers(text: str) -> tuple[int, ...]:
@@ -69,6 +72,10 @@ class RunConfig:
     secure_aggregation: bool = False
     secagg_clipping_range: float = 8.0
     secagg_max_weight: float = 10000.0
+    mode: str = "horizontal"
+    vertical_non_private: bool = False
+    vertical_finetune_steps: int = 40
+    vertical_score_ids: str = ""
 
     def learning_rate_at(self, server_round: int) -> float:
         """Learning rate of round `server_round` (1-based): constant, or cosine down to 10%."""
@@ -76,6 +83,21 @@ class RunConfig:
             return self.learning_rate
         progress = (server_round - 1) / max(self.num_server_rounds, 1)
         return self.learning_rate * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+
+    @property
+    def vertical(self) -> bool:
+        """Whether this is a vertical run (`mode = "vertical"` or the vertical scenario)."""
+        return self.mode == "vertical" or self.scenario == VERTICAL_SCENARIO
+
+    @property
+    def partners(self) -> list[str]:
+        """The partners of the run's scenario, in partition-id order."""
+        return list(PARTIES) if self.vertical else SCENARIOS[self.scenario].partners
+
+    @property
+    def score_ids(self) -> list[str]:
+        """Customer IDs a vertical run scores at its end (`vertical-score-ids`)."""
+        return [c.strip() for c in self.vertical_score_ids.split(",") if c.strip()]
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -118,7 +140,12 @@ class RunConfig:
             (self.wait_for_partners > 0, "wait-for-partners", "must be > 0 (seconds)"),
             (self.evaluate_every >= 1, "evaluate-every", "must be >= 1"),
             (0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)"),
-            (self.scenario in SCENARIOS, "scenario", f"must be one of {sorted(SCENARIOS)}"),
+            (self.scenario in SCENARIOS or self.scenario == VERTICAL_SCENARIO, "scenario",
+             f"must be one of {sorted([*SCENARIOS, VERTICAL_SCENARIO])}"),
+            (self.mode in MODES, "mode", f"must be one of {MODES}"),
+            (self.mode != "vertical" or self.scenario in ("credit_data", VERTICAL_SCENARIO),
+             "mode", f"'vertical' runs scenario {VERTICAL_SCENARIO!r} only"),
+            (self.vertical_finetune_steps >= 1, "vertical-finetune-steps", "must be >= 1"),
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
             (self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0"),
             (bool(self.out_dir), "out-dir", "must not be empty"),
@@ -143,7 +170,7 @@ class RunConfig:
         if self.sim_dp:
             check_budget(self.sim_epsilon, self.sim_delta, source="run config",
                          keys=("sim-epsilon", "sim-delta"))
-        partners = SCENARIOS[self.scenario].partners
+        partners = self.partners
         for name, (eps, delta) in parse_budgets(self.sim_budgets, self.sim_delta).items():
             if name not in partners:
                 raise ValueError(f"sim-budgets names unknown partner {name!r}; partners of "
@@ -248,7 +275,7 @@ class PartnerConfig:
             raise ValueError("node config has neither 'partner' (deployment) nor "
                              "'partition-id' (simulation)")
         partition_id = int(node["partition-id"])
-        partners = SCENARIOS[run.scenario].partners
+        partners = run.partners
         if not 0 <= partition_id < len(partners):
             raise ValueError(f"partition-id {partition_id} out of range: scenario "
                              f"{run.scenario!r} has {len(partners)} partners")

@@ -59,6 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,11 @@ def blind(key: X25519PrivateKey, points: Sequence[bytes], *, source: str = "inpu
         except ValueError as exc:  # OpenSSL refuses an all-zero shared secret
             raise PsiError(f"item {position} from {source} is a low-order point") from exc
     return blinded
+
+
+def _raw_key(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
 
 
 # ---------------------------------------------------------------------------- messages
@@ -375,6 +381,25 @@ class LenderParty(_Party):
         self._sessions[partner] = session
         return BlindedSet(self.run_id, self.name, partner, tuple(items))
 
+    def session_state(self) -> dict[str, bytes | list[int]]:
+        """The open sessions (secret keys, sent order) as plain values, to keep between messages
+        (a Flower ClientApp's Context state); secret: it never leaves the lender."""
+        state: dict[str, bytes | list[int]] = {}
+        for partner, session in self._sessions.items():
+            if session.matches is not None:
+                raise PsiError(f"{self.name}: session with {partner!r} already answered")
+            state[f"key.{partner}"] = _raw_key(session.key)
+            state[f"rows.{partner}"] = list(session.sent_rows)
+        return state
+
+    def restore_sessions(self, state: Mapping[str, Any]) -> None:
+        """Reopen the sessions saved by `session_state`."""
+        for partner in self.partners:
+            if f"key.{partner}" in state:
+                self._sessions[partner] = _Session(
+                    key=X25519PrivateKey.from_private_bytes(bytes(state[f"key.{partner}"])),
+                    sent_rows=[int(r) for r in state[f"rows.{partner}"]])
+
     def receive(self, reply: PassiveReply) -> None:
         """Match the partner's items against ours: which of our rows it knows, and where."""
         session = self._sessions.get(reply.sender)
@@ -437,6 +462,16 @@ class PassiveParty(_Party):
         reblinded = blind(self._key, message.items, source=message.sender)
         self._sent_rows = rows
         return PassiveReply(self.run_id, self.name, self.lender, tuple(items), tuple(reblinded))
+
+    def sent_order(self) -> list[int]:
+        """Our secret order of the reply (what `align` needs), to keep between messages."""
+        if self._sent_rows is None:
+            raise PsiError(f"{self.name}: nothing sent yet")
+        return list(self._sent_rows)
+
+    def restore_sent_order(self, rows: Sequence[int]) -> None:
+        """Resume after `respond` from `sent_order` (the key is no longer needed)."""
+        self._sent_rows = [int(r) for r in rows]
 
     def align(self, message: Alignment) -> list[int]:
         """Our row indices in the aligned order (row k is the lender's row k)."""

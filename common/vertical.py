@@ -106,10 +106,10 @@ from common.accounting import (
     rdp_epsilon,
 )
 from common.crypto import hash_weights, sha256_hex
-from common.data import Split, load_bundled
+from common.data import Split, load_bundled, subset
 from common.ledger import MECHANISM, SAMPLING, PartnerLedger
 from common.metrics import credit_metrics
-from common.model import build_model, get_weights
+from common.model import build_model, get_weights, set_weights
 from common.privacy import CONVERSION, check_budget
 from common.psi import customer_id, run_psi_in_memory, sample_known_ids
 from common.schema import Schema, encode_table
@@ -211,45 +211,101 @@ def split_aligned(num_rows: int, *, test_fraction: float, seed: int,
     return np.setdiff1d(np.arange(num_rows), test_rows), test_rows
 
 
+def _scenario_seeds(seed: int) -> list[int]:
+    """[split seed, one known-ID seed per passive party] of the scenario (seeded)."""
+    return [int(x) for x in
+            np.random.SeedSequence([seed, 0x5e71]).generate_state(len(PASSIVE) + 1)]
+
+
+def split_seed(seed: int) -> int:
+    """Seed of the lender's train/test split of the aligned rows."""
+    return _scenario_seeds(seed)[0]
+
+
+@dataclass(frozen=True)
+class PartyData:
+    """One party's own table: the customer IDs it knows, its encoded columns, (lender) labels."""
+
+    party: str
+    ids: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    features: np.ndarray
+    labels: np.ndarray | None = None
+
+    def row_of(self, customer: str) -> int:
+        """Position of `customer` in this party's table; KeyError if the party does not know it."""
+        try:
+            return self.ids.index(customer)
+        except ValueError:
+            raise KeyError(f"{self.party} does not know customer {customer!r}") from None
+
+
+def known_ids(party: str, seed: int, num_customers: int) -> list[str]:
+    """The customer IDs `party` knows: the lender all, a passive party a seeded 85-95%."""
+    if party == LENDER:
+        return [customer_id(i) for i in range(num_customers)]
+    if party not in PASSIVE:
+        raise ValueError(f"unknown party {party!r}; parties are {PARTIES}")
+    return sample_known_ids(num_customers, seed=_scenario_seeds(seed)[1 + PASSIVE.index(party)])
+
+
+def load_party(party: str, seed: int) -> PartyData:
+    """ONE party's table: its own known customers and its own columns, nothing of the others'.
+
+    The simulated party reads the bundled CSV and keeps only its rows and columns (encoding is
+    row by row, so this equals slicing the encoded whole); only the lender keeps the label.
+    """
+    if party not in PARTIES:
+        raise ValueError(f"unknown party {party!r}; parties are {PARTIES}")
+    table, schema = load_bundled(DATASET)
+    ids = known_ids(party, seed, len(table.rows))
+    rows = np.array([int(c.split("-")[1]) for c in ids])
+    features, labels = encode_table(subset(table, rows, party), schema)
+    cols = party_feature_indices(schema)[party]
+    return PartyData(party, tuple(ids), tuple(schema.feature_names[i] for i in cols),
+                     features[:, cols].astype(np.float64),
+                     labels.astype(np.float64) if party == LENDER else None)
+
+
+def lender_row_order(lender_rows: Sequence[int]) -> np.ndarray:
+    """The lender's choice of aligned order: by its own row (PSI's order is random)."""
+    return np.argsort(np.asarray(lender_rows), kind="stable")
+
+
+def party_view(data: PartyData, aligned: Sequence[int], train_pos: np.ndarray,
+               test_pos: np.ndarray) -> PartyView:
+    """A party's aligned training and test rows from its own table and its PSI alignment."""
+    block = data.features[np.asarray(aligned, dtype=int)]
+    return PartyView(data.party, data.feature_names, block[train_pos], block[test_pos])
+
+
 def load_vertical_scenario(seed: int, *, test_fraction: float = 0.25,
                            stratify: bool = False) -> VerticalScenario:
     """The credit_data_vertical scenario: PSI-aligned party views and a seeded train/test split.
 
-    The lender knows every customer (IDs from the row index); each passive party a seeded random
-    85-95%. Rows are aligned by `common.psi.run_psi_in_memory`, ordered by the lender's row and
-    split uniformly at random (`stratify=True` stratifies on the label: simulation only).
+    Each party's table comes from `load_party` (the lender knows every customer, each passive
+    party a seeded random 85-95%). Rows are aligned by `common.psi.run_psi_in_memory`, ordered
+    by the lender's row and split uniformly at random (`stratify=True` stratifies on the label:
+    simulation only).
     """
-    table, schema = load_bundled(DATASET)
-    features, labels = encode_table(table, schema)
-    positions = party_feature_indices(schema)
-    names = schema.feature_names
-    n = len(labels)
-    seeds = np.random.SeedSequence([seed, 0x5e71]).generate_state(len(PASSIVE) + 1)
-    ids = {LENDER: [customer_id(i) for i in range(n)]}
-    rows_of = {LENDER: np.arange(n)}
-    for party, party_seed in zip(PASSIVE, seeds[1:], strict=True):
-        ids[party] = sample_known_ids(n, seed=int(party_seed))
-        rows_of[party] = np.array([int(c.split("-")[1]) for c in ids[party]])
-    psi = run_psi_in_memory(ids, lender=LENDER)
+    data = {p: load_party(p, seed) for p in PARTIES}
+    psi = run_psi_in_memory({p: list(data[p].ids) for p in PARTIES}, lender=LENDER)
     # The lender fixes the aligned order (here: by its own row) and tells each partner.
-    order = np.argsort(psi.aligned_rows[LENDER])
+    order = lender_row_order(psi.aligned_rows[LENDER])
     aligned = {p: np.asarray(psi.aligned_rows[p])[order] for p in PARTIES}
-    lender_rows = rows_of[LENDER][aligned[LENDER]]
-    y = labels[lender_rows].astype(np.float64)
-    train_pos, test_pos = split_aligned(len(y), test_fraction=test_fraction, seed=int(seeds[0]),
-                                        labels=y if stratify else None)
+    lender_ids = [data[LENDER].ids[i] for i in aligned[LENDER]]
+    assert data[LENDER].labels is not None
+    y = data[LENDER].labels[aligned[LENDER]]
+    train_pos, test_pos = split_aligned(len(y), test_fraction=test_fraction,
+                                        seed=split_seed(seed), labels=y if stratify else None)
     views = {}
     for party in PARTIES:
-        data_rows = rows_of[party][aligned[party]]
-        if not np.array_equal(data_rows, lender_rows):
+        if [data[party].ids[i] for i in aligned[party]] != lender_ids:
             raise RuntimeError(f"PSI misaligned {party}'s rows")  # guards the in-memory driver
-        cols = positions[party]
-        block = features[data_rows][:, cols].astype(np.float64)
-        views[party] = PartyView(party, tuple(names[i] for i in cols), block[train_pos],
-                                 block[test_pos])
+        views[party] = party_view(data[party], aligned[party], train_pos, test_pos)
     return VerticalScenario(seed=seed, views=views, train_labels=y[train_pos],
                             test_labels=y[test_pos],
-                            known_customers={p: len(ids[p]) for p in PARTIES},
+                            known_customers={p: len(data[p].ids) for p in PARTIES},
                             psi_run_id=psi.run_id)
 
 
@@ -522,6 +578,123 @@ class Transcript:
 # ---------------------------------------------------------------------------- non-private joint
 
 
+def finetune_batches(num_rows: int, settings: TrainSettings, seed: int) -> list[np.ndarray]:
+    """The lender's minibatch schedule of joint fine-tuning: a fresh permutation per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = steps_per_epoch(num_rows, batch_size=settings.batch_size)
+    batches = []
+    for step in range(num_steps(settings.epochs, per_epoch)):
+        if step % per_epoch == 0:
+            order = torch.randperm(num_rows, generator=generator)
+        start = (step % per_epoch) * settings.batch_size
+        batches.append(order[start:start + settings.batch_size].numpy())
+    return batches
+
+
+def optimizer_arrays(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """An optimizer's state as named arrays (to keep it between messages)."""
+    return {f"{index}.{name}": value.detach().numpy().copy()
+            for index, state in optimizer.state_dict()["state"].items()
+            for name, value in state.items()}
+
+
+def load_optimizer_arrays(optimizer: torch.optim.Optimizer,
+                          arrays: Mapping[str, np.ndarray]) -> None:
+    """Inverse of `optimizer_arrays` (nothing to load before the first step)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = torch.tensor(np.asarray(value))
+    optimizer.load_state_dict({"state": state,
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+class FinetuneTop:
+    """Lender side of joint fine-tuning: the top model and its Adam state.
+
+    `step` takes the exact embeddings of one batch and returns the exact gradient of the
+    lender's loss w.r.t. each; `arrays`/`from_arrays` keep the state between messages.
+    """
+
+    def __init__(self, top: TopModel, settings: TrainSettings) -> None:
+        self.weights = torch.tensor(top.weights, dtype=torch.float32, requires_grad=True)
+        self.bias = torch.tensor([top.bias], dtype=torch.float32, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.weights, self.bias], lr=settings.learning_rate)
+
+    def step(self, own: np.ndarray, labels: np.ndarray,
+             embeddings: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One Adam step of the top model on a batch; the gradients to send back."""
+        received = [torch.tensor(e, dtype=torch.float32, requires_grad=True) for e in embeddings]
+        inputs = torch.cat([torch.as_tensor(own, dtype=torch.float32),
+                            torch.stack(received, dim=1)], dim=1)
+        self.optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            inputs @ self.weights + self.bias, torch.as_tensor(labels, dtype=torch.float32))
+        loss.backward()
+        self.optimizer.step()
+        return [emb.grad.numpy().copy() for emb in received]
+
+    def top(self) -> TopModel:
+        """The current top model."""
+        return TopModel(self.weights.detach().numpy().astype(np.float64), float(self.bias.item()))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Weights and optimizer state."""
+        return {"top.weights": self.weights.detach().numpy().copy(),
+                "top.bias": self.bias.detach().numpy().copy(),
+                **{f"adam.{k}": v for k, v in optimizer_arrays(self.optimizer).items()}}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray],
+                    settings: TrainSettings) -> FinetuneTop:
+        """Inverse of `arrays`."""
+        tuner = cls(TopModel(np.asarray(arrays["top.weights"], dtype=np.float64),
+                             float(np.asarray(arrays["top.bias"])[0])), settings)
+        load_optimizer_arrays(tuner.optimizer, {k[5:]: v for k, v in arrays.items()
+                                                if k.startswith("adam.")})
+        return tuner
+
+
+class FinetuneBottom:
+    """Passive side of joint fine-tuning: its bottom model and the bottom's Adam state."""
+
+    def __init__(self, bottom: nn.Module, settings: TrainSettings) -> None:
+        self.bottom = bottom
+        self.optimizer = torch.optim.Adam(bottom.parameters(), lr=settings.learning_rate)
+
+    def forward(self, features: np.ndarray) -> np.ndarray:
+        """Exact embeddings of a batch (what the party sends)."""
+        with torch.no_grad():
+            self.bottom.train()
+            return self.bottom(torch.as_tensor(features, dtype=torch.float32)).numpy().copy()
+
+    def backward(self, features: np.ndarray, grad: np.ndarray) -> None:
+        """One Adam step from the lender's gradient w.r.t. this batch's embeddings (the bottom
+        is unchanged since `forward`, so recomputing the batch gives the same graph)."""
+        self.bottom.train()
+        self.optimizer.zero_grad()
+        outputs = self.bottom(torch.as_tensor(features, dtype=torch.float32))
+        outputs.backward(torch.as_tensor(grad, dtype=torch.float32))
+        self.optimizer.step()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Weights and optimizer state."""
+        return {**{f"bottom.{k}": v for k, v in get_weights(self.bottom).items()},
+                **{f"adam.{k}": v for k, v in optimizer_arrays(self.optimizer).items()}}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray],
+                    settings: TrainSettings) -> FinetuneBottom:
+        """Inverse of `arrays`."""
+        weights = {k[7:]: np.asarray(v) for k, v in arrays.items() if k.startswith("bottom.")}
+        bottom = build_model(weights["net.0.weight"].shape[1], (), 0)
+        set_weights(bottom, weights)
+        tuner = cls(bottom, settings)
+        load_optimizer_arrays(tuner.optimizer, {k[5:]: v for k, v in arrays.items()
+                                                if k.startswith("adam.")})
+        return tuner
+
+
 def joint_finetune(top: TopModel, bottoms: Mapping[str, nn.Module], own: np.ndarray,
                    features: Mapping[str, np.ndarray], labels: np.ndarray, *,
                    settings: TrainSettings, seed: int,
@@ -531,43 +704,21 @@ def joint_finetune(top: TopModel, bottoms: Mapping[str, nn.Module], own: np.ndar
     Passive parties update their bottoms in place; returns the lender's updated top model.
     """
     parties = list(bottoms)
-    top_weights = torch.tensor(top.weights, dtype=torch.float32, requires_grad=True)
-    top_bias = torch.tensor([top.bias], dtype=torch.float32, requires_grad=True)
-    top_opt = torch.optim.Adam([top_weights, top_bias], lr=settings.learning_rate)
-    bottom_opts = {p: torch.optim.Adam(bottoms[p].parameters(), lr=settings.learning_rate)
-                   for p in parties}
-    own_t = torch.as_tensor(own, dtype=torch.float32)
-    labels_t = torch.as_tensor(labels, dtype=torch.float32)
-    feats = {p: torch.as_tensor(features[p], dtype=torch.float32) for p in parties}
-    generator = torch.Generator().manual_seed(seed)
-    per_epoch = steps_per_epoch(len(labels), batch_size=settings.batch_size)
-    loss_fn = nn.BCEWithLogitsLoss()
-    for step in range(num_steps(settings.epochs, per_epoch)):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(labels), generator=generator)
-        batch = order[(step % per_epoch) * settings.batch_size:
-                      (step % per_epoch + 1) * settings.batch_size]
-        outputs, received = {}, []
+    lender = FinetuneTop(top, settings)
+    tuners = {p: FinetuneBottom(bottoms[p], settings) for p in parties}
+    for batch in finetune_batches(len(labels), settings, seed):
+        received = []
         for p in parties:  # passive side: forward its bottom, send the embeddings
-            bottoms[p].train()
-            outputs[p] = bottoms[p](feats[p][batch])
-            sent = outputs[p].detach().numpy()
+            sent = tuners[p].forward(features[p][batch])
             if transcript is not None:
                 sent = transcript.send("finetune", p, LENDER, "embeddings", sent)
-            received.append(torch.tensor(sent, dtype=torch.float32, requires_grad=True))
-        inputs = torch.cat([own_t[batch], torch.stack(received, dim=1)], dim=1)
-        top_opt.zero_grad()
-        loss = loss_fn(inputs @ top_weights + top_bias, labels_t[batch])
-        loss.backward()
-        top_opt.step()
-        for p, emb in zip(parties, received, strict=True):  # gradients back to each party
-            grad = emb.grad.numpy()
+            received.append(sent)
+        grads = lender.step(own[batch], labels[batch], received)
+        for p, grad in zip(parties, grads, strict=True):  # gradients back to each party
             if transcript is not None:
                 grad = transcript.send("finetune", LENDER, p, "embedding-gradients", grad)
-            bottom_opts[p].zero_grad()
-            outputs[p].backward(torch.as_tensor(grad, dtype=torch.float32))
-            bottom_opts[p].step()
-    return TopModel(top_weights.detach().numpy().astype(np.float64), float(top_bias.item()))
+            tuners[p].backward(features[p][batch], grad)
+    return lender.top()
 
 
 # ---------------------------------------------------------------------------- in-memory run
@@ -607,6 +758,15 @@ class VerticalSettings:
         return self.epsilon if self.label_epsilon is None else self.label_epsilon
 
 
+FULL_BATCH = 2**31 - 1
+
+
+def full_batch_finetune(steps: int, learning_rate: float = 0.02) -> TrainSettings:
+    """Joint fine-tuning in `steps` full-batch Adam steps (what the Flower transport runs: two
+    message rounds per step; 40 steps at 0.02 reach the per-batch result within ~0.001 AUC)."""
+    return TrainSettings(epochs=float(steps), batch_size=FULL_BATCH, learning_rate=learning_rate)
+
+
 @dataclass
 class VerticalResult:
     """Metrics per setting and mode, ε per party, the ledgers' entries and the transcript."""
@@ -640,86 +800,199 @@ def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return {"auc": result["auc"], "ks": result["ks"]}
 
 
+def private_seeds(seed: int) -> list[int]:
+    """Seeds of the DP pipeline: [labels, bottoms (one per passive party), -, embedding noise
+    (one per passive party), -, -, top]; each party derives its own from the run seed."""
+    return [int(x) for x in np.random.SeedSequence([seed, 0xDB]).generate_state(8)]
+
+
+def non_private_seeds(seed: int) -> list[int]:
+    """Seeds of the non-private pipeline: [top, bottoms (by position in a setting), -, finetune]."""
+    return [int(x) for x in np.random.SeedSequence([seed, 0x0D]).generate_state(4)]
+
+
+def lender_release(train_labels: np.ndarray, *, settings: VerticalSettings, seed: int,
+                   psi_run_id: str) -> tuple[np.ndarray, Release]:
+    """Lender, stage 1: the noisy labels of the training rows (one release to both partners)."""
+    z_label = calibrate_release(target_epsilon=settings.lender_epsilon, delta=settings.delta)
+    noisy = release_noisy_labels(train_labels, noise_multiplier=z_label,
+                                 seed=private_seeds(seed)[0])
+    return noisy, Release(STAGE_LABELS, gaussian_release_event(z_label), 1.0,
+                          sha256_hex(psi_run_id.encode()), array_sha256(noisy))
+
+
+@dataclass(frozen=True)
+class BottomPlan:
+    """A passive party's stage-2 DP-SGD (q, σ, steps) and its stage-3 noise multiplier."""
+
+    sample_rate: float
+    sigma: float
+    steps: int
+    embedding_noise_multiplier: float
+
+
+def bottom_plan(num_train: int, settings: VerticalSettings) -> BottomPlan:
+    """Calibrate stage 2 to `stage2_epsilon`, then stage 3 to what is left of `epsilon`."""
+    s = settings
+    sample_rate = min(1.0, s.bottom.batch_size / num_train)
+    steps = num_steps(s.bottom.epochs, steps_per_epoch(num_train, sample_rate=sample_rate))
+    sigma = calibrate_dp_sgd(target_epsilon=s.stage2_epsilon, delta=s.delta,
+                             sample_rate=sample_rate, steps=steps)
+    z_embed = calibrate_release(target_epsilon=s.epsilon, delta=s.delta,
+                                prior=[SubsampledGaussianEvent(sample_rate, sigma, steps)])
+    return BottomPlan(sample_rate, sigma, steps, z_embed)
+
+
+@dataclass
+class PassiveOutcome:
+    """A passive party's stages 2-3: its bottom (kept), its released embeddings, its releases."""
+
+    bottom: nn.Module
+    centre: float
+    released: np.ndarray
+    releases: list[Release]
+    plan: BottomPlan
+
+    def noise_std(self, settings: VerticalSettings) -> float:
+        """Std of the noise on the released embeddings (the lender's EIV correction needs it)."""
+        return self.plan.embedding_noise_multiplier * settings.embedding_clip
+
+
+def passive_release(party: str, features: np.ndarray, noisy_labels: np.ndarray, *,
+                    settings: VerticalSettings, seed: int) -> PassiveOutcome:
+    """Passive party, stages 2-3: DP-SGD bottom on the noisy labels, then one noisy release of
+    its training rows' embeddings (`settings.epsilon` is this party's budget)."""
+    s, k, seeds = settings, PASSIVE.index(party), private_seeds(seed)
+    plan = bottom_plan(len(noisy_labels), s)
+    bottom, taken = train_bottom(features, noisy_labels, settings=s.bottom, seed=seeds[1 + k],
+                                 dp=DPSettings(plan.sample_rate, plan.sigma, s.bottom_clip_norm),
+                                 steps=plan.steps)
+    centre = label_centre(noisy_labels)
+    clean = embed(bottom, features, centre=centre, clip=s.embedding_clip)
+    released = release_embeddings(clean, clip=s.embedding_clip,
+                                   noise_multiplier=plan.embedding_noise_multiplier,
+                                   seed=seeds[4 + k])
+    weights_hash = hash_weights(get_weights(bottom))
+    releases = [
+        Release(STAGE_BOTTOM, SubsampledGaussianEvent(plan.sample_rate, plan.sigma, taken),
+                s.bottom_clip_norm, array_sha256(noisy_labels), weights_hash),
+        Release(STAGE_EMBEDDINGS, gaussian_release_event(plan.embedding_noise_multiplier),
+                s.embedding_clip, weights_hash, array_sha256(released))]
+    return PassiveOutcome(bottom, centre, released, releases, plan)
+
+
+def scoring_embeddings(bottom: nn.Module, features: np.ndarray, *, centre: float,
+                       settings: VerticalSettings) -> np.ndarray:
+    """Passive party, stage 5: clean embeddings of scored customers (NOT covered by ε)."""
+    return embed(bottom, features, centre=centre, clip=settings.embedding_clip)
+
+
+def passives_of(parties: Sequence[str]) -> list[str]:
+    """The passive parties of a setting, in order."""
+    return [p for p in parties if p != LENDER]
+
+
+def fit_private_tops(own: np.ndarray, embeddings: Mapping[str, np.ndarray],
+                     noise_std: Mapping[str, float], labels: np.ndarray, *,
+                     settings: VerticalSettings, seed: int) -> dict[str, TopModel]:
+    """Lender, stage 4: one EIV-corrected top model per setting on the noisy embeddings."""
+    tops = {}
+    for parties in SETTINGS:
+        passive = passives_of(parties)
+        tops[setting_name(parties)] = fit_top(
+            own, [embeddings[p] for p in passive], labels, settings=settings.top,
+            seed=private_seeds(seed)[7], embedding_noise_std=[noise_std[p] for p in passive])
+    return tops
+
+
+def setting_metrics(tops: Mapping[str, TopModel], own: np.ndarray,
+                    embeddings: Mapping[str, Mapping[str, np.ndarray]],
+                    labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Pooled test AUC/KS per setting; `embeddings[setting][party]` are the scored rows'."""
+    return {setting_name(parties): _metrics(labels, score(
+        tops[setting_name(parties)], own,
+        [embeddings[setting_name(parties)][p] for p in passives_of(parties)]))
+        for parties in SETTINGS}
+
+
+def plan_mechanisms(z_label: float, plans: Mapping[str, BottomPlan]) -> dict[str, float]:
+    """The mechanism parameters of a run; a passive party's own when the parties differ."""
+    mechanisms = {"label_noise_multiplier": z_label}
+    fields = {"bottom_sigma": "sigma", "bottom_sample_rate": "sample_rate",
+              "bottom_steps": "steps", "embedding_noise_multiplier": "embedding_noise_multiplier"}
+    for key, attr in fields.items():
+        values = {p: getattr(plan, attr) for p, plan in plans.items()}
+        if len(set(values.values())) == 1:
+            mechanisms[key] = next(iter(values.values()))
+        else:
+            mechanisms.update({f"{key}[{p}]": v for p, v in values.items()})
+    return mechanisms
+
+
 def run_private(scenario: VerticalScenario, settings: VerticalSettings, *, seed: int,
                 transcript: Transcript) -> tuple[dict[str, dict[str, float]],
                                                  dict[str, list[Release]], dict[str, float]]:
     """The DP pipeline (stages 1-5); returns metrics per setting, releases and mechanisms."""
     s = settings
-    seeds = [int(x) for x in np.random.SeedSequence([seed, 0xDB]).generate_state(8)]
     lender = scenario.views[LENDER]
-    n_train = len(scenario.train_labels)
-    # Stage 1 (lender): noisy labels of the training rows, one release to both partners.
-    z_label = calibrate_release(target_epsilon=s.lender_epsilon, delta=s.delta)
-    noisy = release_noisy_labels(scenario.train_labels, noise_multiplier=z_label, seed=seeds[0])
-    labels_hash = array_sha256(noisy)
-    releases = {LENDER: [Release(STAGE_LABELS, gaussian_release_event(z_label), 1.0,
-                                 sha256_hex(scenario.psi_run_id.encode()), labels_hash)]}
+    noisy, label_release = lender_release(scenario.train_labels, settings=s, seed=seed,
+                                          psi_run_id=scenario.psi_run_id)
+    releases = {LENDER: [label_release]}
     received = {p: transcript.send("labels", LENDER, p, "noisy-labels", noisy) for p in PASSIVE}
-    # Stages 2-3 (each passive party): DP-SGD bottom, then one noisy release of its embeddings.
-    sample_rate = min(1.0, s.bottom.batch_size / n_train)
-    steps = num_steps(s.bottom.epochs, steps_per_epoch(n_train, sample_rate=sample_rate))
-    sigma = calibrate_dp_sgd(target_epsilon=s.stage2_epsilon, delta=s.delta,
-                             sample_rate=sample_rate, steps=steps)
-    bottom_event = SubsampledGaussianEvent(sample_rate, sigma, steps)
-    z_embed = calibrate_release(target_epsilon=s.epsilon, delta=s.delta, prior=[bottom_event])
-    dp = DPSettings(sample_rate, sigma, s.bottom_clip_norm)
-    train_emb, test_emb = {}, {}
-    for k, party in enumerate(PASSIVE):
-        view, targets = scenario.views[party], received[party]
-        bottom, taken = train_bottom(view.train, targets, settings=s.bottom, seed=seeds[1 + k],
-                                     dp=dp, steps=steps)
-        centre = label_centre(targets)
-        clean = embed(bottom, view.train, centre=centre, clip=s.embedding_clip)
-        released = release_embeddings(clean, clip=s.embedding_clip, noise_multiplier=z_embed,
-                                      seed=seeds[4 + k])
-        train_emb[party] = transcript.send("embeddings", party, LENDER, "embeddings", released)
-        weights_hash = hash_weights(get_weights(bottom))
-        releases[party] = [
-            Release(STAGE_BOTTOM, SubsampledGaussianEvent(sample_rate, sigma, taken),
-                    s.bottom_clip_norm, labels_hash, weights_hash),
-            Release(STAGE_EMBEDDINGS, gaussian_release_event(z_embed), s.embedding_clip,
-                    weights_hash, array_sha256(released))]
-        # Stage 5 (scoring, NOT covered by DP): clean embeddings of the scored customers.
-        test_emb[party] = transcript.send(
-            "scoring", party, LENDER, "scoring-embeddings",
-            embed(bottom, view.test, centre=centre, clip=s.embedding_clip))
-    # Stage 4 (lender): top model per setting on the noisy embeddings, EIV-corrected.
-    metrics = {}
-    for parties in SETTINGS:
-        passive = [p for p in parties if p != LENDER]
-        top = fit_top(lender.train, [train_emb[p] for p in passive], scenario.train_labels,
-                      settings=s.top, seed=seeds[7],
-                      embedding_noise_std=[z_embed * s.embedding_clip] * len(passive))
-        metrics[setting_name(parties)] = _metrics(
-            scenario.test_labels, score(top, lender.test, [test_emb[p] for p in passive]))
-    return metrics, releases, {"label_noise_multiplier": z_label, "bottom_sigma": sigma,
-                               "bottom_sample_rate": sample_rate, "bottom_steps": steps,
-                               "embedding_noise_multiplier": z_embed}
+    train_emb, test_emb, outcomes = {}, {}, {}
+    for party in PASSIVE:
+        view = scenario.views[party]
+        outcome = outcomes[party] = passive_release(party, view.train, received[party],
+                                                    settings=s, seed=seed)
+        train_emb[party] = transcript.send("embeddings", party, LENDER, "embeddings",
+                                           outcome.released)
+        releases[party] = outcome.releases
+        test_emb[party] = transcript.send("scoring", party, LENDER, "scoring-embeddings",
+                                          scoring_embeddings(outcome.bottom, view.test,
+                                                             centre=outcome.centre, settings=s))
+    tops = fit_private_tops(lender.train, train_emb,
+                            {p: o.noise_std(s) for p, o in outcomes.items()},
+                            scenario.train_labels, settings=s, seed=seed)
+    metrics = setting_metrics(tops, lender.test, dict.fromkeys(tops, test_emb),
+                              scenario.test_labels)
+    return metrics, releases, plan_mechanisms(label_release.event.noise_multiplier,
+                                              {p: o.plan for p, o in outcomes.items()})
+
+
+def non_private_bottom(party: str, parties: Sequence[str], features: np.ndarray,
+                       labels: np.ndarray, *, settings: VerticalSettings,
+                       seed: int) -> nn.Module:
+    """Passive party, non-private: its bottom for one setting, trained on the true labels."""
+    k = passives_of(parties).index(party)
+    return train_bottom(features, labels, settings=settings.top,
+                        seed=non_private_seeds(seed)[1 + k])[0]
+
+
+def exact_embeddings(bottom: nn.Module, features: np.ndarray) -> np.ndarray:
+    """Non-private: unclipped, noiseless, uncentred embeddings."""
+    return embed(bottom, features, centre=0.0, clip=None)
 
 
 def run_non_private(scenario: VerticalScenario, settings: VerticalSettings, *, seed: int,
                     transcript: Transcript | None = None) -> dict[str, dict[str, float]]:
     """Stacking with true labels and exact embeddings, then joint fine-tuning (no DP)."""
-    s = settings
-    seeds = [int(x) for x in np.random.SeedSequence([seed, 0x0D]).generate_state(4)]
+    s, seeds = settings, non_private_seeds(seed)
     lender, y = scenario.views[LENDER], scenario.train_labels
-    metrics = {}
+    tops, test_emb = {}, {}
     for parties in SETTINGS:
-        passive = [p for p in parties if p != LENDER]
-        bottoms = {p: train_bottom(scenario.views[p].train, y, settings=s.top,
-                                   seed=seeds[1 + k])[0] for k, p in enumerate(passive)}
-        emb = [embed(bottoms[p], scenario.views[p].train, centre=0.0, clip=None)
-               for p in passive]
-        top = fit_top(lender.train, emb, y, settings=s.top, seed=seeds[0])
+        name, passive = setting_name(parties), passives_of(parties)
+        bottoms = {p: non_private_bottom(p, parties, scenario.views[p].train, y, settings=s,
+                                         seed=seed) for p in passive}
+        emb = [exact_embeddings(bottoms[p], scenario.views[p].train) for p in passive]
+        tops[name] = fit_top(lender.train, emb, y, settings=s.top, seed=seeds[0])
         if passive:
-            top = joint_finetune(top, bottoms, lender.train,
-                                 {p: scenario.views[p].train for p in passive}, y,
-                                 settings=s.finetune, seed=seeds[3], transcript=transcript)
-        test = [embed(bottoms[p], scenario.views[p].test, centre=0.0, clip=None)
-                for p in passive]
-        metrics[setting_name(parties)] = _metrics(scenario.test_labels,
-                                                  score(top, lender.test, test))
-    return metrics
+            tops[name] = joint_finetune(tops[name], bottoms, lender.train,
+                                        {p: scenario.views[p].train for p in passive}, y,
+                                        settings=s.finetune, seed=seeds[3],
+                                        transcript=transcript)
+        test_emb[name] = {p: exact_embeddings(bottoms[p], scenario.views[p].test)
+                          for p in passive}
+    return setting_metrics(tops, lender.test, test_emb, scenario.test_labels)
 
 
 def run_vertical_in_memory(seed: int = 0, settings: VerticalSettings | None = None, *,

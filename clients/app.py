@@ -44,6 +44,7 @@ from flwr.common import (
 )
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
+from clients.vertical import register_vertical
 from common.config import PartnerConfig, RunConfig
 from common.crypto import hash_weights
 from common.partner import (
@@ -236,6 +237,7 @@ def build_client_app(run_config: dict | None = None) -> ClientApp:
     def _evaluate(msg: Message, context: Context) -> Message:
         return evaluate(msg, context, overrides)
 
+    register_vertical(client_app, overrides)  # vertical runs: their own message types
     return client_app
 
 

@@ -25,6 +25,7 @@ from common.schema import load_schema
 from common.training import evaluate
 from server.secure import run_secure_rounds
 from server.strategy import RoundRecord, TooFewPartners, ValidatingFedAvg
+from server.vertical import Observer, run_vertical
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,21 @@ def _last_privacy(strategy: ValidatingFedAvg) -> dict[str, dict[str, float]]:
 
 
 def build_server_app(run_config: dict | None = None,
-                     on_round_end: Callable[[RoundRecord], None] | None = None) -> ServerApp:
+                     on_round_end: Callable[[RoundRecord], None] | None = None,
+                     observer: Observer | None = None) -> ServerApp:
     """A ServerApp; `run_config` (simulation only) overrides the run config Flower passes,
-    `on_round_end` is called with each finished round's record (progress display)."""
+    `on_round_end` is called with each finished round's record (progress display), `observer`
+    with each message a vertical run relays."""
     overrides = dict(run_config or {})
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, RunConfig.from_flower({**dict(context.run_config), **overrides}),
-                       str(context.run_id), on_round_end)
+        run = RunConfig.from_flower({**dict(context.run_config), **overrides})
+        if run.vertical:
+            run_vertical(grid, run, str(context.run_id), observer)
+        else:
+            run_federation(grid, run, str(context.run_id), on_round_end)
 
     return server_app
 

@@ -34,6 +34,11 @@ def quiet_libraries(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for name in ("flwr", "ray", "opacus"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:  # Opacus installs a root handler at import; Flower re-levels its logger
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(level)
+            handler.addFilter(lambda record: record.levelno >= logging.ERROR
+                              or not record.name.startswith(("flwr", "ray")))
 
 
 def build_run_config(*, scenario: str, epsilon: float, delta: float, rounds: int, seed: int,

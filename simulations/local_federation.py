@@ -397,9 +397,12 @@ class LocalFederation:
         for process in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for pid in processes_marked(self.mark):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while (left := processes_marked(self.mark)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
         for process in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
@@ -412,16 +415,18 @@ class LocalFederation:
 
 
 def processes_marked(mark: str) -> list[int]:
-    """Live processes whose environment carries this federation's mark."""
+    """Running processes whose environment carries this federation's mark (zombies, already
+    dead and only waiting for their parent to collect them, do not count)."""
     needle = f"{DEMO_MARK}={mark}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state not in "ZX" and needle in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
-        except OSError:
+        except (OSError, IndexError):
             continue
     return found
 

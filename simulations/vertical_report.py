@@ -33,9 +33,22 @@ def in_memory_runner(seed: int, settings: VerticalSettings, ledger_dir: Path,
     return run_vertical_in_memory(seed, settings, ledger_dir=ledger_dir, keys=keys)
 
 
+def flower_runner(seed: int, settings: VerticalSettings, ledger_dir: Path,
+                  keys_dir: Path) -> VerticalResult:
+    """Each party a Flower ClientApp holding only its own table; the ServerApp relays."""
+    from common.config import RunConfig
+    from simulations.vertical_runner import run_vertical_federation
+
+    run = RunConfig(scenario="credit_data_vertical", mode="vertical", seed=seed,
+                    sim_epsilon=settings.epsilon, sim_delta=settings.delta,
+                    vertical_non_private=True, out_dir=str(ledger_dir.parent / "flower_run"),
+                    sim_ledger_dir=str(ledger_dir), sim_keys_dir=str(keys_dir))
+    return run_vertical_federation(run)
+
+
 def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings,
-                      runner: Runner = in_memory_runner, transport: str = "in-memory"
-                      ) -> dict[str, Any]:
+                      runner: Runner = flower_runner, transport: str = "Flower (in-process "
+                      "Simulation Engine, one ClientApp per party)") -> dict[str, Any]:
     """Run the vertical scenario once, audit the ledgers, write the report; return it."""
     from simulations.audit_report import render_audit_html
 

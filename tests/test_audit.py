@@ -77,7 +77,7 @@ def fed(clean_set: Federation, tmp_path: Path) -> Federation:
 def invoke(monkeypatch: pytest.MonkeyPatch, accountant: IndependentAccountant) -> Invoke:
     """Run the audit CLI in-process (sharing the module's recomputer, to keep tests fast)."""
     monkeypatch.setattr(audit_cli, "verify", partial(verify, accountant=accountant))
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "400"})  # long temporary paths must not wrap
 
     def run(*args: Any) -> Result:
         return runner.invoke(audit_app, [str(a) for a in args])
@@ -122,7 +122,8 @@ def entries_of(path: Path) -> list[dict[str, Any]]:
 def test_clean_federation_verifies_and_recomputed_rdp_matches_claims(
         clean_set: Federation, tmp_path: Path) -> None:
     # The real CLI path, with its own (fresh) dp_accounting recomputer.
-    output = CliRunner().invoke(audit_app, ["verify", *map(str, cli_args(clean_set))])
+    output = CliRunner(env={"COLUMNS": "400"}).invoke(audit_app,
+                                                      ["verify", *map(str, cli_args(clean_set))])
     assert output.exit_code == 0, output.output
     assert re.search(r"^OK: 3 ledgers, 11 entries verify, 9 receipts", output.output,
                      re.MULTILINE), output.output

@@ -37,19 +37,6 @@ OVERRIDE_ATTEMPT = ("sim-epsilon=50.0 sim-delta=0.5 sim-budgets='lender=50,ecomm
                     "sim-ledger-dir='/tmp/elsewhere' sim-keys-dir='/tmp/elsewhere'")
 
 
-def _live(pids: list[int]) -> list[int]:
-    """Processes that are still running (zombies waiting for their parent do not count)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
-
-
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, dict]]:
     """The demo's federation after a 2-round run with SecAgg+ (the fault test below runs plain
@@ -170,9 +157,9 @@ def test_flwr_cli_without_the_ca_cannot_reach_the_superlink(federation, tmp_path
 
 def test_teardown_leaves_no_process_behind(federation) -> None:
     fed, _ = federation
-    assert _live(processes_marked(fed.mark))
+    assert processes_marked(fed.mark)
     fed.close()
-    assert _live(processes_marked(fed.mark)) == []
+    assert processes_marked(fed.mark) == []
     assert all(p.poll() is not None for p in fed.processes.values())
 
 
@@ -220,9 +207,9 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
         fed.restart_supernode("bank")
         history = fed.wait_run(run)
         audit = fed.audit()
-        alive_inside = _live(processes_marked(fed.mark))
+        alive_inside = processes_marked(fed.mark)
     assert alive_inside  # the federation was up until the context ended ...
-    assert _live(processes_marked(fed.mark)) == []  # ... and nothing is left after it
+    assert processes_marked(fed.mark) == []  # ... and nothing is left after it
     assert history["status"] == "completed", history["message"]
     rounds = history["rounds"]
     assert len(rounds) == 4
@@ -259,7 +246,7 @@ def test_killed_supernode_below_min_partners_ends_the_run_with_a_clear_message(
     with LocalFederation(tmp_path / "stop", options) as fed:
         run, _ = _kill_bank_after_its_first_round(fed)
         history = fed.wait_run(run)
-    assert _live(processes_marked(fed.mark)) == []
+    assert processes_marked(fed.mark) == []
     assert history["status"] == "stopped"
     assert "min-partners=3" in history["message"], history["message"]
     assert len(history["rounds"]) < 3

@@ -80,11 +80,22 @@ def run_centralized(run: RunConfig, partners: list[PartnerData]) -> SettingResul
     return SettingResult({p.partner: predict(model, p.test.features) for p in partners})
 
 
+def run_in_simulation_engine(server_app: Any, client_app: Any, num_supernodes: int) -> None:
+    """Flower's in-process Simulation Engine, one CPU per ClientApp, quiet, no telemetry."""
+    from flwr.simulation import run_simulation
+
+    for key, value in (("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
+                       ("FLWR_TELEMETRY_ENABLED", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
+        os.environ.setdefault(key, value)
+    run_simulation(
+        server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+
+
 def run_federation(run: RunConfig, partners: list[PartnerData],
                    progress: ProgressFn | None = None, label: str = "") -> SettingResult:
     """Run the Flower ServerApp and ClientApps in the Simulation Engine; score the final model."""
-    from flwr.simulation import run_simulation
-
     from clients.app import build_client_app
     from server.app import build_server_app
 
@@ -92,15 +103,9 @@ def run_federation(run: RunConfig, partners: list[PartnerData],
         if progress is not None:
             progress(label, record.round, run.num_server_rounds)
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     config = run.to_flower()
-    run_simulation(
-        server_app=build_server_app(config, on_round_end=on_round_end),
-        client_app=build_client_app(config), num_supernodes=len(partners),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+    run_in_simulation_engine(build_server_app(config, on_round_end=on_round_end),
+                             build_client_app(config), len(partners))
     out_dir = Path(run.out_dir)
     history = json.loads((out_dir / HISTORY_FILE).read_text())
     if history["status"] != "completed":

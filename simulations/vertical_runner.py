@@ -4,7 +4,6 @@ ecommerce, bank), each ClientApp holding only its own party's table (see `client
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from common.vertical import (
     load_vertical_scenario,
 )
 from server.vertical import RESULT_FILE, Observer, Relayed
-from simulations.runner import KEYS_DIR, LEDGER_DIR, create_run_keys
+from simulations.runner import KEYS_DIR, LEDGER_DIR, create_run_keys, run_in_simulation_engine
 
 
 def ledger_releases(path: Path) -> list[Release]:
@@ -46,7 +45,6 @@ def run_vertical_federation(run: RunConfig, *, centralized: bool = True,
     pooled logistic regression reference (simulation only). Scores of `vertical-score-ids` are
     in `<out-dir>/vertical_scores.json`.
     """
-    from flwr.simulation import run_simulation
 
     from clients.app import build_client_app
     from server.app import build_server_app
@@ -68,15 +66,9 @@ def run_vertical_federation(run: RunConfig, *, centralized: bool = True,
         if observer is not None:
             observer(message)
 
-    for key, value in (("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
-                       ("FLWR_TELEMETRY_ENABLED", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        os.environ.setdefault(key, value)
     config = run.to_flower()
-    run_simulation(
-        server_app=build_server_app(config, observer=observe),
-        client_app=build_client_app(config), num_supernodes=len(PARTIES),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+    run_in_simulation_engine(build_server_app(config, observer=observe),
+                             build_client_app(config), len(PARTIES))
     summary = json.loads((out / RESULT_FILE).read_text())
     ledgers = {p: Path(run.sim_ledger_dir) / f"{p}.jsonl" for p in PARTIES} \
         if run.sim_dp else {}

@@ -145,6 +145,23 @@ class ValidatingFedAvg(FedAvg):
         self.num_rounds = 0
         self.current_weights: dict[str, np.ndarray] = {}
         self.latest_arrays: ArrayRecord | None = None
+        self.node_names: dict[int, str] = {}  # node id -> partner name, from earlier replies
+        self.instructions: list[Message] = []  # the latest messages sent to the partners
+
+    def _remember(self, messages: Iterable[Message]) -> list[Message]:
+        """Keep the instructions so a failed reply can be traced to its node (the Grid sets
+        each message id in place when it pushes the message)."""
+        self.instructions = list(messages)
+        return self.instructions
+
+    def failed_name(self, reply: Message) -> str:
+        """Who a failed reply is from: the partner's name when its node answered before.
+
+        A reply the SuperLink writes for an unreachable node names the SuperLink as sender;
+        its `reply_to_message_id` still leads to the node the instruction went to."""
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
+        node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        return self.node_names.get(node, f"node-{node}")
 
     def record_for(self, server_round: int) -> RoundRecord:
         """The record of `server_round` (created on first use)."""
@@ -165,8 +182,8 @@ class ValidatingFedAvg(FedAvg):
         self.current_weights = {k: a.numpy() for k, a in arrays.items()}
         wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
                           self.wait_seconds, server_round)
-        return super().configure_train(server_round, arrays,
-                                       self.round_config(server_round, config), grid)
+        return self._remember(super().configure_train(
+            server_round, arrays, self.round_config(server_round, config), grid))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -175,11 +192,12 @@ class ValidatingFedAvg(FedAvg):
         accepted = []
         for msg in replies:
             if msg.has_error():
-                record.failed[f"node-{msg.metadata.src_node_id}"] = _error_summary(msg)
-                log.warning("round %d: node %d failed: %s", server_round,
-                            msg.metadata.src_node_id, _error_summary(msg))
+                record.failed[self.failed_name(msg)] = _error_summary(msg)
+                log.warning("round %d: %s failed: %s", server_round, self.failed_name(msg),
+                            _error_summary(msg))
                 continue
             name = _partner_name(msg)
+            self.node_names[msg.metadata.src_node_id] = name
             metrics = msg.content.metric_records.get("metrics")
             if metrics is not None:
                 record.privacy[name] = {k: float(v) for k, v in metrics.items()
@@ -251,7 +269,7 @@ class ValidatingFedAvg(FedAvg):
             return []
         wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
                           self.wait_seconds, server_round)
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        return self._remember(super().configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
@@ -260,7 +278,7 @@ class ValidatingFedAvg(FedAvg):
         valid = []
         for msg in replies:
             if msg.has_error():
-                record.failed[f"node-{msg.metadata.src_node_id}"] = _error_summary(msg)
+                record.failed[self.failed_name(msg)] = _error_summary(msg)
                 continue
             metrics = msg.content.metric_records.get("metrics")
             if (metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS)

@@ -142,3 +142,23 @@ def test_too_few_connected_partners_end_the_run_instead_of_waiting_forever() -> 
     with pytest.raises(TooFewPartners, match=r"round 4: only 2 partner\(s\) connected after "
                                              r"waiting 1 s \(wait-for-partners\), min-partners=3"):
         wait_for_partners(lambda: 2, 3, timeout=1, server_round=4)
+
+
+def test_a_failed_reply_is_named_after_the_partner_whose_node_it_was_sent_to(weights) -> None:
+    strategy = _strategy(weights)
+    strategy.aggregate_train(1, [reply_message("bank", _shifted(weights, 1.0), _metrics(),
+                                               node_id=7)])
+    to_bank = Message(content=RecordDict(), dst_node_id=7, message_type=MessageType.TRAIN)
+    to_other = Message(content=RecordDict(), dst_node_id=8, message_type=MessageType.TRAIN)
+    for index, message in enumerate((to_bank, to_other)):  # what the Grid does when pushing
+        message.metadata.__dict__["_message_id"] = f"instruction-{index}"
+    strategy.instructions = [to_bank, to_other]
+    # The SuperLink answers for an unreachable node: the sender is not the node itself.
+    failures = [Message(Error(code=0, reason="Node unavailable"), reply_to=request)
+                for request in (to_bank, to_other)]
+    for failure in failures:
+        failure.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own id
+    strategy.aggregate_train(2, [reply_message("lender", _shifted(weights, 1.0), _metrics(),
+                                               node_id=1), *failures])
+    assert strategy.history[-1].failed == {"bank": "Node unavailable",
+                                           "node-8": "Node unavailable"}

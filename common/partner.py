@@ -42,6 +42,12 @@ SECURE_INFO_KEYS = ("partner", "refusal-reason", "ledger-entry-sha256", "update-
 # A partner that refuses a secure-aggregation round drops out of it with an error whose reason is
 # this prefix followed by a JSON object: its info and privacy metrics (what a plain reply holds).
 REFUSAL_PREFIX = "fedcredit-refusal "
+# Refusal reasons sent when the partner's ledger cannot be opened: fixed texts, because the
+# exception's own message names local files and OS errors (those go to the partner's log only).
+LEDGER_UNTRUSTED = ("the partner's ledger failed verification; refusing rather than trust or "
+                    "reset it (details in the partner's log)")
+SIGNING_KEY_UNUSABLE = ("the partner's ledger signing key is unreadable or invalid (details in "
+                        "the partner's log)")
 # Coordinator round-config keys a partner never lets change its calibrated mechanism.
 IGNORED_MECHANISM_KEYS = ("noise-multiplier", "sample-rate", "batch-size", "max-grad-norm",
                           "clip-norm")
@@ -178,12 +184,15 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     try:
         ledger = open_ledger(partner, run_id)
     except (LedgerError, CryptoError) as exc:
+        # The details (file paths, OS errors, findings) stay in the partner's own log.
         log.error("partner %s refuses to train: %s", partner.partner, exc)
-        return TrainReply(None, {**metrics, "refused": 1.0}, str(exc))
+        reason = LEDGER_UNTRUSTED if isinstance(exc, LedgerError) else SIGNING_KEY_UNUSABLE
+        return TrainReply(None, {**metrics, "refused": 1.0}, reason)
     if ledger is not None:
         reason = _ledger_mismatch(ledger, state, partner, server_round)
         if reason:
-            log.error("partner %s refuses to train: %s", partner.partner, reason)
+            log.error("partner %s refuses to train (ledger %s): %s", partner.partner,
+                      ledger.path, reason)
             return TrainReply(None, {**metrics, "refused": 1.0}, reason)
         state.plan, state.privacy = ledger.plan(), PrivacyState(ledger.events())
     if state.plan is None:
@@ -230,7 +239,7 @@ def _ledger_mismatch(ledger: PartnerLedger, state: PartnerState, partner: Partne
     if len(ledger.entries) < state.ledger_entries or (
             state.ledger_entries and entry_hash(ledger.entries[state.ledger_entries - 1])
             != state.ledger_last_hash):
-        return (f"ledger {ledger.path} holds {len(ledger.entries)} entries but this node wrote "
+        return (f"the partner's ledger holds {len(ledger.entries)} entries but this node wrote "
                 f"{state.ledger_entries} in this run: it was truncated or replaced; refusing "
                 f"rather than under-count privacy spent")
     plan = ledger.plan()

@@ -250,9 +250,16 @@ class LocalFederation:
             time.sleep(0.2)
 
     def flwr(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a `flwr` CLI command against the SuperLink."""
-        return subprocess.run(args, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.workspace)
+        """Run a `flwr` CLI command against the SuperLink. One that runs past `timeout` is
+        killed and comes back as a failure (returncode 124, stderr says so), like any other
+        failed command, so callers retry or give up instead of raising TimeoutExpired."""
+        try:
+            return subprocess.run(args, env=self.env, capture_output=True, text=True,
+                                  timeout=timeout, cwd=self.workspace)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(
+                args, 124, stdout=_text(exc.stdout),
+                stderr=f"{_text(exc.stderr)}`{shell_line(args)}` timed out after {timeout:g} s\n")
 
     def start_superlink(self, timeout: float = 60) -> None:
         """Start the SuperLink and wait until it accepts connections."""
@@ -414,12 +421,24 @@ class LocalFederation:
         self.close()
 
 
-def processes_marked(mark: str) -> list[int]:
+def _text(output: str | bytes | None) -> str:
+    """Captured output of a timed-out command (bytes or None on some platforms) as text."""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
+def processes_marked(mark: str, proc: Path = Path("/proc")) -> list[int]:
     """Running processes whose environment carries this federation's mark (zombies, already
-    dead and only waiting for their parent to collect them, do not count)."""
+    dead and only waiting for their parent to collect them, do not count). None where `proc`
+    cannot be listed (no procfs): the process-group kill is then all the teardown there is."""
     needle = f"{DEMO_MARK}={mark}".encode()
     found = []
-    for entry in Path("/proc").iterdir():
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:

@@ -12,7 +12,12 @@ from clients.app import STATE_KEY, build_client_app
 from common.accounting import SubsampledGaussianEvent, rdp_epsilon
 from common.config import RunConfig
 from common.data import bundled_path
-from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from common.partner import (
+    EVALUATE_METRIC_KEYS,
+    LEDGER_UNTRUSTED,
+    SIGNING_KEY_UNUSABLE,
+    TRAIN_METRIC_KEYS,
+)
 from tests.flower_helpers import (
     evaluate_message,
     initial_weights,
@@ -139,7 +144,15 @@ def test_restarted_partner_resumes_with_exact_epsilon_from_its_ledger(tmp_path: 
     assert len(lines) == 4
 
 
-def test_tampered_ledger_makes_the_partner_refuse(tmp_path: Path) -> None:
+def _assert_no_local_detail(reason: str, tmp_path: Path) -> None:
+    """A refusal reason that reaches the coordinator names no local file or OS error."""
+    assert reason
+    assert str(tmp_path) not in reason and "/" not in reason and "\\" not in reason
+    assert ".jsonl" not in reason and ".key" not in reason
+
+
+def test_tampered_ledger_makes_the_partner_refuse(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     run = RunConfig(num_server_rounds=4)
     node = _ledger_node(tmp_path)
     context = node_context(node, run)
@@ -153,7 +166,12 @@ def test_tampered_ledger_makes_the_partner_refuse(tmp_path: Path) -> None:
     reply = _train(run, node_context(node, run), 3)
     assert "arrays" not in reply.content
     reason = reply.content["info"]["refusal-reason"]
-    assert "failed verification" in reason and "bad-signature" in reason
+    assert reply.content["metrics"]["refused"] == 1.0
+    assert reason == LEDGER_UNTRUSTED
+    _assert_no_local_detail(reason, tmp_path)
+    # The full detail (file, finding) stays in the partner's own log.
+    assert any("bad-signature" in r.getMessage() and str(ledger) in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
     assert ledger.read_text().count("\n") == 2  # nothing appended to a ledger it cannot trust
 
 
@@ -166,7 +184,23 @@ def test_ledger_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     write_key_pair(generate_signing_key(), tmp_path / "other", "bank")
     reply = _train(run, node_context({**node, "signing-key": str(tmp_path / "other" / "bank.key")},
                                      run), 2)
-    assert "unknown-key" in reply.content["info"]["refusal-reason"]
+    assert reply.content["info"]["refusal-reason"] == LEDGER_UNTRUSTED
+
+
+def test_unreadable_signing_key_refuses_without_naming_it(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    run = RunConfig(num_server_rounds=4)
+    missing = tmp_path / "nowhere" / "bank.key"
+    node = {**_ledger_node(tmp_path), "signing-key": str(missing)}
+    reply = _train(run, node_context(node, run), 1)
+    assert "arrays" not in reply.content
+    assert reply.content["metrics"]["refused"] == 1.0
+    reason = reply.content["info"]["refusal-reason"]
+    assert reason == SIGNING_KEY_UNUSABLE
+    _assert_no_local_detail(reason, tmp_path)
+    assert any(str(missing) in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert not Path(node["ledger-path"]).exists()
 
 
 def test_truncated_or_deleted_ledger_is_refused_not_reset(tmp_path: Path) -> None:
@@ -180,6 +214,7 @@ def test_truncated_or_deleted_ledger_is_refused_not_reset(tmp_path: Path) -> Non
     reply = _train(run, context, 3)
     assert "arrays" not in reply.content
     assert "truncated or replaced" in reply.content["info"]["refusal-reason"]
+    _assert_no_local_detail(reply.content["info"]["refusal-reason"], tmp_path)
     ledger.unlink()
     assert "truncated or replaced" in _train(run, context, 3).content["info"]["refusal-reason"]
 

@@ -28,6 +28,7 @@ own signed ledger. Message types (the coordinator only relays; see `server.verti
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -92,7 +93,7 @@ from common.vertical import (
 log = logging.getLogger(__name__)
 REFUSAL_CODE = 4031  # a party's refusal, with a reason it may send (Flower's codes are small)
 DP, NON_PRIVATE = "dp", "non-private"
-_PSI, _ALIGN, _BOTTOM = "vfl.psi", "vfl.align", "vfl.bottom"
+_PSI, _ALIGN, _BOTTOM, _DONE = "vfl.psi", "vfl.align", "vfl.bottom", "vfl.done"
 ALL_THREE = setting_name(SETTINGS[-1])
 
 
@@ -132,6 +133,8 @@ def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def _mode(msg: Message, partner: PartnerConfig) -> str:
     mode = str(msg.content.config_records.get("config", ConfigRecord()).get("mode", DP))
+    if mode not in (DP, NON_PRIVATE):
+        raise Refusal(f"unknown mode {mode!r}")
     if mode == NON_PRIVATE and partner.partition_id < 0:
         raise Refusal("a deployed party never runs the non-private mode")
     if mode == DP and not partner.private:
@@ -158,6 +161,20 @@ class Party:
         """Refuse a message meant for the other role."""
         if (role == LENDER) != (self.name == LENDER):
             raise Refusal(f"{self.name} is not the {role} party")
+
+    def noise_seed(self) -> int:
+        """Seed of this party's sampling and noise: the run seed only in simulation (a
+        reproducible analysis); a deployed party draws it from the OS, since whoever knows
+        the seed could subtract the noise."""
+        return self.run.seed if self.partner.partition_id >= 0 else secrets.randbits(63)
+
+    def once(self, step: str) -> None:
+        """Refuse a second `step` in this run: each release is made (and accounted) once."""
+        done = self.context.state.config_records.get(_DONE, ConfigRecord())
+        if step in done:
+            raise Refusal(f"{self.name}: {step} was already done in this run")
+        done[step] = True
+        self.context.state[_DONE] = done
 
     def reply(self, **records: ConfigRecord | ArrayRecord | MetricRecord) -> Message:
         """A reply carrying `records`."""
@@ -191,6 +208,7 @@ class Party:
     def psi_open(self) -> Message:
         """Lender: open one PSI session per partner; the keys stay in the state."""
         self.require(LENDER)
+        self.once("psi")
         lender = LenderParty(LENDER, self.data.ids, run_id=str(self.config["psi-run-id"]),
                              partners=list(PASSIVE))
         records = {f"psi.{p}": ConfigRecord(message_to_record(lender.open_session(p)))
@@ -202,6 +220,7 @@ class Party:
     def psi_respond(self) -> Message:
         """Passive: blind our IDs and the lender's once more; keep our secret order."""
         self.require("passive")
+        self.once("psi")
         opening = message_from_record(dict(self.msg.content.config_records["psi"]))
         party = PassiveParty(self.name, self.data.ids, run_id=opening.run_id, lender=LENDER)
         answer = party.respond(opening)
@@ -246,11 +265,15 @@ class Party:
     def split(self) -> Message:
         """Passive: which of our aligned rows are test rows (positions only)."""
         self.require("passive")
+        self.once("split")
         state = self.context.state.config_records[_ALIGN]
         test = [int(i) for i in self.config["test-positions"]]
-        if int(self.config["num-aligned"]) != len(state["aligned"]) or any(
-                not 0 <= i < len(state["aligned"]) for i in test):
-            raise Refusal(f"{self.name}: the split does not fit our alignment")
+        aligned = len(state["aligned"])
+        expected = round(aligned * self.run.test_fraction)
+        if (int(self.config["num-aligned"]) != aligned or len(set(test)) != len(test)
+                or len(test) != expected or any(not 0 <= i < aligned for i in test)):
+            raise Refusal(f"{self.name}: the split does not fit our alignment (distinct "
+                          f"positions, {expected} of {aligned} rows)")
         state["test"] = test
         return self.reply(info=ConfigRecord({"num-train": len(state["aligned"]) - len(test),
                                              "num-test": len(test)}))
@@ -263,8 +286,9 @@ class Party:
         labels = self.train_labels()
         if _mode(self.msg, self.partner) == NON_PRIVATE:
             return self.reply(labels=_array_record({"labels": labels}))
+        self.once("labels")
         _, _, _, run_id = self.alignment()
-        noisy, release = lender_release(labels, settings=self.settings, seed=self.run.seed,
+        noisy, release = lender_release(labels, settings=self.settings, seed=self.noise_seed(),
                                         psi_run_id=run_id)
         spent = self.record_releases([release], self.settings.lender_epsilon)
         return self.reply(labels=_array_record({"labels": noisy}), metrics=MetricRecord({
@@ -299,8 +323,9 @@ class Party:
                         FinetuneBottom(bottom, self.settings.finetune).arrays())
                     embeddings[name] = exact_embeddings(bottom, view.train)
             return self.reply(embeddings=_array_record(embeddings))
+        self.once("bottom")
         outcome = passive_release(self.name, view.train, labels, settings=self.settings,
-                                  seed=self.run.seed)
+                                  seed=self.noise_seed())
         spent = self.record_releases(outcome.releases, self.settings.epsilon)
         self.context.state[_BOTTOM] = _array_record(
             {**get_weights(outcome.bottom), "centre": np.array([outcome.centre])})
@@ -325,10 +350,16 @@ class Party:
         self.require("passive")
         mode = _mode(self.msg, self.partner)
         if "customer" in self.config:
+            aligned, train, _, _ = self.alignment()
             try:
-                rows = self.data.features[[self.data.row_of(str(self.config["customer"]))]]
+                row = self.data.row_of(str(self.config["customer"]))
             except KeyError:
-                raise Refusal(f"{self.name} does not know this customer") from None
+                row = -1
+            if row < 0 or row in set(aligned[train].tolist()):
+                # Training customers' embeddings were released once, with DP: never in clear.
+                raise Refusal(f"{self.name} cannot score this customer (unknown to it, or a "
+                              "training customer)")
+            rows = self.data.features[[row]]
         else:
             rows = self.view().test
         if mode == NON_PRIVATE:
@@ -415,6 +446,7 @@ class Party:
         AUC/KS per setting from the clean test embeddings; only metrics leave."""
         self.require(LENDER)
         mode = _mode(self.msg, self.partner)
+        self.once(f"evaluate-{mode}")  # the test labels answer one evaluation, not an oracle
         records = self.msg.content.array_records
         view, aligned_test = self.view(), self.alignment()[2]
         assert self.data.labels is not None

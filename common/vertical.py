@@ -404,11 +404,14 @@ class VerticalLedger(PartnerLedger):
 def write_ledger(path: Path, key: Ed25519PrivateKey, party: str, run_id: str,
                  releases: Sequence[Release], *, epsilon_budget: float,
                  delta: float) -> list[dict[str, Any]]:
-    """Write a party's releases to its signed ledger; refuses a release over the budget."""
+    """Write a party's releases to its signed ledger; refuses a release that would take the
+    ledger (every entry already in it, then these releases) over the budget."""
     ledger = VerticalLedger(path, key, party, run_id)
+    earlier = ledger.events()
     done: list[Release] = []
     for release in releases:
-        spent = releases_epsilon([*done, release], delta)
+        spent = rdp_epsilon([*earlier, *(r.event for r in done), release.event], delta=delta,
+                            conversion=CONVERSION)
         if spent > epsilon_budget * (1 + _EPSILON_SLACK):
             raise ValueError(f"{party}: {release.name} would spend epsilon {spent:.4f} over "
                              f"its budget {epsilon_budget:g}")

@@ -76,10 +76,12 @@ class Relay:
             time.sleep(0.5)
         messages = [Message(RecordDict(), dst_node_id=n, message_type="query.vfl_hello")
                     for n in node_ids]
-        nodes = {str(r.content.config_records["info"]["party"]): r.metadata.src_node_id
-                 for r in self.grid.send_and_receive(messages) if not r.has_error()}
-        if set(nodes) != set(PARTIES):
-            raise RuntimeError(f"vertical run needs parties {PARTIES}, found {sorted(nodes)}")
+        named = [(str(r.content.config_records["info"]["party"]), r.metadata.src_node_id)
+                 for r in self.grid.send_and_receive(messages) if not r.has_error()]
+        nodes = dict(named)
+        if set(nodes) != set(PARTIES) or len(named) != len(nodes):
+            raise RuntimeError(f"vertical run needs each of the parties {PARTIES} exactly once, "
+                               f"found {sorted(name for name, _ in named)}")
         return nodes
 
     def ask(self, message_type: str, contents: Mapping[str, RecordDict],

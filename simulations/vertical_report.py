@@ -115,5 +115,7 @@ def render_vertical_markdown(report: dict[str, Any]) -> str:
               "and its bottom model (zero-out of one customer's columns); the lender's noisy "
               "labels (label DP). Not covered: the clean embeddings of customers being scored "
               "(the test rows here), the PSI outcome (which customers are common), set sizes. "
+              "The non-private column exchanged exact labels, embeddings and gradients: no "
+              "epsilon applies to it (simulation only; a deployed party refuses that mode). "
               "See docs/vertical.md.", ""]
     return "\n".join(lines)

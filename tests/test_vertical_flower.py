@@ -8,25 +8,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
 
-from clients.vertical import own_data, resolve_party
+from clients.vertical import Party, Refusal, _mode, own_data, resolve_party
 from common.audit import verify
 from common.config import RunConfig
+from common.crypto import generate_signing_key
+from common.ledger import read_lines
 from common.vertical import (
     LENDER,
     PARTIES,
     PARTY_COLUMNS,
+    STAGE_LABELS,
+    Release,
     VerticalSettings,
+    calibrate_release,
     full_batch_finetune,
+    gaussian_release_event,
     known_ids,
     load_party,
     load_vertical_scenario,
     run_vertical_in_memory,
+    split_aligned,
+    split_seed,
+    write_ledger,
 )
 from server.vertical import RESULT_FILE, SCORES_FILE, Relayed
 from simulations.runner import KEYS_DIR
 from simulations.vertical_runner import run_vertical_federation
-from tests.flower_helpers import node_context
+from tests.flower_helpers import node_context, set_task_identity
 from tests.test_psi import _leaks
 
 SEED, STEPS = 0, 3
@@ -47,6 +57,17 @@ def test_a_client_loads_only_its_own_partys_ids_and_columns() -> None:
     assert data.features.shape == (len(data.ids), len(data.feature_names))
 
 
+def _test_and_training_customer(seed: int) -> tuple[str, str]:
+    """A test customer and a training customer of the run's alignment (as the lender splits
+    it: aligned rows in its own row order, positions by `split_aligned`)."""
+    lender = load_party(LENDER, seed)
+    common = set(load_party("bank", seed).ids) & set(load_party("ecommerce", seed).ids)
+    aligned = [i for i, c in enumerate(lender.ids) if c in common]
+    train, test = split_aligned(len(aligned), test_fraction=RunConfig().test_fraction,
+                                seed=split_seed(seed))
+    return lender.ids[aligned[int(test[0])]], lender.ids[aligned[int(train[0])]]
+
+
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory: pytest.TempPathFactory):
     """One Flower vertical run (DP, non-private, scoring) and the in-memory run it must match."""
@@ -55,19 +76,19 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory):
     unknown_to_a_partner = next(c for c in load_party(LENDER, SEED).ids
                                 if c not in set(load_party("bank", SEED).ids)
                                 and c in set(load_party("ecommerce", SEED).ids))
-    known_to_all = sorted(set(load_party("bank", SEED).ids) & set(load_party("ecommerce",
-                                                                             SEED).ids))[0]
+    known_to_all, training_customer = _test_and_training_customer(SEED)
     relayed: list[Relayed] = []
     run = RunConfig(mode="vertical", seed=SEED, out_dir=str(out), vertical_non_private=True,
                     vertical_finetune_steps=STEPS,
-                    vertical_score_ids=f"{known_to_all},{unknown_to_a_partner},cust-x")
+                    vertical_score_ids=f"{known_to_all},{unknown_to_a_partner},cust-x,"
+                                       f"{training_customer}")
     result = run_vertical_federation(run, centralized=False, observer=relayed.append)
     memory = run_vertical_in_memory(SEED, VerticalSettings(finetune=full_batch_finetune(STEPS)),
                                     scenario=scenario)
     summary = json.loads((out / RESULT_FILE).read_text())
     scores = json.loads((out / SCORES_FILE).read_text())
     return (result, memory, scenario, summary, scores, relayed, out,
-            (known_to_all, unknown_to_a_partner))
+            (known_to_all, unknown_to_a_partner, training_customer))
 
 
 @pytest.mark.slow
@@ -124,11 +145,14 @@ def test_each_partys_ledger_verifies_within_its_budget(flower_run) -> None:
 
 @pytest.mark.slow
 def test_a_customer_known_to_all_is_scored_and_an_unknown_one_refused(flower_run) -> None:
-    result, _, _, _, scores, relayed, _, (known, unknown) = flower_run
+    result, _, _, _, scores, relayed, _, (known, unknown, training) = flower_run
     assert 0.0 < scores[known]["score"] < 1.0
     assert scores[unknown]["refused_by"] == ["bank"]
-    assert "bank does not know this customer" in scores[unknown]["error"]
+    assert "bank cannot score this customer" in scores[unknown]["error"]
     assert set(scores["cust-x"]["refused_by"]) == {"bank", "ecommerce"}
+    # a training customer's clean embedding never leaves (its DP release was the only one)
+    assert set(scores[training]["refused_by"]) == {"bank", "ecommerce"}
+    assert "training customer" in scores[training]["error"]
     # the score is the lender's all-three DP model on the partners' clean embeddings
     lender_reply = [m for m in relayed if m.message_type == "query.vfl_score"
                     and m.direction == "from"]
@@ -142,3 +166,52 @@ def test_a_customer_known_to_all_is_scored_and_an_unknown_one_refused(flower_run
     # both partners for the known customer, ecommerce for the one bank refused: one number each
     assert [v.shape for v in sent] == [(1,)] * 3
     assert np.isfinite(result.metrics["dp"]["lender+ecommerce+bank"]["auc"])
+
+
+def _party(partition: int, message_type: str, config: dict | None = None,
+           context=None) -> Party:
+    set_task_identity()
+    run = RunConfig(mode="vertical")
+    context = context or node_context({"partition-id": partition}, run)
+    msg = Message(content=RecordDict({"config": ConfigRecord(config or {})}), dst_node_id=1,
+                  message_type=message_type)
+    return Party(msg, context, {})
+
+
+def test_each_release_and_the_alignment_happen_once_per_run() -> None:
+    party = _party(1, "query.psi_respond")
+    party.once("bottom")
+    with pytest.raises(Refusal, match="bottom was already done in this run"):
+        _party(1, "train.vfl_bottom", context=party.context).once("bottom")
+    with pytest.raises(Refusal, match="unknown mode"):
+        _mode(_party(1, "train.vfl_bottom", {"mode": "xyz"}).msg, party.partner)
+
+
+def test_a_split_that_does_not_fit_the_alignment_is_refused() -> None:
+    party = _party(1, "query.vfl_split")
+    party.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)), "run": "r"})
+    expected = round(100 * party.run.test_fraction)
+    for test in ([0] * expected, list(range(100)), list(range(expected - 1)) + [100]):
+        candidate = _party(1, "query.vfl_split", {"test-positions": test, "num-aligned": 100},
+                           context=node_context({"partition-id": 1}, party.run))
+        candidate.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)),
+                                                             "run": "r"})
+        with pytest.raises(Refusal, match="does not fit"):
+            candidate.split()
+    good = _party(1, "query.vfl_split", {"test-positions": list(range(expected)),
+                                         "num-aligned": 100}, context=party.context)
+    good.split()
+    with pytest.raises(Refusal, match="already done"):  # no re-split after the fact
+        _party(1, "query.vfl_split", {"test-positions": list(range(1, expected + 1)),
+                                      "num-aligned": 100}, context=party.context).split()
+
+
+def test_the_ledger_refuses_a_second_release_beyond_the_budget(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    label = Release(STAGE_LABELS, gaussian_release_event(
+        calibrate_release(target_epsilon=3.0, delta=1e-5)), 1.0, "a" * 64, "b" * 64)
+    path = tmp_path / "lender.jsonl"
+    write_ledger(path, key, LENDER, "run", [label], epsilon_budget=3.0, delta=1e-5)
+    with pytest.raises(ValueError, match="over its budget"):
+        write_ledger(path, key, LENDER, "run", [label], epsilon_budget=3.0, delta=1e-5)
+    assert len(read_lines(path)[0]) == 1

@@ -61,7 +61,8 @@ CLI_OPTIONS = {"sim-epsilon": "--epsilon", "sim-delta": "--delta", "num-server-r
                "dirichlet-alpha": "--alpha", "local-epochs": "--local-epochs",
                "batch-size": "--batch-size", "learning-rate": "--learning-rate",
                "hidden-layers": "--hidden-layers", "seed": "--seed", "out-dir": "--out"}
-ScenarioOpt = Annotated[str, typer.Option(help="Bundled scenario: credit_data or lending_club.")]
+ScenarioOpt = Annotated[str, typer.Option(
+    help="Bundled scenario: credit_data, lending_club, or credit_data_vertical (simulate only).")]
 EpsilonOpt = Annotated[float, typer.Option(help="Privacy budget epsilon of every partner.")]
 DeltaOpt = Annotated[float, typer.Option(help="Privacy budget delta of every partner.")]
 RoundsOpt = Annotated[int, typer.Option(help="Federated rounds (num-server-rounds).")]
@@ -353,6 +354,10 @@ def bench(
     """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory."""
     from simulations.bench import run_benchmark
 
+    if scenario == "credit_data_vertical":
+        raise typer.BadParameter("bench measures the horizontal federation; for vertical mode "
+                                 "run `python -m simulations.bench_vertical`",
+                                 param_hint="--scenario")
     run = build_run_config(scenario=scenario, epsilon=epsilon, delta=1e-5, rounds=rounds,
                            seed=seed, out=Path("runs/bench"), split="natural", alpha=0.5,
                            budgets="")

@@ -24,7 +24,7 @@ from pathlib import Path
 from common.audit import AuditResult, verify
 from common.ledger import read_lines
 from common.scenarios import export_partner_files, get_scenario
-from simulations.federation import FederationLayout, init_federation
+from simulations.federation import init_federation
 
 FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 DEMO_MARK = "FEDCREDIT_LOCAL_FEDERATION"  # environment tag on every process we start
@@ -176,12 +176,11 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 class LocalFederation:
     """Coordinator and partners as real processes on this machine, torn down on exit."""
 
-    def __init__(self, workspace: Path, options: DemoOptions, *, app: Path | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(self, workspace: Path, options: DemoOptions, *, app: Path | None = None
+                 ) -> None:
         self.workspace = workspace.resolve()
         self.options = options
         self.app = (app or project_root()).resolve()
-        self.log = log
         self.pki = self.workspace / "pki"
         self.commands = FederationCommands(pki=str(self.pki), data=str(self.workspace / "data"),
                                            work=str(self.workspace),
@@ -194,7 +193,6 @@ class LocalFederation:
                     "FLWR_TELEMETRY_ENABLED": "0", DEMO_MARK: self.mark,
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.layout: FederationLayout | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -202,7 +200,7 @@ class LocalFederation:
         if self.workspace.exists() and any(self.workspace.iterdir()):
             raise FederationError(f"{self.workspace} exists and is not empty; choose another "
                                   "--out or pass --overwrite")
-        self.layout = init_federation(self.pki, self.options.partners, "localhost")
+        init_federation(self.pki, self.options.partners, "localhost")
         export_partner_files(self.options.scenario, self.workspace / "data",
                              seed=self.options.seed)
         home = Path(self.env["FLWR_HOME"])

@@ -46,7 +46,6 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from clients.vertical import register_vertical
 from common.config import PartnerConfig, RunConfig
-from common.crypto import hash_weights
 from common.partner import (
     REFUSAL_PREFIX,
     PartnerState,
@@ -55,6 +54,7 @@ from common.partner import (
     load_data,
     train_round,
 )
+from common.privacy.crypto import hash_weights
 
 log = logging.getLogger(__name__)
 STATE_KEY = "fedcredit-partner-state"

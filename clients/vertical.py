@@ -48,46 +48,41 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from common.config import PartnerConfig, RunConfig
-from common.crypto import load_private_key
-from common.model import build_model, get_weights, set_weights
-from common.psi import (
+from common.data.scenarios import LENDER, PASSIVE
+from common.learning.model import build_model, get_weights, set_weights
+from common.privacy.crypto import load_private_key
+from common.vertical.finetune import FinetuneBottom, FinetuneTop, finetune_batches
+from common.vertical.parties import (
+    SETTINGS,
+    PartyData,
+    PartyView,
+    lender_row_order,
+    load_party,
+    party_view,
+    passives_of,
+    setting_name,
+    split_aligned,
+    split_seed,
+)
+from common.vertical.psi import (
     Alignment,
     LenderParty,
     PassiveParty,
     message_from_record,
     message_to_record,
 )
-from common.vertical import (
-    LENDER,
-    PASSIVE,
-    SETTINGS,
-    FinetuneBottom,
-    FinetuneTop,
-    PartyData,
-    PartyView,
+from common.vertical.releases import lender_release, releases_epsilon, write_ledger
+from common.vertical.settings import VerticalSettings, full_batch_finetune, non_private_seeds
+from common.vertical.stages import (
     TopModel,
-    VerticalSettings,
     exact_embeddings,
-    finetune_batches,
     fit_private_tops,
     fit_top,
-    full_batch_finetune,
-    lender_release,
-    lender_row_order,
-    load_party,
     non_private_bottom,
-    non_private_seeds,
-    party_view,
     passive_release,
-    passives_of,
-    releases_epsilon,
     score,
     scoring_embeddings,
     setting_metrics,
-    setting_name,
-    split_aligned,
-    split_seed,
-    write_ledger,
 )
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.privacy import check_budget
-from common.scenarios import SCENARIOS, SPLITS
-from common.training import OPTIMIZERS
-from common.vertical import PARTIES
-from common.vertical import SCENARIO as VERTICAL_SCENARIO
+from common.data.scenarios import PARTIES, SCENARIOS, SPLITS, VERTICAL_SCENARIO
+from common.learning.training import OPTIMIZERS
+from common.privacy.budget import check_budget
 
 ConfigValue = bool | int | float | str
 LR_SCHEDULES = ("constant", "cosine")

@@ -14,21 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
-from common.accounting import SubsampledGaussianEvent
 from common.config import PartnerConfig, RunConfig
-from common.crypto import CryptoError, hash_weights, load_private_key
-from common.data import PartnerData, load_partner_csv
-from common.ledger import LedgerError, PartnerLedger, entry_hash
-from common.model import build_model, get_weights, set_weights
-from common.privacy import (
+from common.data.scenarios import load_scenario_partner
+from common.data.tables import PartnerData, load_partner_csv
+from common.learning.model import build_model, get_weights, set_weights
+from common.learning.training import TrainSettings, evaluate, train
+from common.privacy.accounting import SubsampledGaussianEvent
+from common.privacy.budget import (
     PrivacyPlan,
     PrivacyState,
     authorize_round,
     calibrate_plan,
     record_round,
 )
-from common.scenarios import load_scenario_partner
-from common.training import TrainSettings, evaluate, train
+from common.privacy.crypto import CryptoError, hash_weights, load_private_key
+from common.privacy.ledger import LedgerError, PartnerLedger, entry_hash
 
 log = logging.getLogger(__name__)
 

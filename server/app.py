@@ -15,14 +15,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from common.crypto import load_private_key
-from common.data import Split, bundled_path
-from common.ledger import ReceiptLog
-from common.model import build_model, set_weights
+from common.data.scenarios import get_scenario, load_scenario
+from common.data.schema import load_schema
+from common.data.tables import Split, bundled_path
+from common.learning.model import build_model, set_weights
+from common.learning.training import evaluate
 from common.outputs import HISTORY_FILE, save_model, write_json
-from common.scenarios import get_scenario, load_scenario
-from common.schema import load_schema
-from common.training import evaluate
+from common.privacy.crypto import load_private_key
+from common.privacy.ledger import ReceiptLog
 from server.secure import run_secure_rounds
 from server.strategy import RoundRecord, TooFewPartners, ValidatingFedAvg
 from server.vertical import Observer, run_vertical

@@ -15,9 +15,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from common.crypto import hash_weights
-from common.ledger import ReceiptLog
 from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from common.privacy.crypto import hash_weights
+from common.privacy.ledger import ReceiptLog
 
 log = logging.getLogger(__name__)
 ALLOWED_RECORDS = {"arrays", "metrics", "info"}

@@ -22,17 +22,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
+from common.data.scenarios import LENDER, PARTIES, PASSIVE
 from common.outputs import write_json
-from common.psi import new_run_id
-from common.vertical import (
-    LENDER,
-    PARTIES,
-    PASSIVE,
-    SETTINGS,
-    BottomPlan,
-    plan_mechanisms,
-    setting_name,
-)
+from common.vertical.parties import SETTINGS, setting_name
+from common.vertical.psi import new_run_id
+from common.vertical.releases import BottomPlan, plan_mechanisms
 
 log = logging.getLogger(__name__)
 RESULT_FILE, SCORES_FILE = "vertical.json", "vertical_scores.json"

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.config import RunConfig
-from simulations.audit_cli import audit_app
+from simulations.audit.cli import audit_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedcredit: federated credit-risk modelling with partner-owned DP budgets.")
@@ -121,8 +121,8 @@ def simulate(
                            secure_aggregation=secure_aggregation or None)
     prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo
     quiet_libraries(verbose)
-    from simulations.report import write_report
-    from simulations.runner import SETTINGS, run_all
+    from simulations.simulate.horizontal import SETTINGS, run_all
+    from simulations.simulate.reports import write_report
 
     started = time.perf_counter()
     with Progress(TextColumn("{task.description:<14}"), BarColumn(),
@@ -153,8 +153,8 @@ def simulate(
 def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
                           overwrite: bool, verbose: bool) -> None:
     """The vertical scenario: validate, run, print the summary (report.md in `out`)."""
-    from common.vertical import VerticalSettings
-    from simulations.vertical_report import simulate_vertical
+    from common.vertical.settings import VerticalSettings
+    from simulations.simulate.vertical_report import simulate_vertical
 
     try:
         settings = VerticalSettings(epsilon=epsilon, delta=delta)
@@ -183,7 +183,7 @@ def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix two runs in one directory unless told to replace the earlier one."""
-    from simulations.runner import KEYS_DIR
+    from simulations.simulate.horizontal import KEYS_DIR
 
     earlier = [out / name for name in ("report.json", KEYS_DIR, "federated_dp", "federated",
                                        "vertical_ledgers", "audit.html")
@@ -230,7 +230,7 @@ def keys_new(
     out: Annotated[Path, typer.Option(help="Directory for <partner>.key and <partner>.pub.")],
 ) -> None:
     """Create an Ed25519 signing key pair: <out>/<partner>.key (mode 0600) and .pub."""
-    from common.crypto import CryptoError, fingerprint, generate_signing_key, write_key_pair
+    from common.privacy.crypto import CryptoError, fingerprint, generate_signing_key, write_key_pair
 
     if not partner or "/" in partner or partner.startswith("."):
         raise typer.BadParameter(f"invalid partner name {partner!r}", param_hint="--partner")
@@ -258,7 +258,7 @@ def federation_init(
         help="Host name or IP the partners use to reach the SuperLink.")] = "localhost",
 ) -> None:
     """Create a CA, SuperLink TLS certificate, SuperNode auth keys, ledger and receipt keys."""
-    from simulations.federation import init_federation
+    from simulations.deploy.federation import init_federation
 
     names = [p.strip() for p in partners.split(",") if p.strip()]
     try:
@@ -292,7 +292,7 @@ def federation_demo(
     SuperNode per partner, `flwr run`, then audit the ledgers. Stops every process it started."""
     import signal
 
-    from simulations.local_federation import (
+    from simulations.deploy.local import (
         DemoOptions,
         FederationError,
         LocalFederation,
@@ -352,11 +352,11 @@ def bench(
     seed: SeedOpt = 0,
 ) -> None:
     """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory."""
-    from simulations.bench import run_benchmark
+    from simulations.bench.horizontal import run_benchmark
 
     if scenario == "credit_data_vertical":
         raise typer.BadParameter("bench measures the horizontal federation; for vertical mode "
-                                 "run `python -m simulations.bench_vertical`",
+                                 "run `python -m simulations.bench.vertical`",
                                  param_hint="--scenario")
     run = build_run_config(scenario=scenario, epsilon=epsilon, delta=1e-5, rounds=rounds,
                            seed=seed, out=Path("runs/bench"), split="natural", alpha=0.5,

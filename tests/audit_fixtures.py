@@ -9,9 +9,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.accounting import SubsampledGaussianEvent, rdp_epsilon
-from common.crypto import fingerprint, generate_signing_key, sha256_hex, write_key_pair
-from common.ledger import (
+from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.budget import PrivacyPlan, calibrate_plan
+from common.privacy.crypto import fingerprint, generate_signing_key, sha256_hex, write_key_pair
+from common.privacy.ledger import (
     GENESIS,
     PartnerLedger,
     ReceiptLog,
@@ -19,7 +20,6 @@ from common.ledger import (
     entry_hash,
     sign_entry,
 )
-from common.privacy import PrivacyPlan, calibrate_plan
 
 DELTA = 1e-5
 BATCH = 64

@@ -16,9 +16,9 @@ from flwr.app import (
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import RunConfig
-from common.data import bundled_path
-from common.model import build_model, get_weights
-from common.schema import load_schema
+from common.data.schema import load_schema
+from common.data.tables import bundled_path
+from common.learning.model import build_model, get_weights
 
 
 def set_task_identity() -> None:

@@ -1,0 +1,163 @@
+"""Partner scenarios: which rows of a bundled data set each simulated partner holds.
+
+`natural` splits follow DESIGN.md: credit_data by `Home` (bank = owners, lender = renters and
+private, e-commerce = the rest), lending_club by US census region of `addr_state`. `iid` and
+`dirichlet` are controls that deal the same rows out at random / label-skewed.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.data.schema import RawTable
+from common.data.tables import PartnerData, bundled_path, load_bundled, split_train_test, subset
+
+SPLITS = ("natural", "iid", "dirichlet")
+
+# The vertical scenario: the same customers of credit_data, columns split by party. The lender
+# holds the label; the passive parties hold other columns of the same customers.
+VERTICAL_SCENARIO = "credit_data_vertical"
+VERTICAL_DATASET = "credit_data"
+LENDER = "lender"
+PASSIVE = ("ecommerce", "bank")
+PARTIES = (LENDER, *PASSIVE)
+PARTY_COLUMNS: dict[str, tuple[str, ...]] = {
+    LENDER: ("Amount", "Time", "Records"),
+    "ecommerce": ("Price", "Expenses", "Age", "Marital", "Home"),
+    "bank": ("Income", "Assets", "Debt", "Seniority", "Job"),
+}
+
+_CREDIT_DATA_HOME = {
+    "lender": {"rent", "priv"},
+    "ecommerce": {"parents", "other", "ignore", ""},
+    "bank": {"owner"},
+}
+_REGIONS = {
+    "west": {"AK", "AZ", "CA", "CO", "HI", "ID", "MT", "NM", "NV", "OR", "UT", "WA", "WY"},
+    "south": {"AL", "AR", "DC", "DE", "FL", "GA", "KY", "LA", "MD", "MS", "NC", "OK", "SC", "TN",
+              "TX", "VA", "WV"},
+    "northeast_midwest": {"CT", "IA", "IL", "IN", "KS", "MA", "ME", "MI", "MN", "MO", "ND", "NE",
+                          "NH", "NJ", "NY", "OH", "PA", "RI", "SD", "VT", "WI"},
+}
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """A bundled data set and how its rows are dealt to partners."""
+
+    name: str
+    dataset: str
+    partition_column: str
+    groups: dict[str, set[str]]
+
+    @property
+    def partners(self) -> list[str]:
+        """Partner names, in partition-id order."""
+        return list(self.groups)
+
+
+SCENARIOS: dict[str, ScenarioSpec] = {
+    "credit_data": ScenarioSpec("credit_data", "credit_data", "Home", _CREDIT_DATA_HOME),
+    "lending_club": ScenarioSpec("lending_club", "lending_club", "addr_state", _REGIONS),
+}
+
+
+def get_scenario(name: str) -> ScenarioSpec:
+    """Look up a scenario by name, with an error listing the valid names."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r} (config key 'scenario'); "
+                         f"choose from {sorted(SCENARIOS)}")
+    return SCENARIOS[name]
+
+
+def partner_rows(table: RawTable, spec: ScenarioSpec, *, split: str, seed: int,
+                 alpha: float, label_column: str, bad_value: str) -> dict[str, np.ndarray]:
+    """Row indices held by each partner under `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (config key 'split'); choose from {SPLITS}")
+    n_partners = len(spec.groups)
+    rng = np.random.default_rng(seed)
+    if split == "natural":
+        values = table.column(spec.partition_column)
+        rows = {p: np.array([i for i, v in enumerate(values) if v in group], dtype=int)
+                for p, group in spec.groups.items()}
+        claimed = sum(len(r) for r in rows.values())
+        if claimed != len(values):
+            raise ValueError(f"scenario {spec.name!r}: {len(values) - claimed} rows match no "
+                             f"partner group of column {spec.partition_column!r}")
+        return rows
+    if split == "iid":
+        assignment = rng.permutation(len(table.rows)) % n_partners
+        return {p: np.flatnonzero(assignment == k) for k, p in enumerate(spec.partners)}
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0 for the dirichlet split, got {alpha} (key 'alpha')")
+    labels = np.array([v == bad_value for v in table.column(label_column)])
+    assignment = np.empty(len(labels), dtype=int)
+    for label in (False, True):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        shares = rng.dirichlet([alpha] * n_partners)
+        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+        for k, part in enumerate(np.split(idx, cuts)):
+            assignment[part] = k
+    return {p: np.flatnonzero(assignment == k) for k, p in enumerate(spec.partners)}
+
+
+def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: float = 0.5,
+                  test_fraction: float = 0.25, only: str | None = None) -> list[PartnerData]:
+    """Every partner's encoded train/test data for a bundled scenario, in partition-id order.
+
+    `only` restricts encoding to one partner (what a simulated ClientApp needs).
+    """
+    spec = get_scenario(name)
+    table, schema = load_bundled(spec.dataset)
+    rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
+                        label_column=schema.label, bad_value=schema.bad_value)
+    partners = []
+    for partner, idx in rows.items():
+        if only is not None and partner != only:
+            continue
+        train, test = split_train_test(subset(table, idx, partner), schema,
+                                       test_fraction=test_fraction, seed=seed)
+        partners.append(PartnerData(partner=partner, train=train, test=test))
+    return partners
+
+
+def load_scenario_partner(name: str, partition_id: int, *, split: str = "natural",
+                          seed: int = 0, alpha: float = 0.5,
+                          test_fraction: float = 0.25) -> PartnerData:
+    """One partner's data by partition id (what a simulated ClientApp loads)."""
+    partners = get_scenario(name).partners
+    if not 0 <= partition_id < len(partners):
+        raise ValueError(f"partition id {partition_id} out of range for scenario {name!r} "
+                         f"with {len(partners)} partners")
+    return load_scenario(name, split=split, seed=seed, alpha=alpha,
+                         test_fraction=test_fraction, only=partners[partition_id])[0]
+
+
+def export_partner_files(name: str, out_dir: Path, *, split: str = "natural", seed: int = 0,
+                         alpha: float = 0.5) -> dict[str, tuple[Path, Path]]:
+    """Write each partner's raw rows as `<partner>.csv` plus the schema `<partner>.toml`.
+
+    What a real partner would hold on its own machine (local federation demo, onboarding).
+    """
+    spec = get_scenario(name)
+    table, schema = load_bundled(spec.dataset)
+    schema_source = bundled_path(spec.dataset)[1]
+    rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
+                        label_column=schema.label, bad_value=schema.bad_value)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for partner, idx in rows.items():
+        csv_path, schema_path = out_dir / f"{partner}.csv", out_dir / f"{partner}.toml"
+        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(table.header)
+            writer.writerows(table.rows[int(i)] for i in idx)
+        shutil.copyfile(schema_source, schema_path)
+        files[partner] = (csv_path, schema_path)
+    return files

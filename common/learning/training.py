@@ -1,0 +1,176 @@
+"""The one training loop and the one evaluation routine, used by clients, baselines and tests.
+
+With `dp` set, training is DP-SGD via Opacus: each step draws a Poisson sample of the training
+rows at rate q (every row independently), computes per-sample gradients, clips each to the norm
+C, sums, adds Gaussian noise N(0, σ²C²) and divides by the expected batch size q·n. Without `dp`
+it is ordinary minibatch training on shuffled data.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from common.data.tables import Split
+from common.learning.metrics import credit_metrics
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings of one local training call."""
+
+    epochs: float = 1.0
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The DP-SGD mechanism: Poisson sample rate q, noise multiplier σ, clipping norm C."""
+
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max grad norm must be > 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training call did: steps taken, examples seen, mean loss, and the DP mechanism."""
+
+    steps: int
+    num_examples: int
+    mean_loss: float
+    dp: DPSettings | None
+
+
+def steps_per_epoch(num_rows: int, *, batch_size: int | None = None,
+                    sample_rate: float | None = None) -> int:
+    """Steps in one (expected) pass over `num_rows` rows."""
+    if sample_rate is not None:
+        return max(1, round(1.0 / sample_rate))
+    assert batch_size is not None
+    return max(1, math.ceil(num_rows / batch_size))
+
+
+def num_steps(epochs: float, per_epoch: int) -> int:
+    """Total steps for a possibly fractional number of epochs (at least one)."""
+    return max(1, round(epochs * per_epoch))
+
+
+def _make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.learning_rate,
+                                weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9,
+                           weight_decay=settings.weight_decay)
+
+
+def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
+          dp: DPSettings | None = None, steps: int | None = None) -> TrainOutcome:
+    """Train `model` in place on `data`; returns what was done.
+
+    `steps` overrides the number of steps implied by `settings.epochs` (the privacy layer uses it
+    to enforce the partner's per-round allowance). Sampling and noise use two independent streams
+    derived from `seed`; whoever knows `seed` can reproduce both, so a deployed partner passes
+    fresh OS randomness (see `common.partner.round_seed`).
+    """
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty data split")
+    features = torch.as_tensor(data.features, dtype=torch.float32)
+    labels = torch.as_tensor(data.labels, dtype=torch.float32)
+    sampling_seed, noise_seed = (int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+                                 for s in np.random.SeedSequence(seed).spawn(2))
+    sampling = torch.Generator().manual_seed(sampling_seed)
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    model.train()
+    if dp is None:
+        per_epoch = steps_per_epoch(len(data), batch_size=settings.batch_size)
+        total = steps if steps is not None else num_steps(settings.epochs, per_epoch)
+        optimizer = _make_optimizer(list(model.parameters()), settings)
+        losses = []
+        order = torch.randperm(len(data), generator=sampling)
+        for step in range(total):
+            position = step % per_epoch
+            if position == 0 and step > 0:
+                order = torch.randperm(len(data), generator=sampling)
+            batch = order[position * settings.batch_size:(position + 1) * settings.batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(features[batch]), labels[batch]) / len(batch)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return TrainOutcome(steps=total, num_examples=len(data),
+                            mean_loss=float(np.mean(losses)), dp=None)
+
+    per_epoch = steps_per_epoch(len(data), sample_rate=dp.sample_rate)
+    total = steps if steps is not None else num_steps(settings.epochs, per_epoch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        private = GradSampleModule(model, loss_reduction="sum")
+        optimizer = DPOptimizer(
+            _make_optimizer(list(private.parameters()), settings),
+            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=max(1, round(dp.sample_rate * len(data))),
+            loss_reduction="mean", generator=torch.Generator().manual_seed(noise_seed))
+    losses = []
+    try:
+        for _ in range(total):
+            mask = torch.rand(len(data), generator=sampling) < dp.sample_rate
+            optimizer.zero_grad()
+            loss = loss_fn(private(features[mask]), labels[mask])
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
+            optimizer.step()
+            if mask.any():
+                losses.append(loss.item() / int(mask.sum()))
+    finally:
+        private._close()
+    return TrainOutcome(steps=total, num_examples=len(data),
+                        mean_loss=float(np.mean(losses)) if losses else float("nan"), dp=dp)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, features: np.ndarray) -> np.ndarray:
+    """Predicted probability of 'bad' for each row."""
+    model.eval()
+    logits = model(torch.as_tensor(features, dtype=torch.float32))
+    return torch.sigmoid(logits).numpy().astype(np.float64)
+
+
+def evaluate(model: nn.Module, data: Split) -> dict[str, float]:
+    """Credit metrics and mean log-loss of `model` on `data`."""
+    scores = predict(model, data.features)
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    log_loss = float(-np.mean(data.labels * np.log(clipped)
+                              + (1 - data.labels) * np.log(1 - clipped)))
+    return {**credit_metrics(data.labels, scores), "log_loss": log_loss}

@@ -1,0 +1,127 @@
+"""Partner-side privacy budget: calibrate σ once, compose every round, refuse overspending.
+
+The partner owns its budget (ε, δ). At its first round it calibrates the noise multiplier σ
+from the budget and the announced plan (rounds x local epochs at sample rate q), once per run.
+Every round after that uses the calibrated q and σ, whatever the coordinator asks, and the
+round is refused if its steps would push the composed ε over the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from common.learning.training import DPSettings, num_steps, steps_per_epoch
+from common.privacy.accounting import (
+    ACCOUNTANT_NAME,
+    SubsampledGaussianEvent,
+    calibrate_noise_multiplier,
+    rdp_epsilon,
+)
+
+log = logging.getLogger(__name__)
+CONVERSION = "balle2020"
+_EPSILON_SLACK = 1e-9  # float round-off allowance when comparing composed ε to the budget
+
+
+def check_budget(epsilon: float, delta: float, *, source: str = "node config",
+                 keys: tuple[str, str] = ("epsilon", "delta")) -> None:
+    """Raise a ValueError naming the key when (ε, δ) is not a valid budget."""
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon} ({source} key '{keys[0]}')")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta} ({source} key '{keys[1]}')")
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The mechanism a partner calibrated once for the whole run."""
+
+    epsilon_budget: float
+    delta: float
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    steps_per_round: int
+    planned_rounds: int
+
+    @property
+    def dp(self) -> DPSettings:
+        """The DP-SGD settings every round of this run uses."""
+        return DPSettings(self.sample_rate, self.noise_multiplier, self.max_grad_norm)
+
+
+def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_size: int,
+                   local_epochs: float, planned_rounds: int, max_grad_norm: float) -> PrivacyPlan:
+    """Calibrate σ so that `planned_rounds` rounds at q = batch/n spend exactly the budget."""
+    check_budget(epsilon, delta)
+    if planned_rounds < 1:
+        raise ValueError(f"planned rounds must be >= 1, got {planned_rounds}")
+    sample_rate = min(1.0, batch_size / num_train_rows)
+    per_round = num_steps(local_epochs, steps_per_epoch(num_train_rows, sample_rate=sample_rate))
+    sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,
+                                       sample_rate=sample_rate,
+                                       steps=per_round * planned_rounds, conversion=CONVERSION)
+    return PrivacyPlan(epsilon_budget=epsilon, delta=delta, sample_rate=sample_rate,
+                       noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                       steps_per_round=per_round, planned_rounds=planned_rounds)
+
+
+@dataclass
+class PrivacyState:
+    """Everything a partner has spent in this run: one event per round trained."""
+
+    events: list[SubsampledGaussianEvent] = field(default_factory=list)
+
+    def epsilon(self, delta: float) -> float:
+        """ε spent so far, composed over every round (one RDP accountant over all steps)."""
+        return rdp_epsilon(self.events, delta=delta, conversion=CONVERSION) if self.events else 0.0
+
+    @property
+    def rounds_trained(self) -> int:
+        """Rounds this partner has trained in."""
+        return len(self.events)
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """Whether a round may run, and with exactly which mechanism."""
+
+    allowed: bool
+    dp: DPSettings
+    steps: int
+    epsilon_before: float
+    epsilon_after: float
+    reason: str = ""
+
+
+def authorize_round(plan: PrivacyPlan, state: PrivacyState, *, requested_epochs: float,
+                    num_train_rows: int) -> RoundDecision:
+    """Decide this round: the calibrated q and σ always; refuse if ε would exceed the budget.
+
+    The coordinator influences only the number of local epochs it requests; more steps than
+    the plan are allowed only while the composed ε stays within budget.
+    """
+    steps = num_steps(requested_epochs, steps_per_epoch(num_train_rows,
+                                                        sample_rate=plan.sample_rate))
+    before = state.epsilon(plan.delta)
+    event = SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier, steps)
+    after = rdp_epsilon([*state.events, event], delta=plan.delta, conversion=CONVERSION)
+    if after > plan.epsilon_budget * (1 + _EPSILON_SLACK):
+        reason = (f"privacy budget exhausted: this round ({steps} steps, q={plan.sample_rate:.4g},"
+                  f" sigma={plan.noise_multiplier:.4g}) would raise epsilon from {before:.4f} to "
+                  f"{after:.4f}, over the partner's budget {plan.epsilon_budget:g} "
+                  f"(delta={plan.delta:g}, {ACCOUNTANT_NAME})")
+        log.warning(reason)
+        return RoundDecision(False, plan.dp, steps, before, before, reason)
+    return RoundDecision(True, plan.dp, steps, before, after)
+
+
+def record_round(state: PrivacyState, decision: RoundDecision, steps_taken: int) -> None:
+    """Compose the round that just ran into the partner's state."""
+    if not decision.allowed:
+        raise ValueError("cannot record a refused round")
+    if steps_taken > decision.steps:
+        raise ValueError(f"took {steps_taken} steps, more than the {decision.steps} authorized")
+    state.events.append(SubsampledGaussianEvent(decision.dp.sample_rate,
+                                                decision.dp.noise_multiplier, steps_taken))

@@ -1,0 +1,121 @@
+"""`fedcredit audit`: verify partners' privacy ledgers and the coordinator's receipts.
+
+Exit status: 0 when everything verifies, 1 when there are findings, 2 for usage errors (a missing
+ledger, receipts file or keys directory, no usable public key).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from common.privacy.audit import EPSILON_TOLERANCE, AuditInputError, AuditResult, verify
+
+audit_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="Auditor's tools: verify signed privacy ledgers and receipts, "
+                             "recompute epsilon independently, write an HTML report.")
+
+LedgersArg = Annotated[list[Path], typer.Argument(
+    exists=True, dir_okay=False, readable=True, show_default=False,
+    help="Partner ledger files (JSON Lines), one per partner.")]
+KeysOpt = Annotated[Path, typer.Option(
+    "--keys", exists=True, file_okay=False, show_default=False,
+    help="Directory of public keys: <partner>.pub for each partner, coordinator.pub.")]
+ReceiptsOpt = Annotated[Path | None, typer.Option(
+    "--receipts", exists=True, dir_okay=False, readable=True,
+    help="The coordinator's receipts log (ties ledger entries to accepted updates).")]
+
+
+def _run(ledgers: list[Path], keys: Path, receipts: Path | None) -> AuditResult:
+    """verify(), with input problems turned into exit status 2."""
+    try:
+        return verify(ledgers, keys, receipts)
+    except AuditInputError as exc:
+        Console(stderr=True).print(Text(f"error: {exc}", style="red"))
+        raise typer.Exit(code=2) from exc
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def show_result(result: AuditResult, console: Console) -> None:
+    """Per-partner table (budget vs claimed vs recomputed), every finding, then the verdict."""
+    table = Table(title=f"privacy ledgers of run {result.run_id} (epsilon: budget, claimed, "
+                        f"recomputed)", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True, show_edge=False)
+    for column in ("partner", "rounds", "refused", "budget", "delta", "claimed", "RDP", "PLD",
+                   "findings"):
+        table.add_column(column, justify="left" if column == "partner" else "right",
+                         no_wrap=True)
+    per_ledger = {p.ledger: 0 for p in result.partners}
+    for finding in result.findings:
+        if finding.path in per_ledger:
+            per_ledger[finding.path] += 1
+    for p in result.partners:
+        n = per_ledger[p.ledger]
+        table.add_row(Text(p.partner), str(p.rounds_trained), str(p.refusals),
+                      "n/a" if p.epsilon_budget is None else f"{p.epsilon_budget:g}",
+                      "n/a" if p.delta is None else f"{p.delta:g}", _fmt(p.epsilon_claimed),
+                      _fmt(p.epsilon_rdp), _fmt(p.epsilon_pld),
+                      Text(str(n), style="red" if n else "green"))
+    console.print(table)
+    console.print(Text(f"recomputed with {result.accountant['rdp']} and {result.accountant['pld']}"
+                       f" ({result.accountant['library']}); receipts: "
+                       f"{result.receipts or 'none given'}", style="dim"), soft_wrap=True)
+    for finding in result.findings:
+        console.print(Text(str(finding), style="red"), soft_wrap=True)
+    entries = sum(len(p.entries) for p in result.partners)
+    if result.ok:
+        receipts = (f", {result.receipts_checked} receipts match one to one"
+                    if result.receipts else ", no receipts given")
+        console.print(Text(f"OK: {len(result.partners)} ledgers, {entries} entries verify{receipts}"
+                           f"; every claimed epsilon within {EPSILON_TOLERANCE:.0%} of the "
+                           f"recomputed RDP epsilon, within budget", style="bold green"),
+                      soft_wrap=True)
+    else:
+        console.print(Text(f"FAILED: {len(result.findings)} findings", style="bold red"),
+                      soft_wrap=True)
+
+
+@audit_app.command("verify")
+def verify_command(
+    ledgers: LedgersArg,
+    keys: KeysOpt,
+    receipts: ReceiptsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Verify ledgers (and receipts): signatures, chains, order, recomputed epsilon, budgets."""
+    result = _run(ledgers, keys, receipts)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        show_result(result, Console())
+    raise typer.Exit(code=0 if result.ok else 1)
+
+
+@audit_app.command("report")
+def report_command(
+    ledgers: LedgersArg,
+    keys: KeysOpt,
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, show_default=False,
+                                      help="HTML report to write.")],
+    receipts: ReceiptsOpt = None,
+) -> None:
+    """Verify, then write a self-contained HTML report an auditor can read."""
+    from simulations.audit.html import render_audit_html
+
+    result = _run(ledgers, keys, receipts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_audit_html(result), encoding="utf-8")
+    console = Console()
+    show_result(result, console)
+    console.print(Text(f"report: {out}"), soft_wrap=True)
+    raise typer.Exit(code=0 if result.ok else 1)

@@ -1,0 +1,135 @@
+"""Benchmark: wall time of the full DP simulation, DP-SGD cost, round time, peak memory.
+
+Figures are measured here and printed; nothing is asserted (speed goals are not tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from common.config import RunConfig
+from common.data.scenarios import load_scenario
+from common.learning.model import build_model
+from common.learning.training import train
+from common.partner import train_settings
+from common.privacy.budget import calibrate_plan
+
+_CHILD = """
+import json, sys, time
+from common.config import RunConfig
+from common.data.scenarios import load_scenario
+from simulations.simulate.horizontal import create_run_keys, run_federation
+marks = []
+run = RunConfig.from_flower(json.loads(sys.argv[1]))
+partners = load_scenario(run.scenario, seed=run.seed)
+create_run_keys(run.sim_keys_dir, [p.partner for p in partners])
+run_federation(run, partners, progress=lambda label, done, total: marks.append(time.time()))
+json.dump({"round_ends": marks}, open(sys.argv[2], "w"))
+"""
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root` and all its descendants (Ray's workers included), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def full_simulation(run: RunConfig) -> dict[str, float]:
+    """Run the 3-partner DP federation (ledgers and receipts on) in a fresh interpreter; time it
+    and sample its memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        marks_file = Path(tmp) / "marks.json"
+        keys = Path(tmp) / "keys"
+        config = replace(run, out_dir=str(Path(tmp) / "run"), sim_dp=True,
+                         sim_ledger_dir=str(Path(tmp) / "ledgers"), sim_keys_dir=str(keys),
+                         receipts_path=str(Path(tmp) / "receipts.jsonl"),
+                         receipt_key=str(keys / "coordinator.key")).to_flower()
+        started = time.time()
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(config),
+                                  str(marks_file)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        peak = 0
+
+        def sample() -> None:
+            nonlocal peak
+            while child.poll() is None:
+                peak = max(peak, _tree_rss_bytes(child.pid))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = child.wait()
+        wall = time.time() - started
+        sampler.join()
+        if code != 0:
+            raise RuntimeError(f"benchmark simulation failed with exit code {code}")
+        marks = json.loads(marks_file.read_text())["round_ends"]
+    gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    return {"wall_seconds": wall, "startup_to_round1_seconds": marks[0] - started,
+            "steady_round_seconds": statistics.median(gaps) if gaps else float("nan"),
+            "peak_rss_mib": peak / 2**20}
+
+
+def epoch_times(run: RunConfig, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one local epoch on the largest partner: DP-SGD vs non-private."""
+    torch.set_num_threads(1)
+    partner = max(load_scenario(run.scenario, seed=run.seed), key=lambda p: len(p.train))
+    plan = calibrate_plan(epsilon=run.sim_epsilon, delta=run.sim_delta,
+                          num_train_rows=len(partner.train), batch_size=run.batch_size,
+                          local_epochs=run.local_epochs, planned_rounds=run.num_server_rounds,
+                          max_grad_norm=run.clip_norm)
+    settings = replace(train_settings(run, {}), epochs=1.0)
+    timings: dict[str, list[float]] = {"dp": [], "plain": []}
+    for repeat in range(repeats + 1):  # the first repeat warms up
+        for kind in ("dp", "plain"):
+            model = build_model(partner.train.features.shape[1], run.hidden, run.seed)
+            started = time.perf_counter()
+            train(model, partner.train, settings, seed=repeat,
+                  dp=plan.dp if kind == "dp" else None)
+            if repeat:
+                timings[kind].append(time.perf_counter() - started)
+    dp, plain = statistics.median(timings["dp"]), statistics.median(timings["plain"])
+    round_compute = statistics.median(timings["dp"]) * run.local_epochs
+    return {"partner_rows": len(partner.train), "dp_epoch_seconds": dp,
+            "plain_epoch_seconds": plain, "dp_over_plain": dp / plain,
+            "largest_partner_round_compute_seconds": round_compute}
+
+
+def run_benchmark(run: RunConfig) -> dict[str, dict[str, float]]:
+    """All figures, for `fedcredit bench`."""
+    epochs = epoch_times(run)
+    simulation = full_simulation(run)
+    simulation["round_overhead_seconds"] = (simulation["steady_round_seconds"]
+                                            - epochs["largest_partner_round_compute_seconds"])
+    return {"epoch": epochs, "simulation": simulation}

@@ -1,0 +1,267 @@
+"""The partner's ClientApp: what leaves it, how its privacy composes, what it refuses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.app import STATE_KEY, build_client_app
+from common.config import RunConfig
+from common.data.tables import bundled_path
+from common.partner import (
+    EVALUATE_METRIC_KEYS,
+    LEDGER_UNTRUSTED,
+    SIGNING_KEY_UNUSABLE,
+    TRAIN_METRIC_KEYS,
+)
+from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from tests.flower_helpers import (
+    evaluate_message,
+    initial_weights,
+    node_context,
+    set_task_identity,
+    train_message,
+)
+
+SIM_NODE = {"partition-id": 0, "num-partitions": 3}
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> None:
+    set_task_identity()
+
+
+def _train(run: RunConfig, context, server_round: int, **config):
+    """One round through a freshly built ClientApp, as Flower rebuilds it every round."""
+    client_app = build_client_app(run.to_flower())
+    weights = initial_weights(run)
+    msg = train_message(weights, {"server-round": server_round,
+                                  "local-epochs": run.local_epochs, **config})
+    return client_app(msg, context)
+
+
+def test_reply_carries_only_arrays_metrics_and_info() -> None:
+    run = RunConfig(num_server_rounds=3)
+    context = node_context(SIM_NODE, run)
+    reply = _train(run, context, 1)
+    content = reply.content
+    assert set(content.keys()) == {"arrays", "metrics", "info"}
+    assert set(content["metrics"].keys()) <= set(TRAIN_METRIC_KEYS)
+    assert set(content["info"].keys()) == {"partner", "refusal-reason", "ledger-entry-sha256"}
+    assert content["info"]["partner"] == "lender"
+    assert set(content["arrays"].keys()) == set(initial_weights(run))
+    for key, array in content["arrays"].items():
+        assert array.numpy().shape == initial_weights(run)[key].shape
+    evaluation = build_client_app(run.to_flower())(
+        evaluate_message(initial_weights(run)), context)
+    assert set(evaluation.content.keys()) == {"metrics", "info"}
+    assert set(evaluation.content["metrics"].keys()) <= set(EVALUATE_METRIC_KEYS)
+
+
+def test_epsilon_composes_over_rounds_across_rebuilt_client_apps() -> None:
+    run = RunConfig(num_server_rounds=4)
+    context = node_context(SIM_NODE, run)
+    spent, steps = [], []
+    for server_round in range(1, 5):
+        metrics = _train(run, context, server_round).content["metrics"]
+        spent.append(metrics["epsilon-spent"])
+        steps.append(int(metrics["steps"]))
+        sample_rate, sigma = metrics["sample-rate"], metrics["noise-multiplier"]
+    assert all(b > a for a, b in zip(spent, spent[1:], strict=False)), spent
+    single_run = rdp_epsilon([SubsampledGaussianEvent(sample_rate, sigma, sum(steps))],
+                             delta=run.sim_delta)
+    assert spent[-1] == pytest.approx(single_run, rel=1e-9)
+    assert spent[-1] <= run.sim_epsilon
+    assert len(context.state[STATE_KEY]["events-steps"]) == 4
+
+
+def test_round_beyond_the_plan_is_refused_without_an_update() -> None:
+    run = RunConfig(num_server_rounds=2)
+    context = node_context(SIM_NODE, run)
+    for server_round in (1, 2):
+        assert _train(run, context, server_round).content["info"]["refusal-reason"] == ""
+    reply = _train(run, context, 3)
+    assert "arrays" not in reply.content
+    assert "budget" in reply.content["info"]["refusal-reason"]
+    assert reply.content["metrics"]["refused"] == 1.0
+    assert reply.content["metrics"]["epsilon-spent"] <= run.sim_epsilon
+
+
+def test_greedy_coordinator_cannot_make_the_partner_overspend() -> None:
+    run = RunConfig(num_server_rounds=3)
+    context = node_context(SIM_NODE, run)
+    honest = _train(run, context, 1).content["metrics"]
+    greedy = {"local-epochs": 50.0, "noise-multiplier": 0.0, "sample-rate": 1.0,
+              "batch-size": 100000, "clip-norm": 1e6}
+    for server_round in range(2, 6):
+        metrics = _train(run, context, server_round, **greedy).content["metrics"]
+        assert metrics["noise-multiplier"] == honest["noise-multiplier"]
+        assert metrics["sample-rate"] == honest["sample-rate"]
+        assert metrics["epsilon-spent"] <= run.sim_epsilon
+    # The greedy rounds were refused: they would each have blown the budget.
+    assert metrics["refused"] == 1.0
+    assert metrics["rounds-trained"] == 1.0
+
+
+def test_deployed_partner_budget_comes_from_node_config_not_run_config(tmp_path: Path) -> None:
+    node = {**_ledger_node(tmp_path), "epsilon": 0.5, "delta": 1e-6}
+    run = RunConfig(num_server_rounds=2, sim_epsilon=100.0, sim_delta=0.1)
+    context = node_context(node, run)
+    metrics = _train(run, context, 1).content["metrics"]
+    assert metrics["epsilon-budget"] == 0.5
+    assert metrics["delta"] == 1e-6
+    assert metrics["epsilon-spent"] <= 0.5
+
+
+def _ledger_node(tmp_path: Path, partner: str = "bank") -> dict:
+    from common.privacy.crypto import generate_signing_key, write_key_pair
+
+    csv_path, schema_path = bundled_path("credit_data")
+    if not (tmp_path / "keys" / f"{partner}.key").exists():
+        write_key_pair(generate_signing_key(), tmp_path / "keys", partner)
+    return {"partner": partner, "epsilon": 3.0, "delta": 1e-5, "data-path": str(csv_path),
+            "schema-path": str(schema_path), "ledger-path": str(tmp_path / f"{partner}.jsonl"),
+            "signing-key": str(tmp_path / "keys" / f"{partner}.key")}
+
+
+def test_restarted_partner_resumes_with_exact_epsilon_from_its_ledger(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    steady = node_context(_ledger_node(tmp_path / "steady"), run)
+    uninterrupted = [_train(run, steady, r).content["metrics"]["epsilon-spent"]
+                     for r in range(1, 5)]
+    node = _ledger_node(tmp_path / "restarted")
+    before = node_context(node, run)
+    spent = [_train(run, before, r).content["metrics"]["epsilon-spent"] for r in (1, 2)]
+    after = node_context(node, run)  # process state dropped: only the ledger survives
+    assert STATE_KEY not in after.state
+    spent += [_train(run, after, r).content["metrics"]["epsilon-spent"] for r in (3, 4)]
+    assert spent == pytest.approx(uninterrupted, rel=1e-12)
+    assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
+    lines = (tmp_path / "restarted" / "bank.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+def _assert_no_local_detail(reason: str, tmp_path: Path) -> None:
+    """A refusal reason that reaches the coordinator names no local file or OS error."""
+    assert reason
+    assert str(tmp_path) not in reason and "/" not in reason and "\\" not in reason
+    assert ".jsonl" not in reason and ".key" not in reason
+
+
+def test_tampered_ledger_makes_the_partner_refuse(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    context = node_context(node, run)
+    for server_round in (1, 2):
+        _train(run, context, server_round)
+    ledger = Path(node["ledger-path"])
+    text = ledger.read_text()
+    tampered = re.sub(r'"steps":(\d+)', lambda m: f'"steps":{int(m.group(1)) // 2}', text, count=1)
+    assert tampered != text
+    ledger.write_text(tampered)
+    reply = _train(run, node_context(node, run), 3)
+    assert "arrays" not in reply.content
+    reason = reply.content["info"]["refusal-reason"]
+    assert reply.content["metrics"]["refused"] == 1.0
+    assert reason == LEDGER_UNTRUSTED
+    _assert_no_local_detail(reason, tmp_path)
+    # The full detail (file, finding) stays in the partner's own log.
+    assert any("bad-signature" in r.getMessage() and str(ledger) in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
+    assert ledger.read_text().count("\n") == 2  # nothing appended to a ledger it cannot trust
+
+
+def test_ledger_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    from common.privacy.crypto import generate_signing_key, write_key_pair
+
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    _train(run, node_context(node, run), 1)
+    write_key_pair(generate_signing_key(), tmp_path / "other", "bank")
+    reply = _train(run, node_context({**node, "signing-key": str(tmp_path / "other" / "bank.key")},
+                                     run), 2)
+    assert reply.content["info"]["refusal-reason"] == LEDGER_UNTRUSTED
+
+
+def test_unreadable_signing_key_refuses_without_naming_it(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    run = RunConfig(num_server_rounds=4)
+    missing = tmp_path / "nowhere" / "bank.key"
+    node = {**_ledger_node(tmp_path), "signing-key": str(missing)}
+    reply = _train(run, node_context(node, run), 1)
+    assert "arrays" not in reply.content
+    assert reply.content["metrics"]["refused"] == 1.0
+    reason = reply.content["info"]["refusal-reason"]
+    assert reason == SIGNING_KEY_UNUSABLE
+    _assert_no_local_detail(reason, tmp_path)
+    assert any(str(missing) in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert not Path(node["ledger-path"]).exists()
+
+
+def test_truncated_or_deleted_ledger_is_refused_not_reset(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    context = node_context(node, run)
+    for server_round in (1, 2):
+        _train(run, context, server_round)
+    ledger = Path(node["ledger-path"])
+    ledger.write_text(ledger.read_text().splitlines(keepends=True)[0])  # drop the last entry
+    reply = _train(run, context, 3)
+    assert "arrays" not in reply.content
+    assert "truncated or replaced" in reply.content["info"]["refusal-reason"]
+    _assert_no_local_detail(reply.content["info"]["refusal-reason"], tmp_path)
+    ledger.unlink()
+    assert "truncated or replaced" in _train(run, context, 3).content["info"]["refusal-reason"]
+
+
+def test_budget_cannot_change_within_a_run(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    _train(run, node_context(node, run), 1)
+    lowered = {**node, "epsilon": 0.1}
+    reply = _train(run, node_context(lowered, run), 2)
+    assert "differs from the budget in the ledger" in reply.content["info"]["refusal-reason"]
+
+
+def test_deployed_partners_draw_fresh_noise_each_time(tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=2)
+    first = _train(run, node_context(_ledger_node(tmp_path / "a"), run), 1)
+    second = _train(run, node_context(_ledger_node(tmp_path / "b"), run), 1)
+    a, b = first.content["arrays"], second.content["arrays"]
+    assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    simulated = [_train(run, node_context(SIM_NODE, run), 1).content["arrays"] for _ in range(2)]
+    assert all(np.array_equal(simulated[0][k].numpy(), simulated[1][k].numpy())
+               for k in simulated[0])
+
+
+def test_data_errors_do_not_leak_values_to_the_coordinator(tmp_path: Path) -> None:
+    from clients.app import PartnerError
+
+    csv_path, _ = bundled_path("credit_data")
+    bad = tmp_path / "bad.csv"
+    text = csv_path.read_text().splitlines()
+    header, row = text[0], text[1].split(",")
+    row[1] = "SECRET-VALUE"  # Seniority must be numeric
+    bad.write_text("\n".join([header, ",".join(row), *text[2:]]) + "\n")
+    node = {**_ledger_node(tmp_path), "data-path": str(bad)}
+    run = RunConfig(num_server_rounds=2)
+    with pytest.raises(PartnerError) as raised:
+        _train(run, node_context(node, run), 1)
+    assert "SECRET-VALUE" not in str(raised.value) and str(bad) not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_train_request_without_a_round_is_refused_before_logging(tmp_path: Path) -> None:
+    from clients.app import PartnerError
+
+    run = RunConfig(num_server_rounds=2)
+    node = _ledger_node(tmp_path)
+    msg = train_message(initial_weights(run), {"local-epochs": 1.0})
+    with pytest.raises(PartnerError):
+        build_client_app(run.to_flower())(msg, node_context(node, run))
+    assert not Path(node["ledger-path"]).exists()

@@ -1,0 +1,169 @@
+"""Partner-side budget: calibrate once, compose every round, refuse rounds that would overspend."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import pytest
+
+from common.learning.training import DPSettings
+from common.privacy.accounting import (
+    SubsampledGaussianEvent,
+    calibrate_noise_multiplier,
+    rdp_epsilon,
+)
+from common.privacy.budget import (
+    PrivacyPlan,
+    PrivacyState,
+    RoundDecision,
+    authorize_round,
+    calibrate_plan,
+    check_budget,
+    record_round,
+)
+
+ROWS, BATCH, EPOCHS, ROUNDS, DELTA, BUDGET = 200, 20, 1.0, 3, 1e-5, 1.0
+
+
+@pytest.fixture(scope="module")
+def plan() -> PrivacyPlan:
+    return calibrate_plan(epsilon=BUDGET, delta=DELTA, num_train_rows=ROWS, batch_size=BATCH,
+                          local_epochs=EPOCHS, planned_rounds=ROUNDS, max_grad_norm=1.5)
+
+
+def _run_round(plan: PrivacyPlan, state: PrivacyState, epochs: float = EPOCHS) -> RoundDecision:
+    decision = authorize_round(plan, state, requested_epochs=epochs, num_train_rows=ROWS)
+    if decision.allowed:
+        record_round(state, decision, decision.steps)
+    return decision
+
+
+# --- budgets and calibration ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("epsilon", "delta", "key"), [
+    (0.0, 1e-5, "'epsilon'"), (-1.0, 1e-5, "'epsilon'"), (math.nan, 1e-5, "'epsilon'"),
+    (1.0, 0.0, "'delta'"), (1.0, 1.0, "'delta'"), (1.0, 1.5, "'delta'"),
+])
+def test_check_budget_names_the_key(epsilon: float, delta: float, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        check_budget(epsilon, delta)
+
+
+def test_check_budget_accepts_a_valid_budget() -> None:
+    check_budget(0.5, 1e-6)
+
+
+def test_plan_calibrates_sigma_for_all_planned_steps(plan: PrivacyPlan) -> None:
+    assert plan.sample_rate == pytest.approx(BATCH / ROWS)
+    assert plan.steps_per_round == 10  # one epoch at q = 0.1
+    assert plan.planned_rounds == ROUNDS
+    assert (plan.epsilon_budget, plan.delta) == (BUDGET, DELTA)
+    assert plan.noise_multiplier == calibrate_noise_multiplier(
+        target_epsilon=BUDGET, delta=DELTA, sample_rate=0.1, steps=10 * ROUNDS)
+    assert plan.dp == DPSettings(plan.sample_rate, plan.noise_multiplier, 1.5)
+
+
+def test_plan_caps_sample_rate_and_handles_fractional_epochs() -> None:
+    full = calibrate_plan(epsilon=4.0, delta=DELTA, num_train_rows=50, batch_size=64,
+                          local_epochs=2.0, planned_rounds=2, max_grad_norm=1.0)
+    assert full.sample_rate == 1.0 and full.steps_per_round == 2
+    half = calibrate_plan(epsilon=4.0, delta=DELTA, num_train_rows=200, batch_size=20,
+                          local_epochs=0.5, planned_rounds=2, max_grad_norm=1.0)
+    assert half.steps_per_round == 5
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"epsilon": 0.0}, "'epsilon'"), ({"delta": 2.0}, "'delta'"),
+    ({"planned_rounds": 0}, "planned rounds"),
+])
+def test_plan_rejects_bad_inputs(kwargs: dict[str, float], pattern: str) -> None:
+    args = {"epsilon": 1.0, "delta": DELTA, "num_train_rows": ROWS, "batch_size": BATCH,
+            "local_epochs": EPOCHS, "planned_rounds": ROUNDS, "max_grad_norm": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=pattern):
+        calibrate_plan(**args)  # type: ignore[arg-type]
+
+
+# --- composition across rounds ----------------------------------------------------------------
+
+
+def test_empty_state_has_spent_nothing() -> None:
+    state = PrivacyState()
+    assert state.epsilon(DELTA) == 0.0 and state.rounds_trained == 0
+
+
+def test_rounds_compose_like_one_accountant_over_all_steps(plan: PrivacyPlan) -> None:
+    state, previous = PrivacyState(), 0.0
+    for r in range(1, ROUNDS + 1):
+        decision = _run_round(plan, state)
+        assert decision.allowed, decision.reason
+        spent = state.epsilon(DELTA)
+        one_run = rdp_epsilon([SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier,
+                                                       r * plan.steps_per_round)], delta=DELTA)
+        assert spent == pytest.approx(one_run, rel=1e-9)
+        assert spent > previous, "epsilon must strictly increase every round"
+        assert decision.epsilon_before == pytest.approx(previous, abs=1e-12)
+        assert decision.epsilon_after == pytest.approx(spent, rel=1e-12)
+        assert state.rounds_trained == r
+        previous = spent
+
+
+def test_planned_rounds_fit_the_budget_and_one_more_is_refused(
+        plan: PrivacyPlan, caplog: pytest.LogCaptureFixture) -> None:
+    state = PrivacyState()
+    for _ in range(plan.planned_rounds):
+        assert _run_round(plan, state).allowed
+    spent = state.epsilon(DELTA)
+    assert spent <= BUDGET
+    assert spent > 0.95 * BUDGET  # the calibration actually uses the budget
+
+    events_before = copy.deepcopy(state.events)
+    with caplog.at_level(logging.WARNING, logger="common.privacy.budget"):
+        extra = authorize_round(plan, state, requested_epochs=EPOCHS, num_train_rows=ROWS)
+    assert not extra.allowed
+    assert "budget" in extra.reason
+    assert extra.epsilon_after == extra.epsilon_before == pytest.approx(spent)
+    assert state.events == events_before and state.epsilon(DELTA) == spent
+    assert any("budget" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="refused"):
+        record_round(state, extra, extra.steps)
+    assert state.events == events_before
+
+
+def test_more_epochs_than_planned_is_refused_not_overspent(plan: PrivacyPlan) -> None:
+    state = PrivacyState()
+    decision = authorize_round(plan, state, requested_epochs=50.0, num_train_rows=ROWS)
+    assert not decision.allowed and "budget" in decision.reason
+    assert decision.steps == 500
+    assert state.events == [] and state.epsilon(DELTA) == 0.0
+
+
+def test_a_greedy_coordinator_cannot_exceed_the_total_budget(plan: PrivacyPlan) -> None:
+    state = PrivacyState()
+    # Front-loading steps is allowed while the composed epsilon stays within budget ...
+    assert _run_round(plan, state, epochs=2.0).allowed
+    assert _run_round(plan, state, epochs=1.0).allowed
+    # ... but the total never exceeds what the plan allowed for all rounds.
+    assert not _run_round(plan, state, epochs=1.0).allowed
+    assert not _run_round(plan, state, epochs=0.1).allowed
+    assert sum(e.steps for e in state.events) == ROUNDS * plan.steps_per_round
+    assert state.epsilon(DELTA) <= BUDGET
+
+
+@pytest.mark.parametrize("epochs", [0.1, 1.0, 3.0, 1000.0])
+def test_decision_always_carries_the_plans_mechanism(plan: PrivacyPlan, epochs: float) -> None:
+    decision = authorize_round(plan, PrivacyState(), requested_epochs=epochs,
+                               num_train_rows=ROWS)
+    assert decision.dp == plan.dp
+    assert (decision.dp.sample_rate, decision.dp.noise_multiplier) == (plan.sample_rate,
+                                                                       plan.noise_multiplier)
+    assert decision.allowed == (epochs <= ROUNDS * EPOCHS)
+
+
+def test_recorded_event_uses_plan_mechanism_and_steps_taken(plan: PrivacyPlan) -> None:
+    state = PrivacyState()
+    decision = authorize_round(plan, state, requested_epochs=1.0, num_train_rows=ROWS)
+    record_round(state, decision, 7)
+    assert state.events == [SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier, 7)]

@@ -1,0 +1,254 @@
+"""A real deployment on loopback: flower-superlink with TLS and SuperNode authentication,
+three flower-supernode processes with their own node configs, `flwr run`, then the audit.
+
+These start real processes (minutes on a 2-core machine); every process is torn down and
+checked for orphans.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import PartnerConfig, RunConfig
+from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.ledger import read_lines
+from simulations.deploy.local import (
+    FEDERATION,
+    DemoOptions,
+    FederationCommands,
+    LocalFederation,
+    processes_marked,
+    run_demo,
+    shell_line,
+)
+from simulations.deploy.pki import write_supernode_auth_keys
+
+pytestmark = pytest.mark.slow
+PROJECT = Path(__file__).parents[2]
+# The coordinator tries to raise every partner's budget and move its ledger: it must not work.
+OVERRIDE_ATTEMPT = ("sim-epsilon=50.0 sim-delta=0.5 sim-budgets='lender=50,ecommerce=50,bank=50' "
+                    "sim-ledger-dir='/tmp/elsewhere' sim-keys-dir='/tmp/elsewhere'")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, dict]]:
+    """The demo's federation after a 2-round run with SecAgg+ (the fault test below runs plain
+    FedAvg); still up for the security checks."""
+    workspace = tmp_path_factory.mktemp("federation") / "demo"
+    fed = LocalFederation(workspace, DemoOptions(rounds=2, superlink_port=18300,
+                                                 supernode_port=18310, secure_aggregation=True,
+                                                 extra_run_config=OVERRIDE_ATTEMPT))
+    try:
+        report = run_demo(fed, step=lambda _: None)
+        yield fed, report
+    finally:
+        fed.close()
+
+
+def test_local_federation_trains_over_tls_and_its_ledgers_verify(federation) -> None:
+    fed, report = federation
+    assert report["status"] == "completed", report["message"]
+    assert report["secure_aggregation"]
+    flwr_run_log = (fed.logs / "flwr-run.log").read_text()
+    assert "secure aggregation" in flwr_run_log.lower() or "secagg" in flwr_run_log.lower()
+    assert [r["accepted"] for r in report["rounds"]] == [["bank", "ecommerce", "lender"]] * 2
+    run_dir = fed.workspace / "run"
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    assert state and all(torch.isfinite(v).all() for v in state.values())
+    assert report["pooled_test_metrics"]["auc"] > 0.7
+    assert report["audit"]["ok"], report["audit"]["findings"]
+    assert report["audit"]["receipts_checked"] == 6
+    assert (fed.workspace / "report.md").read_text().count("VERIFIED") == 1
+    assert "VERIFIED" in (fed.workspace / "audit.html").read_text()
+    for ledger in fed.ledger_paths():
+        assert len(read_lines(ledger)[0]) == 2
+    # The auditor's own command line, as docs/partners.md gives it, agrees.
+    done = subprocess.run(fed.commands.audit(fed.options.partners), capture_output=True,
+                          text=True, env=fed.env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # TLS and node authentication really were on.
+    superlink_log = (fed.logs / "superlink.log").read_text()
+    assert "--insecure" not in " ".join(fed.commands.superlink())
+    assert "https" in superlink_log.lower() or "ssl" in superlink_log.lower()
+
+
+def test_run_config_cannot_override_a_partners_budget_or_ledger(federation) -> None:
+    fed, report = federation
+    for partner, figures in report["privacy"].items():
+        assert figures["epsilon_budget"] == 3.0 and figures["delta"] == 1e-5, partner
+        assert 0 < figures["epsilon_claimed"] <= 3.0
+    assert not Path("/tmp/elsewhere").exists()
+    # A run config naming a partner's data path is not even a valid run config.
+    with pytest.raises(ValueError, match="unknown run config key"):
+        RunConfig.from_flower({"data-path": "/tmp/other.csv"})
+    node = {"partner": "bank", "epsilon": 3.0, "delta": 1e-5, "data-path": "/data/bank.csv",
+            "schema-path": "/data/bank.toml", "ledger-path": "/l.jsonl", "signing-key": "/k"}
+    greedy = RunConfig.from_flower({"sim-epsilon": 50.0, "sim-budgets": "bank=50"})
+    partner = PartnerConfig.from_node_config(node, greedy)
+    assert (partner.epsilon, partner.data_path) == (3.0, "/data/bank.csv")
+
+
+def _wait_exit(process: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_supernode_with_an_unregistered_key_is_refused(federation, tmp_path: Path) -> None:
+    fed, _ = federation
+    write_supernode_auth_keys(tmp_path / "intruder", tmp_path / "intruder.pub")
+    args = fed.commands.supernode("lender", 18320, 3.0, 1e-5)
+    args[args.index("--auth-supernode-private-key") + 1] = str(tmp_path / "intruder")
+    fed._spawn("intruder", args)
+    code = _wait_exit(fed.processes["intruder"], 60)
+    log = fed.log_tail("intruder", 200)
+    assert code not in (None, 0), log
+    assert "Failed to activate SuperNode" in log, log
+    assert "No SuperNode found with the given public key" in fed.log_tail("superlink", 400)
+    assert fed.online_nodes() == 3
+
+
+def test_supernode_without_the_federation_ca_cannot_connect(federation, tmp_path: Path) -> None:
+    fed, _ = federation
+    write_supernode_auth_keys(tmp_path / "newcomer", tmp_path / "newcomer.pub")
+    done = fed.flwr(["flwr", "supernode", "register", str(tmp_path / "newcomer.pub"), FEDERATION])
+    assert done.returncode == 0, done.stdout + done.stderr
+    args = fed.commands.supernode("lender", 18321, 3.0, 1e-5)
+    args[args.index("--auth-supernode-private-key") + 1] = str(tmp_path / "newcomer")
+    at = args.index("--root-certificates")
+    without_ca = args[:at] + args[at + 2:] + ["--max-retries", "2", "--max-wait-time", "20"]
+    fed._spawn("no-ca", without_ca)
+    code = _wait_exit(fed.processes["no-ca"], 90)
+    log = fed.log_tail("no-ca", 300)
+    assert code not in (None, 0), log
+    assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log, log
+    assert fed.online_nodes() == 3
+    # Control: the same registered key WITH the CA certificate does get in.
+    fed._spawn("with-ca", args)
+    try:
+        fed._wait("the registered node with the CA", lambda: fed.online_nodes() == 4, 60,
+                  watch=["with-ca"])
+    finally:
+        fed.kill("with-ca", signal.SIGTERM)
+
+
+def test_flwr_cli_without_the_ca_cannot_reach_the_superlink(federation, tmp_path: Path) -> None:
+    fed, _ = federation
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    config = fed.commands.flwr_config()
+    (home / "config.toml").write_text("\n".join(
+        line for line in config.splitlines() if not line.startswith("root-certificates")))
+    done = subprocess.run(["flwr", "ls", FEDERATION], env={**fed.env, "FLWR_HOME": str(home)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "connection to the superlink is unavailable" in (done.stdout + done.stderr).lower()
+    ok = fed.flwr(["flwr", "ls", FEDERATION])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_teardown_leaves_no_process_behind(federation) -> None:
+    fed, _ = federation
+    assert processes_marked(fed.mark)
+    fed.close()
+    assert processes_marked(fed.mark) == []
+    assert all(p.poll() is not None for p in fed.processes.values())
+
+
+def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
+    guide = "\n".join(line.strip() for line in
+                      (PROJECT / "docs" / "partners.md").read_text().splitlines())
+    commands = FederationCommands(pki="$FED", data="$DATA", work="$WORK",
+                                  superlink_host="$SUPERLINK_HOST", listen_host="0.0.0.0",
+                                  partners="$PARTNER_HOME")
+    expected = [commands.superlink(), commands.register("lender"),
+                commands.supernode("lender", 9094, 3.0, 1e-5), commands.run(".", 3, 2),
+                commands.audit(["lender", "ecommerce", "bank"])]
+    for args in expected:
+        assert shell_line(args) in guide, shell_line(args)
+    assert commands.flwr_config().strip() in guide
+
+
+def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.Popen, Path]:
+    """Start the federation and the run; SIGKILL the bank's SuperNode (and its ClientApp)
+    once its ledger holds a round. Returns the `flwr run` process and the bank's ledger."""
+    fed.prepare()
+    fed.start_superlink()
+    for partner in fed.options.partners:
+        fed.register(partner)
+        fed.start_supernode(partner)
+    fed.wait_online(3)
+    run = fed.start_run()
+    bank_ledger = fed.ledger_paths()[2]
+    fed._wait("bank's first round", lambda: bank_ledger.exists() and len(
+        read_lines(bank_ledger)[0]) >= 1, 300, watch=["superlink", "bank"])
+    fed.kill("bank", signal.SIGKILL)
+    return run, bank_ledger
+
+
+def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
+        tmp_path: Path) -> None:
+    options = DemoOptions(rounds=4, min_partners=2, superlink_port=18400, supernode_port=18410)
+    with LocalFederation(tmp_path / "fault", options) as fed:
+        run, bank_ledger = _kill_bank_after_its_first_round(fed)
+        killed_after = len(read_lines(bank_ledger)[0])
+        history_so_far = fed.workspace / "run" / "receipts.jsonl"
+        fed._wait("a round that completes without the bank", lambda: any(
+            e["round"] > killed_after and e["partner"] != "bank"
+            for _, e in read_lines(history_so_far)[0]), 300, watch=["superlink"])
+        fed.restart_supernode("bank")
+        history = fed.wait_run(run)
+        audit = fed.audit()
+        alive_inside = processes_marked(fed.mark)
+    assert alive_inside  # the federation was up until the context ended ...
+    assert processes_marked(fed.mark) == []  # ... and nothing is left after it
+    assert history["status"] == "completed", history["message"]
+    rounds = history["rounds"]
+    assert len(rounds) == 4
+    missed = [r for r in rounds if "bank" not in r["accepted"]]
+    assert missed and all(sorted(r["accepted"]) == ["ecommerce", "lender"] for r in missed)
+    # The bank's in-flight reply of the round it was killed in (or the round's request to it)
+    # failed; later rounds sample only the SuperNodes online.
+    assert all(len(r["failed"]) <= 1 for r in missed)
+    assert "bank" in rounds[-1]["accepted"], "the restarted bank did not rejoin"
+    # The restarted bank's ε is exactly its trained rounds composed, read back from its ledger.
+    entries = [e for _, e in read_lines(bank_ledger)[0]]
+    trained = [e for e in entries if e["event"] == "train"]
+    assert 2 <= len(trained) < 4
+    mechanisms = [e["mechanism"] for e in trained]
+    steps = sum(m["steps"] for m in mechanisms)
+    expected = rdp_epsilon([SubsampledGaussianEvent(mechanisms[0]["sample_rate"],
+                                                    mechanisms[0]["noise_multiplier"], steps)],
+                           delta=trained[0]["delta"])
+    assert math.isclose(trained[-1]["epsilon_cumulative"], expected, rel_tol=1e-9)
+    assert trained[-1]["epsilon_cumulative"] > trained[0]["epsilon_cumulative"]
+    assert trained[-1]["epsilon_cumulative"] <= 3.0
+    last_bank = next(r for r in reversed(rounds) if "bank" in r["accepted"])
+    assert math.isclose(last_bank["privacy"]["bank"]["epsilon-spent"],
+                        trained[-1]["epsilon_cumulative"], rel_tol=1e-9)
+    # Every finding is the bank's round cut short by the kill (trained, never received).
+    for finding in audit.findings:
+        assert finding.code == "entry-without-receipt" and "bank" in finding.message, finding
+
+
+def test_killed_supernode_below_min_partners_ends_the_run_with_a_clear_message(
+        tmp_path: Path) -> None:
+    options = DemoOptions(rounds=3, min_partners=3, superlink_port=18500, supernode_port=18510,
+                          extra_run_config="wait-for-partners=20.0")
+    with LocalFederation(tmp_path / "stop", options) as fed:
+        run, _ = _kill_bank_after_its_first_round(fed)
+        history = fed.wait_run(run)
+    assert processes_marked(fed.mark) == []
+    assert history["status"] == "stopped"
+    assert "min-partners=3" in history["message"], history["message"]
+    assert len(history["rounds"]) < 3
+    state = torch.load(fed.workspace / "run" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())

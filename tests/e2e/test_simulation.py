@@ -1,0 +1,210 @@
+"""End to end on the bundled real data: Flower Simulation Engine, reports, CLI validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from common.config import RunConfig
+from common.data.scenarios import load_scenario
+from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from server.strategy import ValidatingFedAvg
+from simulations.cli import app
+from simulations.simulate.horizontal import run_federation
+
+pytestmark = pytest.mark.slow
+RUNNER = CliRunner(env={"COLUMNS": "240"})
+
+
+def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypatch) -> None:
+    seen: list[tuple[str, dict]] = []
+    original_train = ValidatingFedAvg.aggregate_train
+    original_evaluate = ValidatingFedAvg.aggregate_evaluate
+
+    def describe(msg) -> dict:
+        content = msg.content
+        return {"arrays": list(content.array_records), "metrics": list(content.metric_records),
+                "configs": list(content.config_records),
+                "metric_keys": {k for r in content.metric_records.values() for k in r},
+                "config_keys": {k for r in content.config_records.values() for k in r},
+                "other": set(content.keys()) - set(content.array_records)
+                - set(content.metric_records) - set(content.config_records)}
+
+    def spy_train(self, server_round, replies):
+        replies = list(replies)
+        seen.extend(("train", describe(m)) for m in replies)
+        return original_train(self, server_round, replies)
+
+    def spy_evaluate(self, server_round, replies):
+        replies = list(replies)
+        seen.extend(("evaluate", describe(m)) for m in replies)
+        return original_evaluate(self, server_round, replies)
+
+    monkeypatch.setattr(ValidatingFedAvg, "aggregate_train", spy_train)
+    monkeypatch.setattr(ValidatingFedAvg, "aggregate_evaluate", spy_evaluate)
+    run = RunConfig(num_server_rounds=2, evaluate_every=1, out_dir=str(tmp_path / "fed"))
+    partners = load_scenario(run.scenario, seed=run.seed)
+    result = run_federation(run, partners)
+    assert result.history["status"] == "completed"
+    kinds = [kind for kind, _ in seen]
+    assert kinds.count("train") == 6 and kinds.count("evaluate") == 6
+    for kind, described in seen:
+        assert described["other"] == set()
+        assert described["configs"] == ["info"]
+        assert described["config_keys"] == {"partner", "refusal-reason", "ledger-entry-sha256"}
+        assert described["metrics"] == ["metrics"]
+        allowed = TRAIN_METRIC_KEYS if kind == "train" else EVALUATE_METRIC_KEYS
+        assert described["metric_keys"] <= set(allowed)
+        assert described["arrays"] == (["arrays"] if kind == "train" else [])
+
+
+def _simulate(out: Path, *extra: str):
+    return RUNNER.invoke(app, ["simulate", "--rounds", "3", "--seed", "1", "--out", str(out),
+                               *extra])
+
+
+def test_simulate_writes_report_contract_and_is_reproducible(tmp_path: Path) -> None:
+    first = _simulate(tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    for key in ("scenario", "seed", "epsilon", "delta", "rounds"):
+        assert key in report
+    assert (report["scenario"], report["seed"], report["epsilon"], report["rounds"]) == (
+        "credit_data", 1, 3.0, 3)
+    for setting in ("federated_dp", "federated", "local_only", "centralized"):
+        pooled = report["results"][setting]["pooled"]
+        for metric in ("auc", "ks", "gini", "brier"):
+            assert np.isfinite(pooled[metric])
+        assert 0.6 < pooled["auc"] <= 1.0
+        for partner in ("lender", "ecommerce", "bank"):
+            assert {"auc", "ks"} <= set(report["results"][setting]["partners"][partner])
+    for partner in ("lender", "ecommerce", "bank"):
+        privacy = report["privacy"][partner]
+        assert privacy["epsilon_budget"] == 3.0 and privacy["delta"] == 1e-5
+        assert 0 < privacy["epsilon_spent"] <= privacy["epsilon_budget"]
+        assert privacy["noise_multiplier"] > 0 and privacy["rounds_trained"] == 3
+        spent = privacy["epsilon_per_round"]
+        assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
+    assert report["timing"]["wall_seconds"] > 0
+    for name in ("report.md", "pooled_auc_per_round.png", "epsilon_per_round.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+
+    run_dir = tmp_path / "a"
+    ledgers = sorted((run_dir / "federated_dp" / "ledgers").glob("*.jsonl"))
+    assert [p.stem for p in ledgers] == ["bank", "ecommerce", "lender"]
+    assert report["audit"]["ok"] and (run_dir / "audit.html").stat().st_size > 0
+    assert "audit.html" in (run_dir / "report.md").read_text()
+    audit = RUNNER.invoke(app, ["audit", "verify", *map(str, ledgers), "--keys",
+                                str(run_dir / "keys"), "--receipts",
+                                str(run_dir / "federated_dp" / "receipts.jsonl"), "--json"])
+    assert audit.exit_code == 0, audit.output
+    verdict = json.loads(audit.stdout)
+    assert verdict["ok"] is True and verdict["findings"] == []
+    for partner in verdict["partners"]:
+        claimed, recomputed = partner["epsilon_claimed"], partner["epsilon_rdp"]
+        assert claimed == pytest.approx(report["privacy"][partner["partner"]]["epsilon_spent"])
+        assert abs(recomputed - claimed) <= 0.01 * claimed
+        assert partner["rounds_trained"] == 3
+
+    second = _simulate(tmp_path / "b")
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert again["results"] == report["results"]
+    assert again["privacy"] == report["privacy"]
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--epsilon", "0"], "sim-epsilon"),
+    (["--epsilon", "-1"], "sim-epsilon"),
+    (["--delta", "0"], "sim-delta"),
+    (["--delta", "1.5"], "sim-delta"),
+    (["--rounds", "0"], "num-server-rounds"),
+    (["--scenario", "mortgages"], "scenario"),
+    (["--budget", "bnk=1"], "sim-budgets"),
+])
+def test_bad_run_config_fails_before_training_naming_the_key(tmp_path: Path, args, key) -> None:
+    out = tmp_path / "never"
+    result = RUNNER.invoke(app, ["simulate", "--out", str(out), *args])
+    assert result.exit_code != 0
+    assert f"'{key}'" in result.output
+    assert not out.exists()
+
+
+def _malicious_client_app(config: dict):
+    """Partition 0 sends NaN weights, partition 1 a wrong-shaped update, partition 2 is honest."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Context, Message
+    from flwr.clientapp import ClientApp
+
+    from clients.app import evaluate, train
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        reply = train(msg, context, config)
+        partition = int(context.node_config["partition-id"])
+        arrays = reply.content["arrays"]
+        if partition == 0:
+            reply.content["arrays"] = ArrayRecord(
+                {k: Array(np.full_like(a.numpy(), np.nan)) for k, a in arrays.items()})
+        elif partition == 1:
+            reply.content["arrays"] = ArrayRecord(
+                {k: Array(np.zeros((7, 3), dtype=np.float32)) for k in arrays})
+        return reply
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, config)
+
+    return client_app
+
+
+def test_nan_and_wrong_shape_updates_are_rejected_in_a_simulation(tmp_path: Path) -> None:
+    from flwr.simulation import run_simulation
+
+    from server.app import build_server_app
+
+    run = RunConfig(num_server_rounds=2, min_partners=1, out_dir=str(tmp_path / "fed"))
+    config = run.to_flower()
+    run_simulation(build_server_app(config), _malicious_client_app(config), num_supernodes=3,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    history = json.loads((tmp_path / "fed" / "history.json").read_text())
+    assert history["status"] == "completed"
+    for record in history["rounds"]:
+        assert record["accepted"] == ["bank"]
+        assert "NaN or Inf" in record["rejected"]["lender"]
+        assert "shape" in record["rejected"]["ecommerce"]
+    import torch
+
+    state = torch.load(tmp_path / "fed" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.slow
+def test_simulate_vertical_reports_every_combination_and_its_ledgers_verify(
+        tmp_path: Path) -> None:
+    out = tmp_path / "vertical"
+    done = RUNNER.invoke(app, ["simulate", "--scenario", "credit_data_vertical", "--epsilon", "3",
+                               "--seed", "1", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"lender", "lender+ecommerce", "lender+bank",
+                                      "lender+ecommerce+bank"}
+    for name, modes in report["results"].items():
+        assert set(modes) == {"dp", "non_private"}, name
+        assert all(0.5 < m["auc"] <= 1 and 0 <= m["ks"] <= 1 for m in modes.values())
+    everyone = report["results"]["lender+ecommerce+bank"]
+    assert everyone["dp"]["auc"] > report["results"]["lender"]["dp"]["auc"] + 0.05
+    assert abs(everyone["non_private"]["auc"] - report["centralized"]["auc"]) < 0.01
+    for party, figures in report["privacy"].items():
+        assert 0 < figures["epsilon_spent"] <= figures["epsilon_budget"] * (1 + 1e-9), party
+    assert report["audit"]["ok"], report["audit"]["findings"]
+    assert (out / "audit.html").exists() and "vertical" in (out / "report.md").read_text()
+    again = RUNNER.invoke(app, ["simulate", "--scenario", "credit_data_vertical", "--out",
+                                str(out)])
+    assert again.exit_code != 0 and "--overwrite" in again.output

@@ -1,7 +1,7 @@
 """The partner's Flower ClientApp: converts Flower records to plain values and calls common/.
 
 A reply carries only an ArrayRecord (the DP update), a MetricRecord (numbers listed in
-`common.partner.TRAIN_METRIC_KEYS` / `EVALUATE_METRIC_KEYS`) and a ConfigRecord `info` with the
+`common.protocol.TRAIN_METRIC_KEYS` / `EVALUATE_METRIC_KEYS`) and a ConfigRecord `info` with the
 partner's name, the refusal reason if it refused, and the hash of the ledger entry it wrote for
 the round. Raw rows never leave this process.
 
@@ -46,8 +46,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from clients.vertical import register_vertical
 from common.config import PartnerConfig, RunConfig
+from common.errors import PartnerError
 from common.partner import (
-    REFUSAL_PREFIX,
     PartnerState,
     TrainReply,
     evaluate_round,
@@ -55,12 +55,9 @@ from common.partner import (
     train_round,
 )
 from common.privacy.crypto import hash_weights
+from common.protocol import PARTNER_STATE, REFUSAL_PREFIX, SECURE_PARAMETERS, SECURE_REFUSAL_CODE
 
 log = logging.getLogger(__name__)
-STATE_KEY = "fedcredit-partner-state"
-SECURE_PARAMETERS = "fitins.parameters"  # a legacy (SecAgg+) train instruction holds these
-# Error code of a refusal under secure aggregation (Flower's own codes are small integers).
-REFUSAL_ERROR_CODE = 4030
 
 
 def _setup(context: Context, overrides: dict) -> tuple[RunConfig, PartnerConfig]:
@@ -73,9 +70,6 @@ def _setup(context: Context, overrides: dict) -> tuple[RunConfig, PartnerConfig]
 def _weights(msg: Message) -> dict:
     return {k: a.numpy() for k, a in msg.content["arrays"].items()}
 
-
-class PartnerError(RuntimeError):
-    """What the coordinator learns of a partner-side failure: no data values, no paths."""
 
 
 def _guarded(handler):
@@ -113,7 +107,7 @@ def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
     run, partner = _setup(context, overrides or {})
-    state = PartnerState.from_dict(dict(context.state.get(STATE_KEY, ConfigRecord())))
+    state = PartnerState.from_dict(dict(context.state.get(PARTNER_STATE, ConfigRecord())))
     secure = SECURE_PARAMETERS in msg.content.array_records
     if secure:
         weights, requested, keys = _secure_instruction(msg)
@@ -133,7 +127,7 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
         reply = train_round(partner, run, state, weights, requested, server_round, data,
                             run_id=str(context.run_id),
                             value_bound=run.secagg_clipping_range if secure else None)
-    context.state[STATE_KEY] = ConfigRecord(state.to_dict())
+    context.state[PARTNER_STATE] = ConfigRecord(state.to_dict())
     info = {"partner": partner.partner, "refusal-reason": reply.refusal,
             "ledger-entry-sha256": reply.ledger_entry_sha256}
     if secure:
@@ -193,7 +187,7 @@ def make_secure_aggregation_mod(overrides: dict) -> Callable[
             return secaggplus_mod(msg, context, train_or_refuse)
         except _Refused as refused:
             log.warning("partner refuses this secure-aggregation round: %s", refused)
-            return Message(Error(code=REFUSAL_ERROR_CODE, reason=str(refused)), reply_to=msg)
+            return Message(Error(code=SECURE_REFUSAL_CODE, reason=str(refused)), reply_to=msg)
 
     return secure_aggregation_mod
 

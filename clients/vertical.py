@@ -28,7 +28,6 @@ own signed ledger. Message types (the coordinator only relays; see `server.verti
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -49,8 +48,11 @@ from flwr.clientapp import ClientApp
 
 from common.config import PartnerConfig, RunConfig
 from common.data.scenarios import LENDER, PASSIVE
+from common.errors import Refusal
 from common.learning.model import build_model, get_weights, set_weights
 from common.privacy.crypto import load_private_key
+from common.privacy.randomness import noise_seed
+from common.protocol import VERTICAL_REFUSAL_CODE
 from common.vertical.finetune import FinetuneBottom, FinetuneTop, finetune_batches
 from common.vertical.parties import (
     SETTINGS,
@@ -86,14 +88,10 @@ from common.vertical.stages import (
 )
 
 log = logging.getLogger(__name__)
-REFUSAL_CODE = 4031  # a party's refusal, with a reason it may send (Flower's codes are small)
 DP, NON_PRIVATE = "dp", "non-private"
 _PSI, _ALIGN, _BOTTOM, _DONE = "vfl.psi", "vfl.align", "vfl.bottom", "vfl.done"
 ALL_THREE = setting_name(SETTINGS[-1])
 
-
-class Refusal(Exception):  # noqa: N818 - a party's answer, not a bug
-    """A refusal whose message the party may send to the coordinator (no data values)."""
 
 
 @lru_cache(maxsize=4)
@@ -130,7 +128,7 @@ def _mode(msg: Message, partner: PartnerConfig) -> str:
     mode = str(msg.content.config_records.get("config", ConfigRecord()).get("mode", DP))
     if mode not in (DP, NON_PRIVATE):
         raise Refusal(f"unknown mode {mode!r}")
-    if mode == NON_PRIVATE and partner.partition_id < 0:
+    if mode == NON_PRIVATE and partner.deployed:
         raise Refusal("a deployed party never runs the non-private mode")
     if mode == DP and not partner.private:
         raise Refusal("this party has no privacy budget: the DP mode needs one")
@@ -161,7 +159,7 @@ class Party:
         """Seed of this party's sampling and noise: the run seed only in simulation (a
         reproducible analysis); a deployed party draws it from the OS, since whoever knows
         the seed could subtract the noise."""
-        return self.run.seed if self.partner.partition_id >= 0 else secrets.randbits(63)
+        return noise_seed(deployed=self.partner.deployed, simulated=self.run.seed)
 
     def once(self, step: str) -> None:
         """Refuse a second `step` in this run: each release is made (and accounted) once."""
@@ -511,10 +509,10 @@ def handle(msg: Message, context: Context, overrides: dict) -> Message:
         return handler(Party(msg, context, overrides))
     except Refusal as refusal:
         log.warning("vertical party refuses %s: %s", msg.metadata.message_type, refusal)
-        return Message(Error(code=REFUSAL_CODE, reason=str(refusal)), reply_to=msg)
+        return Message(Error(code=VERTICAL_REFUSAL_CODE, reason=str(refusal)), reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none leaks
         log.exception("vertical party failed in %s", msg.metadata.message_type)
-        return Message(Error(code=REFUSAL_CODE, reason=f"party failed ({type(exc).__name__}); "
+        return Message(Error(code=VERTICAL_REFUSAL_CODE, reason=f"party failed ({type(exc).__name__}); "
                                                        "details are in the party's own log"),
                        reply_to=msg)
 

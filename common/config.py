@@ -249,6 +249,12 @@ class PartnerConfig:
     allow_evaluate: bool = True
 
     @property
+    def deployed(self) -> bool:
+        """Whether this partner runs on its own SuperNode (node config `partner`), not as a
+        simulated partition of a scenario."""
+        return self.partition_id < 0
+
+    @property
     def private(self) -> bool:
         """Whether this partner trains with DP (always, outside simulation)."""
         return self.epsilon is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from common.config import PartnerConfig, RunConfig
 from common.data.scenarios import load_scenario_partner
 from common.data.tables import PartnerData, load_partner_csv
+from common.errors import CryptoError, LedgerError
 from common.learning.model import build_model, get_weights, set_weights
 from common.learning.training import TrainSettings, evaluate, train
 from common.privacy.accounting import SubsampledGaussianEvent
@@ -27,31 +27,17 @@ from common.privacy.budget import (
     calibrate_plan,
     record_round,
 )
-from common.privacy.crypto import CryptoError, hash_weights, load_private_key
-from common.privacy.ledger import LedgerError, PartnerLedger, entry_hash
+from common.privacy.crypto import hash_weights, load_private_key
+from common.privacy.ledger import PartnerLedger, entry_hash
+from common.privacy.randomness import noise_seed
+from common.protocol import (
+    EVALUATE_METRIC_KEYS,
+    IGNORED_MECHANISM_KEYS,
+    LEDGER_UNTRUSTED,
+    SIGNING_KEY_UNUSABLE,
+)
 
 log = logging.getLogger(__name__)
-
-# Keys a partner puts in its train reply metrics; the coordinator rejects anything else.
-TRAIN_METRIC_KEYS = ("num-examples", "epsilon-spent", "epsilon-budget", "delta",
-                     "noise-multiplier", "sample-rate", "steps", "rounds-trained", "train-loss",
-                     "refused")
-EVALUATE_METRIC_KEYS = ("num-examples", "auc", "ks", "gini", "brier", "pr-auc", "log-loss")
-# Under secure aggregation the partner's info travels inside its train reply's metrics.
-SECURE_INFO_KEYS = ("partner", "refusal-reason", "ledger-entry-sha256", "update-sha256")
-# A partner that refuses a secure-aggregation round drops out of it with an error whose reason is
-# this prefix followed by a JSON object: its info and privacy metrics (what a plain reply holds).
-REFUSAL_PREFIX = "fedcredit-refusal "
-# Refusal reasons sent when the partner's ledger cannot be opened: fixed texts, because the
-# exception's own message names local files and OS errors (those go to the partner's log only).
-LEDGER_UNTRUSTED = ("the partner's ledger failed verification; refusing rather than trust or "
-                    "reset it (details in the partner's log)")
-SIGNING_KEY_UNUSABLE = ("the partner's ledger signing key is unreadable or invalid (details in "
-                        "the partner's log)")
-# Coordinator round-config keys a partner never lets change its calibrated mechanism.
-IGNORED_MECHANISM_KEYS = ("noise-multiplier", "sample-rate", "batch-size", "max-grad-norm",
-                          "clip-norm")
-
 
 def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
     """The partner's private train/test splits: its own CSV, or its simulated share."""
@@ -292,13 +278,7 @@ def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
 
 
 def round_seed(seed: int, partner: PartnerConfig, server_round: int) -> int:
-    """The seed of this round's Poisson sampling and DP noise.
-
-    Simulated partners derive it from the run seed, so a simulation is reproducible. A deployed
-    partner draws it from the OS: the coordinator sets the run seed, and whoever knows the seed
-    can recompute the noise and subtract it from the update.
-    """
-    if partner.partition_id < 0:
-        return secrets.randbits(63)
+    """The seed of this round's Poisson sampling and DP noise (`noise_seed`'s policy); a
+    simulated partner's is derived from the run seed, its name and the round."""
     digest = hashlib.sha256(f"{seed}|{partner.partner}|{server_round}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return noise_seed(deployed=partner.deployed, simulated=int.from_bytes(digest[:8], "big") >> 1)

@@ -18,13 +18,14 @@ from common.config import RunConfig
 from common.data.scenarios import get_scenario, load_scenario
 from common.data.schema import load_schema
 from common.data.tables import Split, bundled_path
+from common.errors import TooFewPartners
 from common.learning.model import build_model, set_weights
 from common.learning.training import evaluate
 from common.outputs import HISTORY_FILE, save_model, write_json
 from common.privacy.crypto import load_private_key
 from common.privacy.ledger import ReceiptLog
 from server.secure import run_secure_rounds
-from server.strategy import RoundRecord, TooFewPartners, ValidatingFedAvg
+from server.strategy import RoundRecord, ValidatingFedAvg
 from server.vertical import Observer, run_vertical
 
 log = logging.getLogger(__name__)

@@ -49,10 +49,10 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
-from common.partner import REFUSAL_PREFIX, SECURE_INFO_KEYS, TRAIN_METRIC_KEYS
+from common.errors import TooFewPartners
+from common.protocol import REFUSAL_PREFIX, SECURE_INFO_KEYS, TRAIN_METRIC_KEYS
 from server.strategy import (
     RoundRecord,
-    TooFewPartners,
     ValidatingFedAvg,
     check_arrays,
     check_train_metrics,

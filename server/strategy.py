@@ -15,16 +15,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from common.errors import TooFewPartners
 from common.privacy.crypto import hash_weights
 from common.privacy.ledger import ReceiptLog
+from common.protocol import ALLOWED_RECORDS, EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
 
 log = logging.getLogger(__name__)
-ALLOWED_RECORDS = {"arrays", "metrics", "info"}
 
-
-class TooFewPartners(RuntimeError):
-    """Fewer than `min-partners` usable updates arrived: the run stops cleanly."""
 
 
 @dataclass

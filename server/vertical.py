@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.data.scenarios import LENDER, PARTIES, PASSIVE
+from common.errors import PartyError
 from common.outputs import write_json
 from common.vertical.parties import SETTINGS, setting_name
 from common.vertical.psi import new_run_id
@@ -45,13 +46,6 @@ class Relayed:
 
 Observer = Callable[[Relayed], None]
 
-
-class PartyError(RuntimeError):
-    """A party answered with an error (its refusal, or the kind of its failure)."""
-
-    def __init__(self, party: str, reason: str) -> None:
-        super().__init__(f"{party}: {reason}")
-        self.party, self.reason = party, reason
 
 
 class Relay:

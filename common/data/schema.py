@@ -22,18 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import DataValidationError, SchemaError
+
 COLUMN_TYPES = ("numeric", "categorical", "ordinal")
 TRANSFORMS = ("none", "log1p")
 MISSING_POLICIES = ("error", "fill", "category")
 UNKNOWN_POLICIES = ("error", "bucket")
 
 
-class SchemaError(ValueError):
-    """A schema file is malformed."""
-
-
-class DataValidationError(ValueError):
-    """A CSV does not match its schema; the message names file, column and row."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from common.data.schema import (
-    DataValidationError,
-    RawTable,
-    Schema,
-    encode_table,
-    load_schema,
-    read_csv,
-)
+from common.data.schema import RawTable, Schema, encode_table, load_schema, read_csv
+from common.errors import DataValidationError
 
 BUNDLED_DATASETS = ("credit_data", "lending_club")
 

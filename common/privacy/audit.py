@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from dp_accounting import pld, rdp
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
+from common.errors import AuditInputError, CryptoError
 from common.privacy.accounting import RDP_ORDERS
-from common.privacy.crypto import CryptoError, load_public_keys
+from common.privacy.crypto import load_public_keys
 from common.privacy.ledger import (
     LEDGER_FIELDS,
     LEDGER_KIND,
@@ -69,9 +70,6 @@ Keys = dict[str, tuple[str, Ed25519PublicKey]]
 MechanismRound = tuple[float, float, int]
 """(q, σ, steps) of one ledger entry; a budget refusal logs (and composes) zero steps."""
 
-
-class AuditInputError(ValueError):
-    """The audit cannot start: a file or the keys directory is missing or unreadable."""
 
 
 def _package_version(name: str) -> str:

@@ -15,12 +15,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.errors import CryptoError
+
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 
-
-class CryptoError(ValueError):
-    """A key could not be read, or a signature did not verify."""
 
 
 def generate_signing_key() -> Ed25519PrivateKey:

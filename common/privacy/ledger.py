@@ -25,9 +25,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.errors import CryptoError, LedgerError
 from common.privacy.accounting import ACCOUNTANT_NAME, SubsampledGaussianEvent
 from common.privacy.budget import CONVERSION, PrivacyPlan
-from common.privacy.crypto import CryptoError, fingerprint, sha256_hex, sign, verify
+from common.privacy.crypto import fingerprint, sha256_hex, sign, verify
 
 GENESIS = "0" * 64
 LEDGER_KIND = "fedcredit-privacy-ledger/1"
@@ -47,9 +48,6 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 RECEIPT_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint", "timestamp",
                   "ledger_entry_sha256", "update_sha256", "prev_entry_sha256", "signature"}
 
-
-class LedgerError(ValueError):
-    """A ledger or receipts log failed verification; the message names file and line."""
 
 
 def canonical_bytes(payload: dict[str, Any]) -> bytes:

@@ -62,6 +62,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from common.errors import PsiError
+
 logger = logging.getLogger(__name__)
 
 DOMAIN_TAG = b"fedcredit-psi/v1"
@@ -83,9 +85,6 @@ _MAX_TRIES = 256
 
 _SYSTEM_RANDOM = random.SystemRandom()
 
-
-class PsiError(ValueError):
-    """Bad input to the PSI, or a message that does not fit the protocol."""
 
 
 # ---------------------------------------------------------------------------- inputs and helpers

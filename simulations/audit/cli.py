@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from common.privacy.audit import EPSILON_TOLERANCE, AuditInputError, AuditResult, verify
+from common.errors import AuditInputError
+from common.privacy.audit import EPSILON_TOLERANCE, AuditResult, verify
 
 audit_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Auditor's tools: verify signed privacy ledgers and receipts, "

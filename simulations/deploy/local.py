@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.data.scenarios import export_partner_files, get_scenario
+from common.errors import FederationError
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
 from simulations.deploy.federation import init_federation
@@ -29,9 +30,6 @@ from simulations.deploy.federation import init_federation
 FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 DEMO_MARK = "FEDCREDIT_LOCAL_FEDERATION"  # environment tag on every process we start
 
-
-class FederationError(RuntimeError):
-    """A step of the local federation failed; the message says which and where its log is."""
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.app import STATE_KEY, build_client_app
+from clients.app import build_client_app
 from common.config import RunConfig
 from common.data.tables import bundled_path
-from common.partner import (
+from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.protocol import (
     EVALUATE_METRIC_KEYS,
     LEDGER_UNTRUSTED,
+    PARTNER_STATE,
     SIGNING_KEY_UNUSABLE,
     TRAIN_METRIC_KEYS,
 )
-from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
 from tests.flower_helpers import (
     evaluate_message,
     initial_weights,
@@ -75,7 +76,7 @@ def test_epsilon_composes_over_rounds_across_rebuilt_client_apps() -> None:
                              delta=run.sim_delta)
     assert spent[-1] == pytest.approx(single_run, rel=1e-9)
     assert spent[-1] <= run.sim_epsilon
-    assert len(context.state[STATE_KEY]["events-steps"]) == 4
+    assert len(context.state[PARTNER_STATE]["events-steps"]) == 4
 
 
 def test_round_beyond_the_plan_is_refused_without_an_update() -> None:
@@ -136,7 +137,7 @@ def test_restarted_partner_resumes_with_exact_epsilon_from_its_ledger(tmp_path: 
     before = node_context(node, run)
     spent = [_train(run, before, r).content["metrics"]["epsilon-spent"] for r in (1, 2)]
     after = node_context(node, run)  # process state dropped: only the ledger survives
-    assert STATE_KEY not in after.state
+    assert PARTNER_STATE not in after.state
     spent += [_train(run, after, r).content["metrics"]["epsilon-spent"] for r in (3, 4)]
     assert spent == pytest.approx(uninterrupted, rel=1e-12)
     assert all(b > a for a, b in zip(spent, spent[1:], strict=False))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from common.config import RunConfig
 from common.data.scenarios import load_scenario
-from common.partner import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from common.protocol import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
 from server.strategy import ValidatingFedAvg
 from simulations.cli import app
 from simulations.simulate.horizontal import run_federation

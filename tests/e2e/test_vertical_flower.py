@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from clients.vertical import Party, Refusal, _mode, own_data, resolve_party
+from clients.vertical import Party, _mode, own_data, resolve_party
 from common.config import RunConfig
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS
+from common.errors import Refusal
 from common.privacy.audit import verify
 from common.privacy.crypto import generate_signing_key
 from common.privacy.ledger import read_lines
@@ -35,8 +36,8 @@ from common.vertical.settings import VerticalSettings, full_batch_finetune
 from server.vertical import RESULT_FILE, SCORES_FILE, Relayed
 from simulations.simulate.horizontal import KEYS_DIR
 from simulations.simulate.vertical import run_vertical_federation
-from tests.flower_helpers import node_context, set_task_identity
 from tests.common.vertical.test_psi import _leaks
+from tests.flower_helpers import node_context, set_task_identity
 
 SEED, STEPS = 0, 3
 SCORING = {"query.vfl_embed", "query.vfl_score"}

@@ -32,10 +32,11 @@ import common.partner as partner_module
 from clients.app import build_client_app
 from common.config import RunConfig
 from common.data.scenarios import SCENARIOS, load_scenario_partner
-from common.partner import SECURE_INFO_KEYS, TRAIN_METRIC_KEYS
+from common.errors import TooFewPartners
 from common.privacy.audit import verify
 from common.privacy.crypto import generate_signing_key, hash_weights, write_key_pair
 from common.privacy.ledger import read_lines
+from common.protocol import SECURE_INFO_KEYS, TRAIN_METRIC_KEYS
 from server.app import run_federation
 from server.secure import (
     QUANTIZATION_RANGE,
@@ -43,7 +44,7 @@ from server.secure import (
     quantization_error_bound,
     reconstruction_threshold,
 )
-from server.strategy import TooFewPartners, ValidatingFedAvg
+from server.strategy import ValidatingFedAvg
 from tests.flower_helpers import initial_weights, node_context, reply_message, set_task_identity
 
 PARTNERS = SCENARIOS["credit_data"].partners  # partition ids 0, 1, 2

@@ -7,7 +7,8 @@ import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
 
 from common.config import RunConfig
-from server.strategy import TooFewPartners, ValidatingFedAvg, check_train_reply
+from common.errors import TooFewPartners
+from server.strategy import ValidatingFedAvg, check_train_reply
 from tests.flower_helpers import initial_weights, reply_message, set_task_identity
 
 

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import WriteCase
 
-from common.data.schema import (
-    DataValidationError,
-    RawTable,
-    SchemaError,
-    encode_table,
-    load_schema,
-    read_csv,
-)
+from common.data.schema import RawTable, encode_table, load_schema, read_csv
+from common.errors import DataValidationError, SchemaError
+from tests.conftest import WriteCase
 
 DATASET = """\
 [dataset]

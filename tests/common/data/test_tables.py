@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import WriteCase
 
 from common.data.scenarios import (
     SCENARIOS,
@@ -19,7 +18,6 @@ from common.data.scenarios import (
 from common.data.schema import RawTable, Schema, encode_table, load_schema, read_csv
 from common.data.tables import (
     BUNDLED_DATASETS,
-    DataValidationError,
     PartnerData,
     bundled_path,
     load_bundled,
@@ -27,6 +25,8 @@ from common.data.tables import (
     split_train_test,
     subset,
 )
+from common.errors import DataValidationError
+from tests.conftest import WriteCase
 
 ID_SCHEMA = """\
 [dataset]

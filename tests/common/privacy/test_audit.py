@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 from typer.testing import CliRunner
 
+from common.errors import AuditInputError
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
-from common.privacy.audit import AuditInputError, AuditResult, IndependentAccountant, verify
+from common.privacy.audit import AuditResult, IndependentAccountant, verify
 from common.privacy.budget import PrivacyPlan
 from common.privacy.ledger import Finding, ReceiptLog
 from simulations.audit import cli as audit_cli

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from common.errors import PsiError
 from common.vertical.psi import (
     DOMAIN_TAG,
     LOW_ORDER_U,
@@ -21,7 +22,6 @@ from common.vertical.psi import (
     LenderParty,
     PassiveParty,
     PassiveReply,
-    PsiError,
     PsiMessage,
     PsiRun,
     blind,

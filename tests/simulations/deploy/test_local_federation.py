@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 
 import simulations.deploy.local as lf
-from simulations.deploy.local import (
-    DEMO_MARK,
-    DemoOptions,
-    FederationError,
-    LocalFederation,
-    processes_marked,
-)
+from common.errors import FederationError
+from simulations.deploy.local import DEMO_MARK, DemoOptions, LocalFederation, processes_marked
 
 
 @pytest.fixture

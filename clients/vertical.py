@@ -74,7 +74,7 @@ from common.vertical.psi import (
     message_to_record,
 )
 from common.vertical.releases import lender_release, releases_epsilon, write_ledger
-from common.vertical.settings import VerticalSettings, full_batch_finetune, non_private_seeds
+from common.vertical.settings import VerticalSettings, non_private_seeds
 from common.vertical.stages import (
     TopModel,
     exact_embeddings,
@@ -107,15 +107,6 @@ def resolve_party(context: Context, overrides: dict) -> tuple[RunConfig, Partner
     return run, PartnerConfig.from_node_config(dict(context.node_config), run)
 
 
-def party_settings(run: RunConfig, partner: PartnerConfig) -> VerticalSettings:
-    """The stage settings under this party's own budget (non-private: the defaults)."""
-    finetune = full_batch_finetune(run.vertical_finetune_steps)
-    if partner.epsilon is None or partner.delta is None:
-        return VerticalSettings(test_fraction=run.test_fraction, finetune=finetune)
-    return VerticalSettings(epsilon=partner.epsilon, delta=partner.delta,
-                            test_fraction=run.test_fraction, finetune=finetune)
-
-
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
@@ -143,7 +134,7 @@ class Party:
         self.run, self.partner = resolve_party(context, overrides)
         self.name = self.partner.partner
         self.data = own_data(self.name, self.run.seed)
-        self.settings = party_settings(self.run, self.partner)
+        self.settings = VerticalSettings.from_config(self.run, self.partner)
 
     @property
     def config(self) -> ConfigRecord:

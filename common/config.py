@@ -74,6 +74,8 @@ class RunConfig:
     vertical_non_private: bool = False
     vertical_finetune_steps: int = 40
     vertical_score_ids: str = ""
+    vertical_bottom_epsilon: float = 0.0
+    vertical_embedding_clip: float = 1.0
 
     def learning_rate_at(self, server_round: int) -> float:
         """Learning rate of round `server_round` (1-based): constant, or cosine down to 10%."""
@@ -144,6 +146,10 @@ class RunConfig:
             (self.mode != "vertical" or self.scenario in ("credit_data", VERTICAL_SCENARIO),
              "mode", f"'vertical' runs scenario {VERTICAL_SCENARIO!r} only"),
             (self.vertical_finetune_steps >= 1, "vertical-finetune-steps", "must be >= 1"),
+            (0 <= self.vertical_bottom_epsilon < math.inf, "vertical-bottom-epsilon",
+             "must be a finite number >= 0 (0: a quarter of each party's epsilon)"),
+            (0 < self.vertical_embedding_clip < math.inf, "vertical-embedding-clip",
+             "must be a finite number > 0"),
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
             (self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0"),
             (bool(self.out_dir), "out-dir", "must not be empty"),

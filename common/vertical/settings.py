@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from common.learning.training import (
-    TrainSettings,
-)
+from common.config import PartnerConfig, RunConfig
+from common.learning.training import TrainSettings
 from common.privacy.budget import check_budget
-
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +33,18 @@ class VerticalSettings:
                              f"{self.bottom_epsilon}")
         if self.embedding_clip <= 0 or self.bottom_clip_norm <= 0:
             raise ValueError("embedding clip and bottom clip norm must be > 0")
+
+    @classmethod
+    def from_config(cls, run: RunConfig, partner: PartnerConfig) -> VerticalSettings:
+        """The settings of one party's stages: its own budget (node config, or `sim-*` in
+        simulation) and every `vertical-*` key of the run config; non-private: the defaults."""
+        common = {"test_fraction": run.test_fraction, "embedding_clip": run.vertical_embedding_clip,
+                  "bottom_clip_norm": run.clip_norm,
+                  "finetune": full_batch_finetune(run.vertical_finetune_steps)}
+        if partner.epsilon is None or partner.delta is None:
+            return cls(**common)
+        return cls(epsilon=partner.epsilon, delta=partner.delta,
+                   bottom_epsilon=run.vertical_bottom_epsilon or None, **common)
 
     @property
     def stage2_epsilon(self) -> float:

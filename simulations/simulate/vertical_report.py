@@ -37,6 +37,11 @@ def flower_runner(seed: int, settings: VerticalSettings, ledger_dir: Path,
 
     run = RunConfig(scenario="credit_data_vertical", mode="vertical", seed=seed,
                     sim_epsilon=settings.epsilon, sim_delta=settings.delta,
+                    sim_budgets=("" if settings.label_epsilon is None
+                                 else f"{LENDER}={settings.label_epsilon}"),
+                    vertical_bottom_epsilon=settings.bottom_epsilon or 0.0,
+                    vertical_embedding_clip=settings.embedding_clip,
+                    clip_norm=settings.bottom_clip_norm, test_fraction=settings.test_fraction,
                     vertical_non_private=True, out_dir=str(ledger_dir.parent / "flower_run"),
                     sim_ledger_dir=str(ledger_dir), sim_keys_dir=str(keys_dir))
     return run_vertical_federation(run)

@@ -40,6 +40,7 @@ from tests.common.vertical.test_psi import _leaks
 from tests.flower_helpers import node_context, set_task_identity
 
 SEED, STEPS = 0, 3
+BOTTOM_EPSILON, EMBEDDING_CLIP = 1.0, 0.8  # defaults: a quarter of epsilon (0.75), 1.0
 SCORING = {"query.vfl_embed", "query.vfl_score"}
 
 
@@ -78,13 +79,16 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory):
                                 and c in set(load_party("ecommerce", SEED).ids))
     known_to_all, training_customer = _test_and_training_customer(SEED)
     relayed: list[Relayed] = []
+    # Non-default stage settings: the Flower path must carry every one of them to the parties.
     run = RunConfig(mode="vertical", seed=SEED, out_dir=str(out), vertical_non_private=True,
-                    vertical_finetune_steps=STEPS,
+                    vertical_finetune_steps=STEPS, vertical_bottom_epsilon=BOTTOM_EPSILON,
+                    vertical_embedding_clip=EMBEDDING_CLIP,
                     vertical_score_ids=f"{known_to_all},{unknown_to_a_partner},cust-x,"
                                        f"{training_customer}")
     result = run_vertical_federation(run, centralized=False, observer=relayed.append)
-    memory = run_vertical_in_memory(SEED, VerticalSettings(finetune=full_batch_finetune(STEPS)),
-                                    scenario=scenario)
+    memory = run_vertical_in_memory(SEED, VerticalSettings(
+        finetune=full_batch_finetune(STEPS), bottom_epsilon=BOTTOM_EPSILON,
+        embedding_clip=EMBEDDING_CLIP), scenario=scenario)
     summary = json.loads((out / RESULT_FILE).read_text())
     scores = json.loads((out / SCORES_FILE).read_text())
     return (result, memory, scenario, summary, scores, relayed, out,
@@ -129,6 +133,19 @@ def test_flower_metrics_equal_the_in_memory_run(flower_run) -> None:
                 assert result.metrics[mode][setting][key] == pytest.approx(value, abs=1e-9)
     assert result.epsilon == pytest.approx(memory.epsilon)
     assert result.mechanisms == pytest.approx(memory.mechanisms)
+
+
+def test_every_vertical_setting_of_the_run_config_reaches_the_party() -> None:
+    run = RunConfig(mode="vertical", vertical_bottom_epsilon=BOTTOM_EPSILON,
+                    vertical_embedding_clip=EMBEDDING_CLIP, vertical_finetune_steps=STEPS,
+                    clip_norm=0.5, test_fraction=0.3)
+    context = node_context({"partition-id": 2}, run)
+    set_task_identity()
+    party = Party(Message(RecordDict(), dst_node_id=1, message_type="query.vfl_hello"), context, {})
+    assert party.settings == VerticalSettings(
+        bottom_epsilon=BOTTOM_EPSILON, embedding_clip=EMBEDDING_CLIP, bottom_clip_norm=0.5,
+        test_fraction=0.3, finetune=full_batch_finetune(STEPS))
+    assert party.settings.stage2_epsilon == BOTTOM_EPSILON
 
 
 @pytest.mark.slow

@@ -1,1 +1,2 @@
-"""fedcredit partner ClientApp (Flower)."""
+"""The partners' Flower ClientApp: horizontal train/evaluate handlers, the SecAgg+ mod, and the
+vertical party handlers. Converts Flower records to plain values and calls only `common/`."""

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable
 
 import flwr.compat.common.recorddict_compat as compat
-import torch
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -44,8 +43,9 @@ from flwr.common import (
 )
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
+from clients.context import read_config, read_run_config
 from clients.vertical import register_vertical
-from common.config import PartnerConfig, RunConfig
+from common.config import RunConfig
 from common.errors import PartnerError
 from common.partner import (
     PartnerState,
@@ -55,21 +55,31 @@ from common.partner import (
     train_round,
 )
 from common.privacy.crypto import hash_weights
-from common.protocol import PARTNER_STATE, REFUSAL_PREFIX, SECURE_PARAMETERS, SECURE_REFUSAL_CODE
+from common.protocol import (
+    ARRAY_KEYS,
+    ARRAY_KEYS_SEPARATOR,
+    ARRAYS,
+    CONFIG,
+    INFO,
+    LEDGER_ENTRY_SHA256,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTNER,
+    PARTNER_STATE,
+    REFUSAL_PREFIX,
+    REFUSAL_REASON,
+    REFUSED,
+    SECURE_PARAMETERS,
+    SECURE_REFUSAL_CODE,
+    SERVER_ROUND,
+    UPDATE_SHA256,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _setup(context: Context, overrides: dict) -> tuple[RunConfig, PartnerConfig]:
-    torch.set_num_threads(1)
-    run = RunConfig.from_flower({**dict(context.run_config), **overrides})
-    partner = PartnerConfig.from_node_config(dict(context.node_config), run)
-    return run, partner
-
-
 def _weights(msg: Message) -> dict:
-    return {k: a.numpy() for k, a in msg.content["arrays"].items()}
-
+    return {k: a.numpy() for k, a in msg.content[ARRAYS].items()}
 
 
 def _guarded(handler):
@@ -93,10 +103,10 @@ def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
     """(global weights, round config, array keys) of a legacy SecAgg+ train instruction."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     requested = dict(fitins.config)
-    names = requested.pop("array-keys", None)
+    names = requested.pop(ARRAY_KEYS, None)
     if not isinstance(names, str):
-        raise ValueError("secure train request without its 'array-keys'")
-    keys = names.split(",")
+        raise ValueError(f"secure train request without its {ARRAY_KEYS!r}")
+    keys = names.split(ARRAY_KEYS_SEPARATOR)
     arrays = parameters_to_ndarrays(fitins.parameters)
     if len(arrays) != len(keys):
         raise ValueError(f"secure train request has {len(arrays)} arrays for {len(keys)} keys")
@@ -106,20 +116,20 @@ def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
 @_guarded
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
-    run, partner = _setup(context, overrides or {})
+    run, partner = read_config(context, overrides or {})
     state = PartnerState.from_dict(dict(context.state.get(PARTNER_STATE, ConfigRecord())))
     secure = SECURE_PARAMETERS in msg.content.array_records
     if secure:
         weights, requested, keys = _secure_instruction(msg)
     else:
-        weights, requested = _weights(msg), dict(msg.content.get("config", ConfigRecord()))
-    server_round = requested.get("server-round")
+        weights, requested = _weights(msg), dict(msg.content.get(CONFIG, ConfigRecord()))
+    server_round = requested.get(SERVER_ROUND)
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
-        raise ValueError(f"train request without a valid 'server-round' (got {server_round!r})")
+        raise ValueError(f"train request without a valid {SERVER_ROUND!r} (got {server_round!r})")
     data = load_data(partner, run)
     if secure and len(data.train) > run.secagg_max_weight:
         # Checked before training: no privacy is spent on an update that could not be summed.
-        reply = TrainReply(None, {"num-examples": float(len(data.train)), "refused": 1.0},
+        reply = TrainReply(None, {NUM_EXAMPLES: float(len(data.train)), REFUSED: 1.0},
                            f"{len(data.train)} training rows exceed secagg-max-weight="
                            f"{run.secagg_max_weight:g}: the weight would overflow the secure "
                            f"sum's quantized weighting (run config key 'secagg-max-weight')")
@@ -128,13 +138,13 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
                             run_id=str(context.run_id),
                             value_bound=run.secagg_clipping_range if secure else None)
     context.state[PARTNER_STATE] = ConfigRecord(state.to_dict())
-    info = {"partner": partner.partner, "refusal-reason": reply.refusal,
-            "ledger-entry-sha256": reply.ledger_entry_sha256}
+    info = {PARTNER: partner.partner, REFUSAL_REASON: reply.refusal,
+            LEDGER_ENTRY_SHA256: reply.ledger_entry_sha256}
     if secure:
         return _secure_reply(msg, reply, info, keys)
-    content = RecordDict({"metrics": MetricRecord(reply.metrics), "info": ConfigRecord(info)})
+    content = RecordDict({METRICS: MetricRecord(reply.metrics), INFO: ConfigRecord(info)})
     if reply.weights is not None:
-        content["arrays"] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
+        content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
     return Message(content=content, reply_to=msg)
 
 
@@ -146,8 +156,8 @@ def _secure_reply(msg: Message, reply: TrainReply, info: dict[str, str],
     update_hash = "" if reply.weights is None else hash_weights(reply.weights)
     fitres = FitRes(status=Status(code=Code.OK, message="Success"),
                     parameters=ndarrays_to_parameters(arrays),
-                    num_examples=int(reply.metrics["num-examples"]),
-                    metrics={**reply.metrics, **info, "update-sha256": update_hash})
+                    num_examples=int(reply.metrics[NUM_EXAMPLES]),
+                    metrics={**reply.metrics, **info, UPDATE_SHA256: update_hash})
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
@@ -167,20 +177,19 @@ def make_secure_aggregation_mod(overrides: dict) -> Callable[
             return call_next(msg, context)
         configs = msg.content.config_records[RECORD_KEY_CONFIGS]
         if configs.get(Key.STAGE) == Stage.SETUP:
-            _check_protocol(configs, RunConfig.from_flower({**dict(context.run_config),
-                                                            **overrides}))
+            _check_protocol(configs, read_run_config(context, overrides))
 
         def train_or_refuse(inner: Message, ctxt: Context) -> Message:
             reply = call_next(inner, ctxt)
             result = compat.recorddict_to_fitres(reply.content, keep_input=True)
-            if result.metrics.get("refusal-reason"):
+            if result.metrics.get(REFUSAL_REASON):
                 metrics = {k: v for k, v in result.metrics.items()
                            if isinstance(v, int | float) and not isinstance(v, bool)}
                 raise _Refused(REFUSAL_PREFIX + json.dumps({
-                    "partner": result.metrics.get("partner", ""),
-                    "refusal-reason": result.metrics["refusal-reason"],
-                    "ledger-entry-sha256": result.metrics.get("ledger-entry-sha256", ""),
-                    "metrics": metrics}, sort_keys=True))
+                    PARTNER: result.metrics.get(PARTNER, ""),
+                    REFUSAL_REASON: result.metrics[REFUSAL_REASON],
+                    LEDGER_ENTRY_SHA256: result.metrics.get(LEDGER_ENTRY_SHA256, ""),
+                    METRICS: metrics}, sort_keys=True))
             return reply
 
         try:
@@ -207,14 +216,14 @@ def _check_protocol(configs: ConfigRecord, run: RunConfig) -> None:
 def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Evaluate the global model on the partner's own test split (unless its node config says
     `allow-evaluate=false`: released metrics are not covered by its DP guarantee)."""
-    run, partner = _setup(context, overrides or {})
+    run, partner = read_config(context, overrides or {})
     if not partner.allow_evaluate:
         raise ValueError("this partner does not release evaluation metrics")
     metrics = evaluate_round(run, _weights(msg), load_data(partner, run))
     return Message(content=RecordDict({
-        "metrics": MetricRecord(metrics),
-        "info": ConfigRecord({"partner": partner.partner, "refusal-reason": "",
-                              "ledger-entry-sha256": ""}),
+        METRICS: MetricRecord(metrics),
+        INFO: ConfigRecord({PARTNER: partner.partner, REFUSAL_REASON: "",
+                            LEDGER_ENTRY_SHA256: ""}),
     }), reply_to=msg)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from common.data.scenarios import PARTIES, SCENARIOS, SPLITS, VERTICAL_SCENARIO
 from common.learning.training import OPTIMIZERS
+from common.outputs import ledger_file
 from common.privacy.budget import check_budget
 
 ConfigValue = bool | int | float | str
@@ -296,7 +297,7 @@ class PartnerConfig:
             name, (run.sim_epsilon, run.sim_delta))
         ledger_path = signing_key = ""
         if run.sim_ledger_dir:
-            ledger_path = str(Path(run.sim_ledger_dir) / f"{name}.jsonl")
+            ledger_path = str(ledger_file(run.sim_ledger_dir, name))
             signing_key = str(Path(run.sim_keys_dir) / f"{name}.key")
         return cls(partner=name, epsilon=epsilon, delta=delta, partition_id=partition_id,
                    ledger_path=ledger_path, signing_key=signing_key)

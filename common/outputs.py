@@ -1,18 +1,136 @@
-"""Run outputs written by the coordinator: the final model, its metadata, the round history."""
+"""Run outputs: the name of every file and folder of a run directory, and their writers.
+
+Every name lives here so that the coordinator that writes a file, the simulation that reads it
+and the `--overwrite` guard that removes it cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+# What the coordinator's ServerApp writes into its out-dir.
 MODEL_FILE = "model.pt"
 MODEL_META_FILE = "model.json"
 HISTORY_FILE = "history.json"
+RECEIPTS_FILE = "receipts.jsonl"
+RESULT_FILE = "vertical.json"  # vertical mode: metrics, ε spent, mechanisms
+SCORES_FILE = "vertical_scores.json"  # vertical mode: scores of `vertical-score-ids`
+# Keys inside those files that other code reads back.
+MODEL_META_CONFIG = "config"  # model.json: the run config
+RESULT_METRICS = "metrics"  # vertical.json: metrics by mode and setting
+CUSTOMER_SCORE = "score"  # vertical_scores.json: a customer's score
+
+# Reports and the audit of a run (`fedcredit simulate`, `fedcredit federation demo`).
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+AUDIT_HTML = "audit.html"
+AUC_PLOT = "pooled_auc_per_round.png"
+EPSILON_PLOT = "epsilon_per_round.png"
+
+# Folders of a `fedcredit simulate` run directory.
+KEYS_DIR = "keys"  # every party's Ed25519 key pair; the auditor reads the .pub files
+LEDGER_DIR = "ledgers"  # signed privacy ledgers, one `<party>.jsonl` each
+FEDERATED_DP_DIR = "federated_dp"  # the coordinator's out-dir of the DP federation
+FEDERATED_DIR = "federated"  # ... of the non-private federation
+VERTICAL_LEDGER_DIR = "vertical_ledgers"
+FLOWER_RUN_DIR = "flower_run"  # the coordinator's out-dir of the vertical federation
+
+# The workspace of `fedcredit federation demo`.
+PKI_DIR = "pki"  # what `fedcredit federation init` writes
+DATA_DIR = "data"  # each partner's `<partner>.csv` and `.toml`
+LOGS_DIR = "logs"  # one `<process>.log` per process started
+COORDINATOR_RUN_DIR = "run"  # the coordinator's out-dir
+FLWR_HOME_DIR = "flwr-home"  # $FLWR_HOME of the `flwr` CLI
+SUPERLINK_DB = "superlink.db"
+
+RUN_MARKERS = (REPORT_JSON, KEYS_DIR, FEDERATED_DP_DIR, FEDERATED_DIR, VERTICAL_LEDGER_DIR,
+               AUDIT_HTML)
+"""What shows that a `fedcredit simulate` run directory already holds a run: the `--overwrite`
+guard refuses these, or removes them (a new run rewrites everything else)."""
+
+
+def ledger_file(directory: Path | str, party: str) -> Path:
+    """A simulated party's signed privacy ledger in `directory`."""
+    return Path(directory) / f"{party}.jsonl"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one `fedcredit simulate --out` directory (horizontal or vertical scenario)."""
+
+    root: Path
+
+    @property
+    def keys(self) -> Path:
+        """Every simulated party's key pair and the coordinator's."""
+        return self.root / KEYS_DIR
+
+    @property
+    def federated_dp(self) -> Path:
+        """The DP federation's coordinator outputs (horizontal)."""
+        return self.root / FEDERATED_DP_DIR
+
+    @property
+    def dp_ledgers(self) -> Path:
+        """The partners' ledgers of the DP federation (horizontal)."""
+        return self.federated_dp / LEDGER_DIR
+
+    @property
+    def dp_receipts(self) -> Path:
+        """The coordinator's receipts of the DP federation (horizontal)."""
+        return self.federated_dp / RECEIPTS_FILE
+
+    @property
+    def federated(self) -> Path:
+        """The non-private federation's coordinator outputs (horizontal)."""
+        return self.root / FEDERATED_DIR
+
+    @property
+    def vertical_ledgers(self) -> Path:
+        """Each party's ledger of the vertical federation."""
+        return self.root / VERTICAL_LEDGER_DIR
+
+    @property
+    def flower_run(self) -> Path:
+        """The vertical federation's coordinator outputs."""
+        return self.root / FLOWER_RUN_DIR
+
+    @property
+    def report_json(self) -> Path:
+        """The report as data: a contract for later tools."""
+        return self.root / REPORT_JSON
+
+    @property
+    def report_md(self) -> Path:
+        """The report for people."""
+        return self.root / REPORT_MD
+
+    @property
+    def audit_html(self) -> Path:
+        """The auditor's report on the ledgers (and receipts)."""
+        return self.root / AUDIT_HTML
+
+    def earlier_run(self) -> list[Path]:
+        """The `RUN_MARKERS` present: an earlier run that a new one would mix with."""
+        return [self.root / name for name in RUN_MARKERS if (self.root / name).exists()]
+
+
+def format_number(value: float | None, digits: int = 4, *, style: Literal["f", "g"] = "f",
+                  infinity: str | None = None) -> str:
+    """`value` with `digits` decimals ("f") or significant digits ("g"); "n/a" for None, and
+    `infinity` for ±inf when given (else Python's "inf")."""
+    if value is None:
+        return "n/a"
+    if infinity is not None and math.isinf(value):
+        return infinity
+    return f"{value:.{digits}{style}}"
 
 
 def json_safe(value: Any) -> Any:

@@ -31,13 +31,26 @@ from common.privacy.crypto import hash_weights, load_private_key
 from common.privacy.ledger import PartnerLedger, entry_hash
 from common.privacy.randomness import noise_seed
 from common.protocol import (
+    DELTA,
+    EPSILON_BUDGET,
+    EPSILON_SPENT,
     EVALUATE_METRIC_KEYS,
     IGNORED_MECHANISM_KEYS,
+    LEARNING_RATE,
     LEDGER_UNTRUSTED,
+    LOCAL_EPOCHS,
+    NOISE_MULTIPLIER,
+    NUM_EXAMPLES,
+    REFUSED,
+    ROUNDS_TRAINED,
+    SAMPLE_RATE,
     SIGNING_KEY_UNUSABLE,
+    STEPS,
+    TRAIN_LOSS,
 )
 
 log = logging.getLogger(__name__)
+
 
 def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
     """The partner's private train/test splits: its own CSV, or its simulated share."""
@@ -51,9 +64,9 @@ def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
 
 def train_settings(run: RunConfig, requested: dict[str, float | int | str | bool]) -> TrainSettings:
     """Local optimiser settings: run config, with the coordinator's per-round learning rate."""
-    return TrainSettings(epochs=float(requested.get("local-epochs", run.local_epochs)),
+    return TrainSettings(epochs=float(requested.get(LOCAL_EPOCHS, run.local_epochs)),
                          batch_size=run.batch_size,
-                         learning_rate=float(requested.get("learning-rate", run.learning_rate)),
+                         learning_rate=float(requested.get(LEARNING_RATE, run.learning_rate)),
                          optimizer=run.optimizer)
 
 
@@ -75,27 +88,36 @@ class PartnerState:
             "ledger-entries": self.ledger_entries, "ledger-last-hash": self.ledger_last_hash,
         }
         if self.plan is not None:
-            out.update({f"plan-{k.replace('_', '-')}": v for k, v in vars(self.plan).items()})
+            planned = self.plan.round_event
+            out.update({
+                "plan-epsilon-budget": self.plan.epsilon_budget, "plan-delta": self.plan.delta,
+                "plan-sample-rate": planned.sample_rate,
+                "plan-noise-multiplier": planned.noise_multiplier,
+                "plan-max-grad-norm": planned.clipping_norm,
+                "plan-steps-per-round": planned.steps,
+                "plan-planned-rounds": self.plan.planned_rounds})
         return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> PartnerState:
-        """Inverse of `to_dict`; an empty dict gives a fresh state."""
-        events = [SubsampledGaussianEvent(float(q), float(s), int(n)) for q, s, n in zip(
-            raw.get("events-sample-rate", []), raw.get("events-noise-multiplier", []),
-            raw.get("events-steps", []), strict=True)]
+        """Inverse of `to_dict`; an empty dict gives a fresh state. Every round ran the plan's
+        mechanism, so the spent events take the plan's clipping norm."""
         plan = None
         if "plan-noise-multiplier" in raw:
-            plan = PrivacyPlan(**{name: type(default)(raw[f"plan-{name.replace('_', '-')}"])
-                                  for name, default in _PLAN_FIELD_TYPES.items()})
+            plan = PrivacyPlan(
+                epsilon_budget=float(raw["plan-epsilon-budget"]), delta=float(raw["plan-delta"]),
+                round_event=SubsampledGaussianEvent(
+                    float(raw["plan-sample-rate"]), float(raw["plan-noise-multiplier"]),
+                    int(raw["plan-steps-per-round"]), float(raw["plan-max-grad-norm"])),
+                planned_rounds=int(raw["plan-planned-rounds"]))
+        clipping_norm = 1.0 if plan is None else plan.round_event.clipping_norm
+        events = [SubsampledGaussianEvent(float(q), float(s), int(n), clipping_norm)
+                  for q, s, n in zip(raw.get("events-sample-rate", []),
+                                     raw.get("events-noise-multiplier", []),
+                                     raw.get("events-steps", []), strict=True)]
         return cls(plan=plan, privacy=PrivacyState(events),
                    ledger_entries=int(raw.get("ledger-entries", 0)),
                    ledger_last_hash=str(raw.get("ledger-last-hash", "")))
-
-
-_PLAN_FIELD_TYPES = {"epsilon_budget": 0.0, "delta": 0.0, "sample_rate": 0.0,
-                     "noise_multiplier": 0.0, "max_grad_norm": 0.0, "steps_per_round": 0,
-                     "planned_rounds": 0}
 
 
 @dataclass(frozen=True)
@@ -154,16 +176,15 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     model = build_model(data.train.features.shape[1], run.hidden, run.seed)
     set_weights(model, global_weights)
     seed = round_seed(run.seed, partner, server_round)
-    metrics: dict[str, float] = {"num-examples": float(len(data.train))}
+    metrics: dict[str, float] = {NUM_EXAMPLES: float(len(data.train))}
     if not partner.private:
         outcome = train(model, data.train, settings, seed=seed)
-        metrics.update(steps=float(outcome.steps), **{"train-loss": outcome.mean_loss},
-                       refused=0.0)
+        metrics.update({STEPS: float(outcome.steps), TRAIN_LOSS: outcome.mean_loss, REFUSED: 0.0})
         weights = get_weights(model)
         problem = "" if value_bound is None else update_problem(weights, global_weights,
                                                                 value_bound)
         if problem:
-            return TrainReply(None, {**metrics, "refused": 1.0}, problem)
+            return TrainReply(None, {**metrics, REFUSED: 1.0}, problem)
         return TrainReply(weights, metrics)
 
     assert partner.epsilon is not None and partner.delta is not None
@@ -173,34 +194,35 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         # The details (file paths, OS errors, findings) stay in the partner's own log.
         log.error("partner %s refuses to train: %s", partner.partner, exc)
         reason = LEDGER_UNTRUSTED if isinstance(exc, LedgerError) else SIGNING_KEY_UNUSABLE
-        return TrainReply(None, {**metrics, "refused": 1.0}, reason)
+        return TrainReply(None, {**metrics, REFUSED: 1.0}, reason)
     if ledger is not None:
         reason = _ledger_mismatch(ledger, state, partner, server_round)
         if reason:
             log.error("partner %s refuses to train (ledger %s): %s", partner.partner,
                       ledger.path, reason)
-            return TrainReply(None, {**metrics, "refused": 1.0}, reason)
+            return TrainReply(None, {**metrics, REFUSED: 1.0}, reason)
         state.plan, state.privacy = ledger.plan(), PrivacyState(ledger.events())
     if state.plan is None:
         state.plan = calibrate_plan(
             epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
             batch_size=run.batch_size, local_epochs=run.local_epochs,
             planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm)
+        planned = state.plan.round_event
         log.info("partner %s calibrated sigma=%.4f for q=%.4f, %d steps/round, %d rounds, "
-                 "budget eps=%g delta=%g", partner.partner, state.plan.noise_multiplier,
-                 state.plan.sample_rate, state.plan.steps_per_round, state.plan.planned_rounds,
+                 "budget eps=%g delta=%g", partner.partner, planned.noise_multiplier,
+                 planned.sample_rate, planned.steps, state.plan.planned_rounds,
                  partner.epsilon, partner.delta)
     plan = state.plan
     decision = authorize_round(plan, state.privacy, requested_epochs=settings.epochs,
                                num_train_rows=len(data.train))
     received = hash_weights(global_weights)
     if not decision.allowed:
-        metrics.update(_privacy_metrics(plan, state.privacy), refused=1.0)
+        metrics.update({**_privacy_metrics(plan, state.privacy), REFUSED: 1.0})
         entry_hash_ = _log(ledger, server_round, plan, 0, decision.epsilon_before, received,
                            None, decision.reason)
         _remember_ledger(state, ledger)
         return TrainReply(None, metrics, decision.reason, entry_hash_)
-    outcome = train(model, data.train, settings, seed=seed, dp=decision.dp, steps=decision.steps)
+    outcome = train(model, data.train, settings, seed=seed, dp=decision.event)
     record_round(state.privacy, decision, outcome.steps)
     weights = get_weights(model)
     metrics.update(_privacy_metrics(plan, state.privacy))
@@ -208,14 +230,13 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     if reason:
         # The noisy steps happened, so their privacy is spent and logged; no update is sent.
         entry_hash_ = _log(ledger, server_round, plan, outcome.steps,
-                           metrics["epsilon-spent"], received, None, reason)
+                           metrics[EPSILON_SPENT], received, None, reason)
         _remember_ledger(state, ledger)
-        return TrainReply(None, {**metrics, "refused": 1.0}, reason, entry_hash_)
-    entry_hash_ = _log(ledger, server_round, plan, outcome.steps, metrics["epsilon-spent"],
+        return TrainReply(None, {**metrics, REFUSED: 1.0}, reason, entry_hash_)
+    entry_hash_ = _log(ledger, server_round, plan, outcome.steps, metrics[EPSILON_SPENT],
                        received, hash_weights(weights))
     _remember_ledger(state, ledger)
-    metrics.update(steps=float(outcome.steps), refused=0.0,
-                   **{"train-loss": outcome.mean_loss})
+    metrics.update({STEPS: float(outcome.steps), REFUSED: 0.0, TRAIN_LOSS: outcome.mean_loss})
     return TrainReply(weights, metrics, "", entry_hash_)
 
 
@@ -258,9 +279,10 @@ def _remember_ledger(state: PartnerState, ledger: PartnerLedger | None) -> None:
 
 
 def _privacy_metrics(plan: PrivacyPlan, privacy: PrivacyState) -> dict[str, float]:
-    return {"epsilon-spent": privacy.epsilon(plan.delta), "epsilon-budget": plan.epsilon_budget,
-            "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
-            "sample-rate": plan.sample_rate, "rounds-trained": float(privacy.rounds_trained)}
+    return {EPSILON_SPENT: privacy.epsilon(plan.delta), EPSILON_BUDGET: plan.epsilon_budget,
+            DELTA: plan.delta, NOISE_MULTIPLIER: plan.round_event.noise_multiplier,
+            SAMPLE_RATE: plan.round_event.sample_rate,
+            ROUNDS_TRAINED: float(privacy.rounds_trained)}
 
 
 def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
@@ -269,7 +291,7 @@ def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
     model = build_model(data.test.features.shape[1], run.hidden, run.seed)
     set_weights(model, global_weights)
     result = evaluate(model, data.test)
-    metrics = {"num-examples": float(len(data.test))}
+    metrics = {NUM_EXAMPLES: float(len(data.test))}
     for name, value in result.items():
         key = name.replace("_", "-")
         if key in EVALUATE_METRIC_KEYS and math.isfinite(value):

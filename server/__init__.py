@@ -1,1 +1,2 @@
-"""fedcredit coordinator ServerApp (Flower)."""
+"""The coordinator's Flower ServerApp: validated weighted FedAvg, secure aggregation (SecAgg+),
+and the vertical relay. Calls only `common/`."""

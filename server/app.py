@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
@@ -21,11 +21,12 @@ from common.data.tables import Split, bundled_path
 from common.errors import TooFewPartners
 from common.learning.model import build_model, set_weights
 from common.learning.training import evaluate
-from common.outputs import HISTORY_FILE, save_model, write_json
+from common.outputs import HISTORY_FILE, MODEL_META_CONFIG, save_model, write_json
 from common.privacy.crypto import load_private_key
 from common.privacy.ledger import ReceiptLog
+from common.protocol import EPSILON_SPENT
 from server.secure import run_secure_rounds
-from server.strategy import RoundRecord, ValidatingFedAvg
+from server.strategy import RoundRecord, ValidatingFedAvg, train_config
 from server.vertical import Observer, run_vertical
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
             result = strategy.start(
                 grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                 num_rounds=run.num_server_rounds,
-                train_config=ConfigRecord({"local-epochs": run.local_epochs,
-                                           "learning-rate": run.learning_rate}),
+                train_config=train_config(run),
                 evaluate_fn=end_of_round)
             final = result.arrays
     except TooFewPartners as exc:
@@ -104,7 +104,7 @@ def _save(out_dir: Path, model, final: ArrayRecord, schema, run: RunConfig,
     save_model(out_dir, model, {
         "status": status, "message": message, "schema": schema.name,
         "schema_sha256": schema.source_hash, "feature_names": schema.feature_names,
-        "hidden_layers": list(run.hidden), "config": run.to_flower(),
+        "hidden_layers": list(run.hidden), MODEL_META_CONFIG: run.to_flower(),
         "rounds_completed": sum(1 for r in strategy.history if r.accepted),
         "privacy": privacy,
     })
@@ -120,7 +120,7 @@ def _last_privacy(strategy: ValidatingFedAvg) -> dict[str, dict[str, float]]:
     """Each partner's latest reported privacy figures (replies without ε figures skipped)."""
     latest: dict[str, dict[str, float]] = {}
     for record in strategy.history:
-        latest.update({p: f for p, f in record.privacy.items() if "epsilon-spent" in f})
+        latest.update({p: f for p, f in record.privacy.items() if EPSILON_SPENT in f})
     return latest
 
 

@@ -50,13 +50,27 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.errors import TooFewPartners
-from common.protocol import REFUSAL_PREFIX, SECURE_INFO_KEYS, TRAIN_METRIC_KEYS
+from common.protocol import (
+    ARRAY_KEYS,
+    ARRAY_KEYS_SEPARATOR,
+    LEDGER_ENTRY_SHA256,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTNER,
+    REFUSAL_PREFIX,
+    REFUSAL_REASON,
+    SECURE_INFO_KEYS,
+    SERVER_ROUND,
+    TRAIN_METRIC_KEYS,
+    UPDATE_SHA256,
+)
 from server.strategy import (
     RoundRecord,
     ValidatingFedAvg,
     check_arrays,
     check_train_metrics,
     error_summary,
+    train_config,
     wait_for_partners,
 )
 
@@ -139,9 +153,9 @@ def parse_refusal(reason: str) -> dict[str, Any] | None:
         refusal = json.loads(reason[len(REFUSAL_PREFIX):])
     except ValueError:
         return None
-    if not (isinstance(refusal, dict) and isinstance(refusal.get("partner"), str)
-            and isinstance(refusal.get("refusal-reason"), str)
-            and isinstance(refusal.get("metrics", {}), dict)):
+    if not (isinstance(refusal, dict) and isinstance(refusal.get(PARTNER), str)
+            and isinstance(refusal.get(REFUSAL_REASON), str)
+            and isinstance(refusal.get(METRICS, {}), dict)):
         return None
     return refusal
 
@@ -173,8 +187,8 @@ class SecureFit(Strategy):
                                                strict=True))
         config: dict[str, Scalar] = dict(self.fedavg.round_config(server_round,
                                                                   self.train_config))
-        config["server-round"] = server_round
-        config["array-keys"] = ",".join(self.keys)  # legacy configs hold scalars only
+        config[SERVER_ROUND] = server_round
+        config[ARRAY_KEYS] = ARRAY_KEYS_SEPARATOR.join(self.keys)  # legacy: scalars only
         wait_for_partners(client_manager.num_available, self.fedavg.min_partners,
                           self.fedavg.wait_seconds, server_round)
         nodes = sorted(client_manager.all().values(), key=lambda proxy: proxy.node_id)
@@ -212,33 +226,33 @@ class SecureFit(Strategy):
         record.accepted.extend(name for name, _ in contributors)
         # The coordinator cannot hash an update it never sees: the receipt names the partner's
         # ledger entry and the update hash the partner declared for what it masked.
-        self.fedavg.admit(server_round, [(name, info.get("ledger-entry-sha256", ""),
-                                          info.get("update-sha256", ""))
+        self.fedavg.admit(server_round, [(name, info.get(LEDGER_ENTRY_SHA256, ""),
+                                          info.get(UPDATE_SHA256, ""))
                                          for name, info in contributors])
         self.fedavg.adopt(server_round, ArrayRecord({k: Array(v) for k, v in aggregate.items()}))
         total = sum(float(fitres.num_examples) for _, fitres in results)
         return (ndarrays_to_parameters([aggregate[k] for k in self.keys]),
-                {"num-examples": total, "partners": float(len(contributors))})
+                {NUM_EXAMPLES: total, "partners": float(len(contributors))})
 
     def _check_contributor(self, proxy: ClientProxy, fitres: FitRes, record: RoundRecord,
                            seen: list[str]) -> tuple[str, dict[str, str], str]:
         """(partner name, info, why its contribution must not be used or '')."""
         metrics, info = _split_metrics(dict(fitres.metrics))
-        name = info.get("partner") or f"node-{proxy.node_id}"
+        name = info.get(PARTNER) or f"node-{proxy.node_id}"
         record.privacy[name] = _privacy_figures(metrics)
         problem = check_train_metrics(metrics)
-        if not problem and float(metrics["num-examples"]) != float(fitres.num_examples):
-            problem = "num-examples differs from the weight it put into the sum"
+        if not problem and float(metrics[NUM_EXAMPLES]) != float(fitres.num_examples):
+            problem = f"{NUM_EXAMPLES} differs from the weight it put into the sum"
         if not problem and fitres.num_examples > self.max_weight:
-            problem = (f"num-examples {fitres.num_examples} exceeds secagg-max-weight="
+            problem = (f"{NUM_EXAMPLES} {fitres.num_examples} exceeds secagg-max-weight="
                        f"{self.max_weight:g}: its weight overflowed the quantized weighting")
-        if not problem and info.get("refusal-reason"):
+        if not problem and info.get(REFUSAL_REASON):
             problem = "declares a refusal but put an update into the sum"
         if not problem and name in seen:
             problem = "a second update under the same partner name in this round"
         if not problem and self.fedavg.receipts is not None and not (
-                _SHA256.fullmatch(info.get("ledger-entry-sha256", ""))
-                and _SHA256.fullmatch(info.get("update-sha256", ""))):
+                _SHA256.fullmatch(info.get(LEDGER_ENTRY_SHA256, ""))
+                and _SHA256.fullmatch(info.get(UPDATE_SHA256, ""))):
             problem = ("no ledger entry hash or update hash: this coordinator requires partner "
                        "ledgers")
         if problem:
@@ -292,9 +306,9 @@ class SecureFit(Strategy):
                 log.warning("round %d: a partner failed: %s", record.round,
                             error_summary(reason))
                 continue
-            name = refusal["partner"]
-            record.refused[name] = refusal["refusal-reason"][:300]
-            record.privacy[name] = _privacy_figures(refusal.get("metrics", {}))
+            name = refusal[PARTNER]
+            record.refused[name] = refusal[REFUSAL_REASON][:300]
+            record.privacy[name] = _privacy_figures(refusal.get(METRICS, {}))
             log.warning("round %d: partner %s refused: %s", record.round, name,
                         record.refused[name])
 
@@ -305,7 +319,7 @@ class SecureFit(Strategy):
         self._note_failures(record, list(state.failures))
         for proxy, fitres in state.legacy_results:
             metrics, info = _split_metrics(dict(fitres.metrics))
-            name = info.get("partner") or f"node-{proxy.node_id}"
+            name = info.get(PARTNER) or f"node-{proxy.node_id}"
             record.privacy[name] = _privacy_figures(metrics)
             record.rejected[name] = "update never unmasked: secure aggregation halted"
         raise TooFewPartners(
@@ -340,9 +354,7 @@ def run_secure_rounds(grid: Grid, run: RunConfig, strategy: ValidatingFedAvg,
     """Every round: SecAgg+ training, then the plain path's federated evaluation (every
     `evaluate-every` rounds and the last) and `end_of_round`. Returns the final global model;
     raises TooFewPartners when a round cannot be aggregated."""
-    fit = SecureFit(strategy, list(initial.keys()),
-                    ConfigRecord({"local-epochs": run.local_epochs,
-                                  "learning-rate": run.learning_rate}),
+    fit = SecureFit(strategy, list(initial.keys()), train_config(run),
                     clipping_range=run.secagg_clipping_range, max_weight=run.secagg_max_weight)
     context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                                     run_config={}),

@@ -15,13 +15,26 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from common.config import RunConfig
 from common.errors import TooFewPartners
 from common.privacy.crypto import hash_weights
 from common.privacy.ledger import ReceiptLog
-from common.protocol import ALLOWED_RECORDS, EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
+from common.protocol import (
+    ALLOWED_RECORDS,
+    ARRAYS,
+    EVALUATE_METRIC_KEYS,
+    INFO,
+    LEARNING_RATE,
+    LEDGER_ENTRY_SHA256,
+    LOCAL_EPOCHS,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTNER,
+    REFUSAL_REASON,
+    TRAIN_METRIC_KEYS,
+)
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -50,13 +63,13 @@ def _error_summary(msg: Message) -> str:
 
 
 def _ledger_hash(msg: Message) -> str:
-    info = msg.content.config_records.get("info")
-    return str(info.get("ledger-entry-sha256", "")) if info is not None else ""
+    info = msg.content.config_records.get(INFO)
+    return str(info.get(LEDGER_ENTRY_SHA256, "")) if info is not None else ""
 
 
 def _partner_name(msg: Message) -> str:
-    info = msg.content.config_records.get("info")
-    name = info.get("partner") if info is not None else None
+    info = msg.content.config_records.get(INFO)
+    name = info.get(PARTNER) if info is not None else None
     return str(name) if name else f"node-{msg.metadata.src_node_id}"
 
 
@@ -68,8 +81,8 @@ def check_train_metrics(metrics: Mapping[str, Any]) -> str:
     if any(isinstance(v, list | str | bytes) or not math.isfinite(float(v))
            for v in metrics.values()):
         return "non-finite or list-valued metrics"
-    if not metrics.get("num-examples", 0) > 0:
-        return "num-examples missing or not positive"
+    if not metrics.get(NUM_EXAMPLES, 0) > 0:
+        return f"{NUM_EXAMPLES} missing or not positive"
     return ""
 
 
@@ -96,15 +109,15 @@ def check_train_reply(msg: Message, reference: dict[str, np.ndarray]) -> str:
     extra = set(content.keys()) - ALLOWED_RECORDS
     if extra:
         return f"unexpected records {sorted(extra)}"
-    metrics = content.metric_records.get("metrics")
+    metrics = content.metric_records.get(METRICS)
     if metrics is None:
-        return "no 'metrics' record"
+        return f"no {METRICS!r} record"
     problem = check_train_metrics(dict(metrics))
     if problem:
         return problem
-    arrays = content.array_records.get("arrays")
+    arrays = content.array_records.get(ARRAYS)
     if arrays is None:
-        return "no 'arrays' record"
+        return f"no {ARRAYS!r} record"
     return check_arrays({k: a.numpy() for k, a in arrays.items()}, reference)
 
 
@@ -120,6 +133,11 @@ def wait_for_partners(online: Callable[[], int], needed: int, timeout: float,
         log.info("round %d: waiting for partners: %d connected, %d needed", server_round,
                  connected, needed)
         time.sleep(1)
+
+
+def train_config(run: RunConfig) -> ConfigRecord:
+    """The config of every train instruction (the strategy adds each round's learning rate)."""
+    return ConfigRecord({LOCAL_EPOCHS: run.local_epochs, LEARNING_RATE: run.learning_rate})
 
 
 class ValidatingFedAvg(FedAvg):
@@ -170,7 +188,7 @@ class ValidatingFedAvg(FedAvg):
         """The train config of `server_round`: `config` with the round's learning rate."""
         config = ConfigRecord(dict(config))
         if self.learning_rate_at is not None:
-            config["learning-rate"] = float(self.learning_rate_at(server_round))
+            config[LEARNING_RATE] = float(self.learning_rate_at(server_round))
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -195,12 +213,12 @@ class ValidatingFedAvg(FedAvg):
                 continue
             name = _partner_name(msg)
             self.node_names[msg.metadata.src_node_id] = name
-            metrics = msg.content.metric_records.get("metrics")
+            metrics = msg.content.metric_records.get(METRICS)
             if metrics is not None:
                 record.privacy[name] = {k: float(v) for k, v in metrics.items()
                                         if k in TRAIN_METRIC_KEYS and not isinstance(v, list)}
-            info = msg.content.config_records.get("info")
-            reason = str(info.get("refusal-reason", "")) if info is not None else ""
+            info = msg.content.config_records.get(INFO)
+            reason = str(info.get(REFUSAL_REASON, "")) if info is not None else ""
             if reason:
                 record.refused[name] = reason
                 log.warning("round %d: partner %s refused: %s", server_round, name, reason)
@@ -220,13 +238,13 @@ class ValidatingFedAvg(FedAvg):
         accepted.sort(key=_partner_name)
         self.admit(server_round, [
             (_partner_name(msg), _ledger_hash(msg),
-             hash_weights({k: a.numpy() for k, a in msg.content["arrays"].items()}))
+             hash_weights({k: a.numpy() for k, a in msg.content[ARRAYS].items()}))
             for msg in accepted])
         contents = [msg.content for msg in accepted]
         arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
         self.adopt(server_round, arrays)
-        total = sum(float(c["metrics"]["num-examples"]) for c in contents)
-        return arrays, MetricRecord({"num-examples": total, "partners": float(len(contents))})
+        total = sum(float(c[METRICS][NUM_EXAMPLES]) for c in contents)
+        return arrays, MetricRecord({NUM_EXAMPLES: total, "partners": float(len(contents))})
 
     def admit(self, server_round: int, accepted: list[tuple[str, str, str]]) -> None:
         """Sign a receipt for each accepted (partner, ledger entry hash, update hash), then stop
@@ -277,18 +295,18 @@ class ValidatingFedAvg(FedAvg):
             if msg.has_error():
                 record.failed[self.failed_name(msg)] = _error_summary(msg)
                 continue
-            metrics = msg.content.metric_records.get("metrics")
+            metrics = msg.content.metric_records.get(METRICS)
             if (metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS)
                     or any(isinstance(v, list) or not math.isfinite(float(v))
                            for v in metrics.values())
-                    or not float(metrics.get("num-examples", 0)) > 0):
+                    or not float(metrics.get(NUM_EXAMPLES, 0)) > 0):
                 record.rejected[_partner_name(msg)] = "invalid evaluation metrics"
                 continue
             record.evaluation[_partner_name(msg)] = {k: float(v) for k, v in metrics.items()}
             valid.append(metrics)
         if not valid:
             return None
-        total = sum(float(m["num-examples"]) for m in valid)
-        keys = set.intersection(*(set(m.keys()) for m in valid)) - {"num-examples"}
-        return MetricRecord({k: sum(float(m[k]) * float(m["num-examples"]) for m in valid) / total
+        total = sum(float(m[NUM_EXAMPLES]) for m in valid)
+        keys = set.intersection(*(set(m.keys()) for m in valid)) - {NUM_EXAMPLES}
+        return MetricRecord({k: sum(float(m[k]) * float(m[NUM_EXAMPLES]) for m in valid) / total
                              for k in sorted(keys)})

@@ -1,1 +1,2 @@
-"""fedcredit simulations: scenarios, baselines, reports, CLI."""
+"""The `fedcredit` CLI and what it drives: simulations with baselines and reports, the audit
+CLI, real and local deployments, benchmarks. May import `server/`, `clients/` and `common/`."""

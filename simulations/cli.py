@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.config import RunConfig
+from common.outputs import AUDIT_HTML, REPORT_MD, RunLayout
 from simulations.audit.cli import audit_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -154,7 +155,7 @@ def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
                           overwrite: bool, verbose: bool) -> None:
     """The vertical scenario: validate, run, print the summary (report.md in `out`)."""
     from common.vertical.settings import VerticalSettings
-    from simulations.simulate.vertical_report import simulate_vertical
+    from simulations.simulate.vertical import simulate_vertical
 
     try:
         settings = VerticalSettings(epsilon=epsilon, delta=delta)
@@ -176,18 +177,14 @@ def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
                                               f"{f['epsilon_budget']:g}"
                                               for p, f in report["privacy"].items())
                     + f"; audit {'verified' if report['audit']['ok'] else 'FAILED'}; "
-                    f"report {out / 'report.md'}")
+                    f"report {RunLayout(out).report_md}")
     if not report["audit"]["ok"]:
         raise typer.Exit(code=2)
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix two runs in one directory unless told to replace the earlier one."""
-    from simulations.simulate.horizontal import KEYS_DIR
-
-    earlier = [out / name for name in ("report.json", KEYS_DIR, "federated_dp", "federated",
-                                       "vertical_ledgers", "audit.html")
-               if (out / name).exists()]
+    earlier = RunLayout(out).earlier_run()
     if earlier and not overwrite:
         raise typer.BadParameter(f"{out} already holds a run ({', '.join(p.name for p in earlier)}"
                                  f"); choose another --out or pass --overwrite", param_hint="--out")
@@ -215,7 +212,8 @@ def show_summary(report: dict, out: Path) -> None:
                         f"{f['delta']:g}", f"{f['noise_multiplier']:.3f}",
                         str(f["rounds_trained"]))
     Console().print(privacy)
-    Console().print(f"report: {out / 'report.md'}  (json: {out / 'report.json'}), "
+    layout = RunLayout(out)
+    Console().print(f"report: {layout.report_md}  (json: {layout.report_json}), "
                     f"{report['timing']['wall_seconds']:.1f} s")
 
 
@@ -292,12 +290,9 @@ def federation_demo(
     SuperNode per partner, `flwr run`, then audit the ledgers. Stops every process it started."""
     import signal
 
-    from simulations.deploy.local import (
-        DemoOptions,
-        FederationError,
-        LocalFederation,
-        run_demo,
-    )
+    from common.errors import FederationError
+    from simulations.deploy.demo import run_demo
+    from simulations.deploy.local import DemoOptions, LocalFederation
 
     try:
         options = DemoOptions(rounds=rounds, epsilon=epsilon, delta=delta,
@@ -337,7 +332,7 @@ def federation_demo(
     Console().print(f"run {report['status']}"
                     + (f": {report['message']}" if report["message"] else "")
                     + f"; audit {'VERIFIED' if report['audit']['ok'] else 'FAILED'}; "
-                    f"report {out / 'report.md'}, audit {out / 'audit.html'}")
+                    f"report {out / REPORT_MD}, audit {out / AUDIT_HTML}")
     if report["status"] != "completed" or not report["audit"]["ok"]:
         for finding in report["audit"]["findings"]:
             console.print(f"[red]{finding}[/red]")

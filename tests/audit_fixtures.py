@@ -102,8 +102,7 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
             if server_round > rounds.get(name, PLANNED_ROUNDS + 1):
                 continue
             plan = plans[name]
-            event = SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier,
-                                            plan.steps_per_round)
+            event = plan.round_event
             before = rdp_epsilon(events[name], delta=DELTA) if events[name] else 0.0
             after = rdp_epsilon([*events[name], event], delta=DELTA)
             if refuse_after_budget and after > plan.epsilon_budget * (1 + 1e-9):
@@ -116,7 +115,7 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
             events[name].append(event)
             update = sha256_hex(f"{run_id}/{name}/{server_round}".encode())
             entry = ledger.append(server_round=server_round, plan=plan,
-                                  steps=plan.steps_per_round,
+                                  steps=event.steps,
                                   epsilon_cumulative=after * claim_scale.get(name, 1.0),
                                   model_received_sha256=model, update_sent_sha256=update)
             if (name, server_round) not in skip_receipts:

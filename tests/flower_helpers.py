@@ -19,6 +19,7 @@ from common.config import RunConfig
 from common.data.schema import load_schema
 from common.data.tables import bundled_path
 from common.learning.model import build_model, get_weights
+from common.protocol import ARRAYS, CONFIG, INFO, METRICS, PARTNER, REFUSAL_REASON
 
 
 def set_task_identity() -> None:
@@ -41,15 +42,15 @@ def arrays_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
 
 def train_message(weights: dict[str, np.ndarray], config: dict) -> Message:
     """A train instruction as the coordinator's strategy sends it."""
-    return Message(content=RecordDict({"arrays": arrays_record(weights),
-                                       "config": ConfigRecord(config)}),
+    return Message(content=RecordDict({ARRAYS: arrays_record(weights),
+                                       CONFIG: ConfigRecord(config)}),
                    dst_node_id=1, message_type=MessageType.TRAIN)
 
 
 def evaluate_message(weights: dict[str, np.ndarray]) -> Message:
     """An evaluate instruction."""
-    return Message(content=RecordDict({"arrays": arrays_record(weights),
-                                       "config": ConfigRecord({})}),
+    return Message(content=RecordDict({ARRAYS: arrays_record(weights),
+                                       CONFIG: ConfigRecord({})}),
                    dst_node_id=1, message_type=MessageType.EVALUATE)
 
 
@@ -62,10 +63,9 @@ def node_context(node_config: dict, run: RunConfig) -> Context:
 def reply_message(partner: str, weights: dict[str, np.ndarray] | None, metrics: dict,
                   refusal: str = "", node_id: int = 7) -> Message:
     """A partner's train reply as the ServerApp receives it."""
-    content = RecordDict({"metrics": MetricRecord(metrics),
-                          "info": ConfigRecord({"partner": partner,
-                                                "refusal-reason": refusal})})
+    content = RecordDict({METRICS: MetricRecord(metrics),
+                          INFO: ConfigRecord({PARTNER: partner, REFUSAL_REASON: refusal})})
     if weights is not None:
-        content["arrays"] = arrays_record(weights)
+        content[ARRAYS] = arrays_record(weights)
     request = Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
     return Message(content=content, reply_to=request)

@@ -1,8 +1,11 @@
 """Partner scenarios: which rows of a bundled data set each simulated partner holds.
 
-`natural` splits follow DESIGN.md: credit_data by `Home` (bank = owners, lender = renters and
-private, e-commerce = the rest), lending_club by US census region of `addr_state`. `iid` and
-`dirichlet` are controls that deal the same rows out at random / label-skewed.
+`natural` splits give each partner a different population, as in the real market: credit_data by
+`Home` (bank = owners, lender = renters and private, e-commerce = parents, other, ignore and
+missing), lending_club by US census region of `addr_state`. `iid` and `dirichlet` are controls
+that deal the same rows out at random / label-skewed. The vertical scenario (`credit_data_vertical`)
+splits credit_data's columns by party instead (`PARTY_COLUMNS`). Partner sizes and bad rates:
+docs/architecture.md ("Bundled data and scenarios").
 """
 
 from __future__ import annotations

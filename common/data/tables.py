@@ -1,4 +1,5 @@
-"""Partner data sets: load a CSV against its schema, split it per partner, stratified and seeded."""
+"""Partner data sets: load a CSV against its schema and split it into train/test, stratified and
+seeded (a deployed partner's own CSV, or a bundled data set that `scenarios` deals out)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The one training loop and the one evaluation routine, used by clients, baselines and tests.
 
-With `dp` set, training is DP-SGD via Opacus: each step draws a Poisson sample of the training
-rows at rate q (every row independently), computes per-sample gradients, clips each to the norm
-C, sums, adds Gaussian noise N(0, σ²C²) and divides by the expected batch size q·n. Without `dp`
-it is ordinary minibatch training on shuffled data.
+With `dp` (a `SubsampledGaussianEvent`) training is DP-SGD via Opacus: each of its steps draws a
+Poisson sample of the training rows at rate q (every row independently), computes per-sample
+gradients, clips each to the norm C, sums, adds Gaussian noise N(0, σ²C²) and divides by the
+expected batch size q·n. Without `dp` it is ordinary minibatch training on shuffled data.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 
 from common.data.tables import Split
 from common.learning.metrics import credit_metrics
+from common.privacy.accounting import SubsampledGaussianEvent
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -46,30 +47,13 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class DPSettings:
-    """The DP-SGD mechanism: Poisson sample rate q, noise multiplier σ, clipping norm C."""
-
-    sample_rate: float
-    noise_multiplier: float
-    max_grad_norm: float
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.sample_rate <= 1.0:
-            raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
-        if self.noise_multiplier < 0:
-            raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
-        if self.max_grad_norm <= 0:
-            raise ValueError(f"max grad norm must be > 0, got {self.max_grad_norm}")
-
-
-@dataclass(frozen=True)
 class TrainOutcome:
     """What a training call did: steps taken, examples seen, mean loss, and the DP mechanism."""
 
     steps: int
     num_examples: int
     mean_loss: float
-    dp: DPSettings | None
+    dp: SubsampledGaussianEvent | None
 
 
 def steps_per_epoch(num_rows: int, *, batch_size: int | None = None,
@@ -95,11 +79,12 @@ def _make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torc
 
 
 def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
-          dp: DPSettings | None = None, steps: int | None = None) -> TrainOutcome:
+          dp: SubsampledGaussianEvent | None = None) -> TrainOutcome:
     """Train `model` in place on `data`; returns what was done.
 
-    `steps` overrides the number of steps implied by `settings.epochs` (the privacy layer uses it
-    to enforce the partner's per-round allowance). Sampling and noise use two independent streams
+    Without `dp`: `settings.epochs` epochs of shuffled minibatches. With `dp`: exactly `dp.steps`
+    DP-SGD steps at its q, σ and clipping norm (the privacy layer's authorized mechanism);
+    `settings` then gives only the optimiser. Sampling and noise use two independent streams
     derived from `seed`; whoever knows `seed` can reproduce both, so a deployed partner passes
     fresh OS randomness (see `common.partner.round_seed`).
     """
@@ -114,7 +99,7 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
     model.train()
     if dp is None:
         per_epoch = steps_per_epoch(len(data), batch_size=settings.batch_size)
-        total = steps if steps is not None else num_steps(settings.epochs, per_epoch)
+        total = num_steps(settings.epochs, per_epoch)
         optimizer = _make_optimizer(list(model.parameters()), settings)
         losses = []
         order = torch.randperm(len(data), generator=sampling)
@@ -131,19 +116,17 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
         return TrainOutcome(steps=total, num_examples=len(data),
                             mean_loss=float(np.mean(losses)), dp=None)
 
-    per_epoch = steps_per_epoch(len(data), sample_rate=dp.sample_rate)
-    total = steps if steps is not None else num_steps(settings.epochs, per_epoch)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         private = GradSampleModule(model, loss_reduction="sum")
         optimizer = DPOptimizer(
             _make_optimizer(list(private.parameters()), settings),
-            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clipping_norm,
             expected_batch_size=max(1, round(dp.sample_rate * len(data))),
             loss_reduction="mean", generator=torch.Generator().manual_seed(noise_seed))
     losses = []
     try:
-        for _ in range(total):
+        for _ in range(dp.steps):
             mask = torch.rand(len(data), generator=sampling) < dp.sample_rate
             optimizer.zero_grad()
             loss = loss_fn(private(features[mask]), labels[mask])
@@ -155,7 +138,7 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
                 losses.append(loss.item() / int(mask.sum()))
     finally:
         private._close()
-    return TrainOutcome(steps=total, num_examples=len(data),
+    return TrainOutcome(steps=dp.steps, num_examples=len(data),
                         mean_loss=float(np.mean(losses)) if losses else float("nan"), dp=dp)
 
 

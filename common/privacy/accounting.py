@@ -1,15 +1,18 @@
-"""Privacy accounting for DP-SGD, in the style of Google's dp_accounting.
+"""Privacy accounting, in the style of Google's dp_accounting: events, ε, calibration, slack.
 
-What happened (a `SubsampledGaussianEvent`: Poisson sample rate q, noise multiplier σ, steps) is
-kept apart from how it is counted (`rdp_epsilon`, with a named RDP-to-(ε, δ) conversion). The RDP
-of the subsampled Gaussian comes from Opacus' analysis (Mironov et al. 2019).
+What happened is one frozen `SubsampledGaussianEvent` (Poisson sample rate q, noise multiplier σ,
+steps, clipping norm C): a DP-SGD run, or a one-shot Gaussian release (q = 1, one step). How it
+is counted is kept apart: `rdp_epsilon` composes events with the RDP of the subsampled Gaussian
+from Opacus' analysis (Mironov et al. 2019) and a named RDP-to-(ε, δ) conversion.
+`calibrate_noise_multiplier` is the one σ calibration, and `within_budget` the one comparison of
+a composed ε with a budget.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from opacus.accountants.analysis import rdp as opacus_rdp
@@ -21,15 +24,33 @@ RDP_ORDERS: tuple[float, ...] = tuple(
 ACCOUNTANT_NAME = "rdp (opacus.accountants.analysis.rdp)"
 CONVERSIONS = ("balle2020", "classic")
 """`balle2020`: Balle et al. 2020 Thm. 21, Opacus 1.6's default; `classic`: Mironov 2017 Prop. 3."""
+CONVERSION = "balle2020"
+"""The conversion every partner and party of this project accounts with."""
+
+EPSILON_SLACK = 1e-9
+"""Relative float round-off allowed when comparing a composed ε with a budget."""
+
+MAX_NOISE_MULTIPLIER = 1e5
+"""Calibration gives up when σ would have to exceed this: the target is out of reach."""
+
+
+def within_budget(epsilon: float, budget: float) -> bool:
+    """Whether a composed ε stays within `budget`, up to float round-off (`EPSILON_SLACK`)."""
+    return epsilon <= budget * (1 + EPSILON_SLACK)
 
 
 @dataclass(frozen=True)
 class SubsampledGaussianEvent:
-    """`steps` DP-SGD steps with Poisson sampling at rate q and noise multiplier σ."""
+    """`steps` Gaussian steps, each on a Poisson sample of the rows at rate q.
+
+    Each step adds N(0, (σ·C)²) noise to a sum of contributions clipped to L2 norm C (the clipping
+    norm, or the L2 sensitivity of a one-shot release). ε depends on q, σ and steps only.
+    """
 
     sample_rate: float
     noise_multiplier: float
     steps: int
+    clipping_norm: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample_rate <= 1.0:
@@ -38,6 +59,8 @@ class SubsampledGaussianEvent:
             raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not self.clipping_norm > 0.0:
+            raise ValueError(f"clipping norm must be > 0, got {self.clipping_norm}")
 
 
 def rdp_curve(events: Iterable[SubsampledGaussianEvent],
@@ -72,7 +95,7 @@ def _rdp_per_step(sample_rate: float, noise_multiplier: float,
 
 
 def rdp_epsilon(events: Iterable[SubsampledGaussianEvent], *, delta: float,
-                conversion: str = "balle2020", orders: tuple[float, ...] = RDP_ORDERS) -> float:
+                conversion: str = CONVERSION, orders: tuple[float, ...] = RDP_ORDERS) -> float:
     """ε at `delta` of all `events` composed, via RDP and the named conversion."""
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
@@ -95,24 +118,41 @@ def rdp_epsilon(events: Iterable[SubsampledGaussianEvent], *, delta: float,
 
 
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float,
-                               steps: int, conversion: str = "balle2020",
-                               tolerance: float = 1e-3) -> float:
-    """Smallest σ (within `tolerance`) so that `steps` steps at rate q spend <= target ε."""
-    if target_epsilon <= 0:
+                               steps: int, prior: Sequence[SubsampledGaussianEvent] = (),
+                               conversion: str = CONVERSION, tolerance: float = 1e-3) -> float:
+    """Smallest σ (within `tolerance`) such that the `prior` events, then `steps` steps at rate q
+    and noise multiplier σ, compose to at most `target_epsilon`.
+
+    Bisection: σ = 1, 2, 4, ... until the target is met, then halve [low, high] until it is
+    narrower than `tolerance`; returns `high`, which always meets the target. DP-SGD calls it with
+    its (q, steps), a one-shot release with q = 1 and one step.
+    """
+    if not target_epsilon > 0:
         raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance}")
+    if prior:
+        already = rdp_epsilon(prior, delta=delta, conversion=conversion)
+        if already >= target_epsilon:
+            raise ValueError(f"earlier events already spend epsilon {already:.4g} >= "
+                             f"{target_epsilon}: no budget left for this mechanism")
 
-    def spent(sigma: float) -> float:
-        return rdp_epsilon([SubsampledGaussianEvent(sample_rate, sigma, steps)],
-                           delta=delta, conversion=conversion)
+    def spent(noise_multiplier: float) -> float:
+        event = SubsampledGaussianEvent(sample_rate, noise_multiplier, steps)
+        return rdp_epsilon([*prior, event], delta=delta, conversion=conversion)
 
     low, high = 0.0, 1.0
     while spent(high) > target_epsilon:
         low, high = high, high * 2.0
-        if high > 1e4:
+        if high > MAX_NOISE_MULTIPLIER:
             raise ValueError(f"cannot reach epsilon {target_epsilon} with {steps} steps at "
-                             f"sample rate {sample_rate}")
+                             f"sample rate {sample_rate}"
+                             + (" after the earlier events" if prior else "")
+                             + f" (noise multiplier would exceed {MAX_NOISE_MULTIPLIER:g})")
     while high - low > tolerance:
         mid = (low + high) / 2.0
         low, high = (mid, high) if spent(mid) > target_epsilon else (low, mid)

@@ -2,26 +2,26 @@
 
 The partner owns its budget (ε, δ). At its first round it calibrates the noise multiplier σ
 from the budget and the announced plan (rounds x local epochs at sample rate q), once per run.
-Every round after that uses the calibrated q and σ, whatever the coordinator asks, and the
+Every round after that uses the calibrated mechanism, whatever the coordinator asks, and the
 round is refused if its steps would push the composed ε over the budget.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from common.learning.training import DPSettings, num_steps, steps_per_epoch
+from common.learning.training import num_steps, steps_per_epoch
 from common.privacy.accounting import (
     ACCOUNTANT_NAME,
+    CONVERSION,
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
     rdp_epsilon,
+    within_budget,
 )
 
 log = logging.getLogger(__name__)
-CONVERSION = "balle2020"
-_EPSILON_SLACK = 1e-9  # float round-off allowance when comparing composed ε to the budget
 
 
 def check_budget(epsilon: float, delta: float, *, source: str = "node config",
@@ -35,20 +35,16 @@ def check_budget(epsilon: float, delta: float, *, source: str = "node config",
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """The mechanism a partner calibrated once for the whole run."""
+    """What a partner calibrated once for the whole run: its budget and one round's mechanism.
+
+    `round_event` is the DP-SGD of one planned round (q, σ, steps per round, clipping norm);
+    `planned_rounds` of them spend the budget (ε, δ).
+    """
 
     epsilon_budget: float
     delta: float
-    sample_rate: float
-    noise_multiplier: float
-    max_grad_norm: float
-    steps_per_round: int
+    round_event: SubsampledGaussianEvent
     planned_rounds: int
-
-    @property
-    def dp(self) -> DPSettings:
-        """The DP-SGD settings every round of this run uses."""
-        return DPSettings(self.sample_rate, self.noise_multiplier, self.max_grad_norm)
 
 
 def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_size: int,
@@ -62,9 +58,10 @@ def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_s
     sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,
                                        sample_rate=sample_rate,
                                        steps=per_round * planned_rounds, conversion=CONVERSION)
-    return PrivacyPlan(epsilon_budget=epsilon, delta=delta, sample_rate=sample_rate,
-                       noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                       steps_per_round=per_round, planned_rounds=planned_rounds)
+    return PrivacyPlan(epsilon_budget=epsilon, delta=delta,
+                       round_event=SubsampledGaussianEvent(sample_rate, sigma, per_round,
+                                                           max_grad_norm),
+                       planned_rounds=planned_rounds)
 
 
 @dataclass
@@ -85,11 +82,10 @@ class PrivacyState:
 
 @dataclass(frozen=True)
 class RoundDecision:
-    """Whether a round may run, and with exactly which mechanism."""
+    """Whether a round may run, and exactly which mechanism (the plan's, at the round's steps)."""
 
     allowed: bool
-    dp: DPSettings
-    steps: int
+    event: SubsampledGaussianEvent
     epsilon_before: float
     epsilon_after: float
     reason: str = ""
@@ -102,26 +98,27 @@ def authorize_round(plan: PrivacyPlan, state: PrivacyState, *, requested_epochs:
     The coordinator influences only the number of local epochs it requests; more steps than
     the plan are allowed only while the composed ε stays within budget.
     """
+    planned = plan.round_event
     steps = num_steps(requested_epochs, steps_per_epoch(num_train_rows,
-                                                        sample_rate=plan.sample_rate))
+                                                        sample_rate=planned.sample_rate))
+    event = replace(planned, steps=steps)
     before = state.epsilon(plan.delta)
-    event = SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier, steps)
     after = rdp_epsilon([*state.events, event], delta=plan.delta, conversion=CONVERSION)
-    if after > plan.epsilon_budget * (1 + _EPSILON_SLACK):
-        reason = (f"privacy budget exhausted: this round ({steps} steps, q={plan.sample_rate:.4g},"
-                  f" sigma={plan.noise_multiplier:.4g}) would raise epsilon from {before:.4f} to "
-                  f"{after:.4f}, over the partner's budget {plan.epsilon_budget:g} "
-                  f"(delta={plan.delta:g}, {ACCOUNTANT_NAME})")
+    if not within_budget(after, plan.epsilon_budget):
+        reason = (f"privacy budget exhausted: this round ({steps} steps, "
+                  f"q={planned.sample_rate:.4g}, sigma={planned.noise_multiplier:.4g}) would "
+                  f"raise epsilon from {before:.4f} to {after:.4f}, over the partner's budget "
+                  f"{plan.epsilon_budget:g} (delta={plan.delta:g}, {ACCOUNTANT_NAME})")
         log.warning(reason)
-        return RoundDecision(False, plan.dp, steps, before, before, reason)
-    return RoundDecision(True, plan.dp, steps, before, after)
+        return RoundDecision(False, event, before, before, reason)
+    return RoundDecision(True, event, before, after)
 
 
 def record_round(state: PrivacyState, decision: RoundDecision, steps_taken: int) -> None:
     """Compose the round that just ran into the partner's state."""
     if not decision.allowed:
         raise ValueError("cannot record a refused round")
-    if steps_taken > decision.steps:
-        raise ValueError(f"took {steps_taken} steps, more than the {decision.steps} authorized")
-    state.events.append(SubsampledGaussianEvent(decision.dp.sample_rate,
-                                                decision.dp.noise_multiplier, steps_taken))
+    if steps_taken > decision.event.steps:
+        raise ValueError(f"took {steps_taken} steps, more than the {decision.event.steps} "
+                         f"authorized")
+    state.events.append(replace(decision.event, steps=steps_taken))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.errors import CryptoError, LedgerError
-from common.privacy.accounting import ACCOUNTANT_NAME, SubsampledGaussianEvent
-from common.privacy.budget import CONVERSION, PrivacyPlan
+from common.privacy.accounting import ACCOUNTANT_NAME, CONVERSION, SubsampledGaussianEvent
+from common.privacy.budget import PrivacyPlan
 from common.privacy.crypto import fingerprint, sha256_hex, sign, verify
 
 GENESIS = "0" * 64
@@ -47,7 +47,6 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "model_received_sha256": str, "refusal_reason": str}
 RECEIPT_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint", "timestamp",
                   "ledger_entry_sha256", "update_sha256", "prev_entry_sha256", "signature"}
-
 
 
 def canonical_bytes(payload: dict[str, Any]) -> bytes:
@@ -204,7 +203,15 @@ def ledger_event(entry: dict[str, Any]) -> SubsampledGaussianEvent:
     """The mechanism event an entry records (zero steps for a refusal)."""
     mechanism = entry["mechanism"]
     return SubsampledGaussianEvent(float(mechanism["sample_rate"]),
-                                   float(mechanism["noise_multiplier"]), int(mechanism["steps"]))
+                                   float(mechanism["noise_multiplier"]), int(mechanism["steps"]),
+                                   float(mechanism["clipping_norm"]))
+
+
+def mechanism_fields(event: SubsampledGaussianEvent) -> dict[str, Any]:
+    """An entry's `mechanism`: the event in ledger terms (inverse of `ledger_event`)."""
+    return {"name": MECHANISM, "sampling": SAMPLING, "sample_rate": event.sample_rate,
+            "noise_multiplier": event.noise_multiplier, "steps": int(event.steps),
+            "clipping_norm": event.clipping_norm}
 
 
 class SignedLog:
@@ -268,13 +275,10 @@ class PartnerLedger(SignedLog):
         if not self.entries:
             return None
         last = self.entries[-1]
-        mechanism, calibration = last["mechanism"], last["calibration"]
+        calibration = last["calibration"]
+        round_event = replace(ledger_event(last), steps=int(calibration["steps_per_round"]))
         return PrivacyPlan(epsilon_budget=float(last["epsilon_budget"]),
-                           delta=float(last["delta"]),
-                           sample_rate=float(mechanism["sample_rate"]),
-                           noise_multiplier=float(mechanism["noise_multiplier"]),
-                           max_grad_norm=float(mechanism["clipping_norm"]),
-                           steps_per_round=int(calibration["steps_per_round"]),
+                           delta=float(last["delta"]), round_event=round_event,
                            planned_rounds=int(calibration["planned_rounds"]))
 
     def append(self, *, server_round: int, plan: PrivacyPlan, steps: int,
@@ -284,15 +288,12 @@ class PartnerLedger(SignedLog):
         return self._append({
             "round": int(server_round), "partner": self.partner,
             "event": "refusal" if refusal_reason else "train",
-            "mechanism": {"name": MECHANISM, "sampling": SAMPLING,
-                          "sample_rate": plan.sample_rate,
-                          "noise_multiplier": plan.noise_multiplier,
-                          "steps": int(steps), "clipping_norm": plan.max_grad_norm},
+            "mechanism": mechanism_fields(replace(plan.round_event, steps=int(steps))),
             "delta": plan.delta, "epsilon_budget": plan.epsilon_budget,
             "epsilon_cumulative": float(epsilon_cumulative),
             "accountant": ACCOUNTANT_NAME, "conversion": CONVERSION,
             "calibration": {"planned_rounds": plan.planned_rounds,
-                            "steps_per_round": plan.steps_per_round},
+                            "steps_per_round": plan.round_event.steps},
             "model_received_sha256": model_received_sha256,
             "update_sent_sha256": update_sent_sha256, "refusal_reason": refusal_reason,
         })

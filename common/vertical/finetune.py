@@ -1,8 +1,11 @@
-"""Non-private joint fine-tuning: exact embeddings forward, exact gradients back, per batch."""
+"""Non-private joint fine-tuning, both sides: exact embeddings forward, exact gradients back.
+
+`FinetuneTop` (lender) and `FinetuneBottom` (passive party) keep their model and Adam state as
+arrays between messages; `finetune_batches` is the lender's minibatch schedule.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,16 +13,8 @@ import torch
 from torch import nn
 
 from common.learning.model import build_model, get_weights, set_weights
-from common.learning.training import (
-    TrainSettings,
-    num_steps,
-    steps_per_epoch,
-)
+from common.learning.training import TrainSettings, num_steps, steps_per_epoch
 from common.vertical.stages import TopModel
-
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
 
 
 def finetune_batches(num_rows: int, settings: TrainSettings, seed: int) -> list[np.ndarray]:

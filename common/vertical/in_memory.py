@@ -1,4 +1,6 @@
-"""The whole vertical run in one process (the reference the Flower transport is checked against)."""
+"""The whole vertical run in one process: every party's stages called in turn, every array that
+crosses a party boundary recorded in a `Transcript` (the reference that the Flower transport,
+`clients.vertical` and `server.vertical`, is checked against; simulation and tests only)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ from torch import nn
 
 from common.data.scenarios import LENDER, PARTIES, PASSIVE
 from common.learning.metrics import credit_metrics
-from common.learning.training import (
-    TrainSettings,
-)
+from common.learning.training import TrainSettings
+from common.outputs import ledger_file
 from common.vertical.finetune import FinetuneBottom, FinetuneTop, finetune_batches
 from common.vertical.parties import (
     SETTINGS,
@@ -42,8 +43,6 @@ from common.vertical.stages import (
     scoring_embeddings,
     setting_metrics,
 )
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +143,14 @@ def run_private(scenario: VerticalScenario, settings: VerticalSettings, *, seed:
                                           scoring_embeddings(outcome.bottom, view.test,
                                                              centre=outcome.centre, settings=s))
     tops = fit_private_tops(lender.train, train_emb,
-                            {p: o.noise_std(s) for p, o in outcomes.items()},
+                            {p: o.noise_std for p, o in outcomes.items()},
                             scenario.train_labels, settings=s, seed=seed)
     metrics = setting_metrics(tops, lender.test, dict.fromkeys(tops, test_emb),
                               scenario.test_labels)
-    return metrics, releases, plan_mechanisms(label_release.event.noise_multiplier,
-                                              {p: o.plan for p, o in outcomes.items()})
+    mechanisms = plan_mechanisms(label_release.event,
+                                 {p: o.bottom_event for p, o in outcomes.items()},
+                                 {p: o.embedding_event for p, o in outcomes.items()})
+    return metrics, releases, mechanisms
 
 
 def run_non_private(scenario: VerticalScenario, settings: VerticalSettings, *, seed: int,
@@ -204,7 +205,7 @@ def run_vertical_in_memory(seed: int = 0, settings: VerticalSettings | None = No
         if keys is None:
             raise ValueError("writing ledgers needs each party's signing key")
         for party in PARTIES:
-            path = Path(ledger_dir) / f"{party}.jsonl"
+            path = ledger_file(ledger_dir, party)
             write_ledger(path, keys[party], party, scenario.psi_run_id, releases[party],
                          epsilon_budget=budgets[party], delta=settings.delta)
             result.ledgers[party] = path

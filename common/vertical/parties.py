@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -12,11 +11,6 @@ from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS, PASSIVE, VERTI
 from common.data.schema import Schema, encode_table
 from common.data.tables import load_bundled, subset
 from common.vertical.psi import customer_id, run_psi_in_memory, sample_known_ids
-
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
-
 
 SETTINGS: tuple[tuple[str, ...], ...] = (
     (LENDER,), (LENDER, "ecommerce"), (LENDER, "bank"), (LENDER, "ecommerce", "bank"))
@@ -172,9 +166,9 @@ def load_vertical_scenario(seed: int, *, test_fraction: float = 0.25,
     """The credit_data_vertical scenario: PSI-aligned party views and a seeded train/test split.
 
     Each party's table comes from `load_party` (the lender knows every customer, each passive
-    party a seeded random 85-95%). Rows are aligned by `common.psi.run_psi_in_memory`, ordered
-    by the lender's row and split uniformly at random (`stratify=True` stratifies on the label:
-    simulation only).
+    party a seeded random 85-95%). Rows are aligned by `common.vertical.psi.run_psi_in_memory`,
+    ordered by the lender's row and split uniformly at random (`stratify=True` stratifies on the
+    label: simulation only).
     """
     data = {p: load_party(p, seed) for p in PARTIES}
     psi = run_psi_in_memory({p: list(data[p].ids) for p in PARTIES}, lender=LENDER)

@@ -1,8 +1,13 @@
-"""The accounted releases of a vertical run: calibration, noise, and each party's signed ledger."""
+"""The accounted releases of a vertical run: each party's mechanisms, their noise, its ledger.
+
+The lender releases noisy labels once (stage 1); a passive party trains its bottom with DP-SGD
+(stage 2) and releases noisy embeddings once (stage 3). Each is one `SubsampledGaussianEvent`
+(a one-shot release: q = 1, one step), calibrated by `calibrate_noise_multiplier` and written as
+a `Release` to the party's signed ledger.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,39 +16,33 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.learning.training import (
-    num_steps,
-    steps_per_epoch,
-)
+from common.learning.training import num_steps, steps_per_epoch
 from common.privacy.accounting import (
     ACCOUNTANT_NAME,
+    CONVERSION,
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
     rdp_epsilon,
+    within_budget,
 )
-from common.privacy.budget import CONVERSION, check_budget
 from common.privacy.crypto import sha256_hex
-from common.privacy.ledger import MECHANISM, SAMPLING, PartnerLedger
+from common.privacy.ledger import PartnerLedger, mechanism_fields
 from common.vertical.settings import VerticalSettings, private_seeds
-
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
-
 
 STAGE_LABELS, STAGE_BOTTOM, STAGE_EMBEDDINGS = 1, 2, 3
 RELEASES = {STAGE_LABELS: "noisy-labels", STAGE_BOTTOM: "bottom-training",
             STAGE_EMBEDDINGS: "embeddings"}
-_EPSILON_SLACK = 1e-9
+RELEASE_TOLERANCE = 1e-4
+"""Bisection tolerance on the noise multiplier of a one-shot release (DP-SGD's is 1e-3)."""
 
 
 @dataclass(frozen=True)
 class Release:
-    """One accounted mechanism event of a party, in ledger terms."""
+    """One accounted mechanism event of a party (its clipping norm is the L2 sensitivity), with
+    the hashes of what it was computed from and of what was sent."""
 
     stage: int
     event: SubsampledGaussianEvent
-    sensitivity: float
     received_sha256: str
     sent_sha256: str
 
@@ -53,42 +52,10 @@ class Release:
         return RELEASES[self.stage]
 
 
-def gaussian_release_event(noise_multiplier: float) -> SubsampledGaussianEvent:
-    """A one-shot Gaussian release: every row once (q = 1), one step."""
-    return SubsampledGaussianEvent(1.0, noise_multiplier, 1)
-
-
-def calibrate_release(*, target_epsilon: float, delta: float,
-                      prior: Sequence[SubsampledGaussianEvent] = (),
-                      tolerance: float = 1e-4) -> float:
-    """Smallest z (within `tolerance`) such that `prior` + one Gaussian release at z stays within
-    `target_epsilon` (RDP composition, the project's conversion)."""
-    check_budget(target_epsilon, delta, source="vertical settings")
-
-    def spent(z: float) -> float:
-        return rdp_epsilon([*prior, gaussian_release_event(z)], delta=delta,
-                           conversion=CONVERSION)
-
-    if prior and rdp_epsilon(prior, delta=delta, conversion=CONVERSION) >= target_epsilon:
-        raise ValueError(f"earlier events already spend epsilon >= {target_epsilon}: no budget "
-                         f"left for the release")
-    low, high = 0.0, 1.0
-    while spent(high) > target_epsilon:
-        low, high = high, high * 2.0
-        if high > 1e5:
-            raise ValueError(f"cannot reach epsilon {target_epsilon} with one release")
-    while high - low > tolerance:
-        mid = (low + high) / 2.0
-        low, high = (mid, high) if spent(mid) > target_epsilon else (low, mid)
-    return high
-
-
-def calibrate_dp_sgd(*, target_epsilon: float, delta: float, sample_rate: float,
-                     steps: int) -> float:
-    """σ of the stage-2 DP-SGD so that it alone spends `target_epsilon`."""
-    return calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
-                                      sample_rate=sample_rate, steps=steps,
-                                      conversion=CONVERSION)
+def gaussian_release_event(noise_multiplier: float, *,
+                           sensitivity: float = 1.0) -> SubsampledGaussianEvent:
+    """A one-shot Gaussian release: every row once (q = 1), one step, noise std σ·sensitivity."""
+    return SubsampledGaussianEvent(1.0, noise_multiplier, 1, sensitivity)
 
 
 def releases_epsilon(releases: Sequence[Release], delta: float) -> float:
@@ -100,8 +67,9 @@ class VerticalLedger(PartnerLedger):
     """A party's ledger of vertical releases: one signed entry per stage, in the ledger format.
 
     Entries are `train` events of mechanism `subsampled_gaussian` (q = 1 for one-shot releases),
-    noise_multiplier = noise std / L2 sensitivity and clipping_norm = L2 sensitivity, so the
-    audit recomputes ε unchanged; `round` is the stage and `calibration.release` names it.
+    noise_multiplier = noise std / L2 sensitivity and clipping_norm = L2 sensitivity (the event's
+    clipping norm), so the audit recomputes ε unchanged; `round` is the stage and
+    `calibration.release` names it.
     """
 
     def append_release(self, release: Release, *, epsilon_budget: float, delta: float,
@@ -110,10 +78,7 @@ class VerticalLedger(PartnerLedger):
         event = release.event
         return self._append({
             "round": release.stage, "partner": self.partner, "event": "train",
-            "mechanism": {"name": MECHANISM, "sampling": SAMPLING,
-                          "sample_rate": event.sample_rate,
-                          "noise_multiplier": event.noise_multiplier,
-                          "steps": int(event.steps), "clipping_norm": release.sensitivity},
+            "mechanism": mechanism_fields(event),
             "delta": delta, "epsilon_budget": epsilon_budget,
             "epsilon_cumulative": float(epsilon_cumulative),
             "accountant": ACCOUNTANT_NAME, "conversion": CONVERSION,
@@ -137,7 +102,7 @@ def write_ledger(path: Path, key: Ed25519PrivateKey, party: str, run_id: str,
     for release in releases:
         spent = rdp_epsilon([*earlier, *(r.event for r in done), release.event], delta=delta,
                             conversion=CONVERSION)
-        if spent > epsilon_budget * (1 + _EPSILON_SLACK):
+        if not within_budget(spent, epsilon_budget):
             raise ValueError(f"{party}: {release.name} would spend epsilon {spent:.4f} over "
                              f"its budget {epsilon_budget:g}")
         done.append(release)
@@ -177,42 +142,43 @@ def release_embeddings(clean: np.ndarray, *, clip: float, noise_multiplier: floa
 def lender_release(train_labels: np.ndarray, *, settings: VerticalSettings, seed: int,
                    psi_run_id: str) -> tuple[np.ndarray, Release]:
     """Lender, stage 1: the noisy labels of the training rows (one release to both partners)."""
-    z_label = calibrate_release(target_epsilon=settings.lender_epsilon, delta=settings.delta)
-    noisy = release_noisy_labels(train_labels, noise_multiplier=z_label,
+    event = gaussian_release_event(calibrate_noise_multiplier(
+        target_epsilon=settings.lender_epsilon, delta=settings.delta, sample_rate=1.0, steps=1,
+        tolerance=RELEASE_TOLERANCE))
+    noisy = release_noisy_labels(train_labels, noise_multiplier=event.noise_multiplier,
                                  seed=private_seeds(seed)[0])
-    return noisy, Release(STAGE_LABELS, gaussian_release_event(z_label), 1.0,
-                          sha256_hex(psi_run_id.encode()), array_sha256(noisy))
+    return noisy, Release(STAGE_LABELS, event, sha256_hex(psi_run_id.encode()),
+                          array_sha256(noisy))
 
 
-@dataclass(frozen=True)
-class BottomPlan:
-    """A passive party's stage-2 DP-SGD (q, σ, steps) and its stage-3 noise multiplier."""
-
-    sample_rate: float
-    sigma: float
-    steps: int
-    embedding_noise_multiplier: float
-
-
-def bottom_plan(num_train: int, settings: VerticalSettings) -> BottomPlan:
-    """Calibrate stage 2 to `stage2_epsilon`, then stage 3 to what is left of `epsilon`."""
+def calibrate_passive_releases(num_train: int, settings: VerticalSettings
+                               ) -> tuple[SubsampledGaussianEvent, SubsampledGaussianEvent]:
+    """A passive party's two mechanisms: the stage-2 DP-SGD, calibrated to `stage2_epsilon`, and
+    the stage-3 embedding release, calibrated to what is left of `epsilon` after it."""
     s = settings
     sample_rate = min(1.0, s.bottom.batch_size / num_train)
     steps = num_steps(s.bottom.epochs, steps_per_epoch(num_train, sample_rate=sample_rate))
-    sigma = calibrate_dp_sgd(target_epsilon=s.stage2_epsilon, delta=s.delta,
-                             sample_rate=sample_rate, steps=steps)
-    z_embed = calibrate_release(target_epsilon=s.epsilon, delta=s.delta,
-                                prior=[SubsampledGaussianEvent(sample_rate, sigma, steps)])
-    return BottomPlan(sample_rate, sigma, steps, z_embed)
+    sigma = calibrate_noise_multiplier(target_epsilon=s.stage2_epsilon, delta=s.delta,
+                                       sample_rate=sample_rate, steps=steps)
+    bottom = SubsampledGaussianEvent(sample_rate, sigma, steps, s.bottom_clip_norm)
+    z_embed = calibrate_noise_multiplier(target_epsilon=s.epsilon, delta=s.delta, sample_rate=1.0,
+                                         steps=1, prior=[bottom], tolerance=RELEASE_TOLERANCE)
+    return bottom, gaussian_release_event(z_embed, sensitivity=s.embedding_clip)
 
 
-def plan_mechanisms(z_label: float, plans: Mapping[str, BottomPlan]) -> dict[str, float]:
-    """The mechanism parameters of a run; a passive party's own when the parties differ."""
-    mechanisms = {"label_noise_multiplier": z_label}
-    fields = {"bottom_sigma": "sigma", "bottom_sample_rate": "sample_rate",
-              "bottom_steps": "steps", "embedding_noise_multiplier": "embedding_noise_multiplier"}
-    for key, attr in fields.items():
-        values = {p: getattr(plan, attr) for p, plan in plans.items()}
+def plan_mechanisms(labels: SubsampledGaussianEvent,
+                    bottoms: Mapping[str, SubsampledGaussianEvent],
+                    embeddings: Mapping[str, SubsampledGaussianEvent]) -> dict[str, float]:
+    """The mechanism parameters of a run (report.json's `mechanisms`): the label release's, and
+    each passive party's stage-2 DP-SGD and stage-3 release (`key[party]` when parties differ)."""
+    mechanisms: dict[str, float] = {"label_noise_multiplier": labels.noise_multiplier}
+    per_party = {
+        "bottom_sigma": {p: e.noise_multiplier for p, e in bottoms.items()},
+        "bottom_sample_rate": {p: e.sample_rate for p, e in bottoms.items()},
+        "bottom_steps": {p: e.steps for p, e in bottoms.items()},
+        "embedding_noise_multiplier": {p: e.noise_multiplier for p, e in embeddings.items()},
+    }
+    for key, values in per_party.items():
         if len(set(values.values())) == 1:
             mechanisms[key] = next(iter(values.values()))
         else:

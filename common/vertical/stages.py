@@ -1,8 +1,12 @@
-"""Each party's stages on its own arrays (numpy in, numpy out): the code every transport shares."""
+"""Each party's stages on its own arrays (numpy in, numpy out): the code every transport shares.
+
+Passive party: its bottom model (stage 2, DP-SGD in the private pipeline), its embeddings
+(stages 3 and 5) and `passive_release`, its whole private part. Lender: the top models
+(stage 4, EIV-corrected on noisy embeddings) and the pooled metrics of each setting.
+"""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,44 +19,31 @@ from common.data.scenarios import PASSIVE
 from common.data.tables import Split
 from common.learning.metrics import credit_metrics
 from common.learning.model import build_model, get_weights
-from common.learning.training import (
-    DPSettings,
-    TrainSettings,
-    train,
-)
-from common.privacy.accounting import (
-    SubsampledGaussianEvent,
-)
+from common.learning.training import TrainSettings, train
+from common.privacy.accounting import SubsampledGaussianEvent
 from common.privacy.crypto import hash_weights
 from common.vertical.parties import SETTINGS, passives_of, setting_name
 from common.vertical.releases import (
     STAGE_BOTTOM,
     STAGE_EMBEDDINGS,
-    BottomPlan,
     Release,
     array_sha256,
-    bottom_plan,
-    gaussian_release_event,
+    calibrate_passive_releases,
     release_embeddings,
 )
 from common.vertical.settings import VerticalSettings, non_private_seeds, private_seeds
 
-log = logging.getLogger(__name__)
-
-log = logging.getLogger(__name__)
-
 
 def train_bottom(features: np.ndarray, targets: np.ndarray, *, settings: TrainSettings,
-                 seed: int, dp: DPSettings | None = None,
-                 steps: int | None = None) -> tuple[nn.Module, int]:
+                 seed: int, dp: SubsampledGaussianEvent | None = None) -> tuple[nn.Module, int]:
     """Passive party, stage 2: a linear logistic score on its columns; returns (model, steps).
 
-    With `dp` it is DP-SGD (the one training loop, `common.training.train`); `targets` may be
-    noisy labels (soft targets: the loss gradient is linear in them).
+    With `dp` it is DP-SGD (the one training loop, `common.learning.training.train`); `targets`
+    may be noisy labels (soft targets: the loss gradient is linear in them).
     """
     model = build_model(features.shape[1], (), seed)
     outcome = train(model, Split(features.astype(np.float32), targets.astype(np.float32)),
-                    settings, seed=seed, dp=dp, steps=steps)
+                    settings, seed=seed, dp=dp)
     if not math.isfinite(outcome.mean_loss):
         raise RuntimeError(f"bottom training diverged (mean loss {outcome.mean_loss})")
     return model, outcome.steps
@@ -153,11 +144,24 @@ class PassiveOutcome:
     centre: float
     released: np.ndarray
     releases: list[Release]
-    plan: BottomPlan
 
-    def noise_std(self, settings: VerticalSettings) -> float:
+    def _event(self, stage: int) -> SubsampledGaussianEvent:
+        return next(r.event for r in self.releases if r.stage == stage)
+
+    @property
+    def bottom_event(self) -> SubsampledGaussianEvent:
+        """Stage 2: the DP-SGD the bottom was trained with."""
+        return self._event(STAGE_BOTTOM)
+
+    @property
+    def embedding_event(self) -> SubsampledGaussianEvent:
+        """Stage 3: the one-shot release of the training rows' embeddings."""
+        return self._event(STAGE_EMBEDDINGS)
+
+    @property
+    def noise_std(self) -> float:
         """Std of the noise on the released embeddings (the lender's EIV correction needs it)."""
-        return self.plan.embedding_noise_multiplier * settings.embedding_clip
+        return self.embedding_event.noise_multiplier * self.embedding_event.clipping_norm
 
 
 def passive_release(party: str, features: np.ndarray, noisy_labels: np.ndarray, *,
@@ -165,22 +169,18 @@ def passive_release(party: str, features: np.ndarray, noisy_labels: np.ndarray, 
     """Passive party, stages 2-3: DP-SGD bottom on the noisy labels, then one noisy release of
     its training rows' embeddings (`settings.epsilon` is this party's budget)."""
     s, k, seeds = settings, PASSIVE.index(party), private_seeds(seed)
-    plan = bottom_plan(len(noisy_labels), s)
-    bottom, taken = train_bottom(features, noisy_labels, settings=s.bottom, seed=seeds[1 + k],
-                                 dp=DPSettings(plan.sample_rate, plan.sigma, s.bottom_clip_norm),
-                                 steps=plan.steps)
+    bottom_event, embedding_event = calibrate_passive_releases(len(noisy_labels), s)
+    bottom, _ = train_bottom(features, noisy_labels, settings=s.bottom, seed=seeds[1 + k],
+                             dp=bottom_event)
     centre = label_centre(noisy_labels)
     clean = embed(bottom, features, centre=centre, clip=s.embedding_clip)
-    released = release_embeddings(clean, clip=s.embedding_clip,
-                                   noise_multiplier=plan.embedding_noise_multiplier,
+    released = release_embeddings(clean, clip=embedding_event.clipping_norm,
+                                   noise_multiplier=embedding_event.noise_multiplier,
                                    seed=seeds[4 + k])
     weights_hash = hash_weights(get_weights(bottom))
-    releases = [
-        Release(STAGE_BOTTOM, SubsampledGaussianEvent(plan.sample_rate, plan.sigma, taken),
-                s.bottom_clip_norm, array_sha256(noisy_labels), weights_hash),
-        Release(STAGE_EMBEDDINGS, gaussian_release_event(plan.embedding_noise_multiplier),
-                s.embedding_clip, weights_hash, array_sha256(released))]
-    return PassiveOutcome(bottom, centre, released, releases, plan)
+    releases = [Release(STAGE_BOTTOM, bottom_event, array_sha256(noisy_labels), weights_hash),
+                Release(STAGE_EMBEDDINGS, embedding_event, weights_hash, array_sha256(released))]
+    return PassiveOutcome(bottom, centre, released, releases)
 
 
 def scoring_embeddings(bottom: nn.Module, features: np.ndarray, *, centre: float,

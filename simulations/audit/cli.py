@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from common.errors import AuditInputError
+from common.outputs import format_number
 from common.privacy.audit import EPSILON_TOLERANCE, AuditResult, verify
 
 audit_app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -43,10 +44,6 @@ def _run(ledgers: list[Path], keys: Path, receipts: Path | None) -> AuditResult:
         raise typer.Exit(code=2) from exc
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def show_result(result: AuditResult, console: Console) -> None:
     """Per-partner table (budget vs claimed vs recomputed), every finding, then the verdict."""
     table = Table(title=f"privacy ledgers of run {result.run_id} (epsilon: budget, claimed, "
@@ -63,9 +60,9 @@ def show_result(result: AuditResult, console: Console) -> None:
     for p in result.partners:
         n = per_ledger[p.ledger]
         table.add_row(Text(p.partner), str(p.rounds_trained), str(p.refusals),
-                      "n/a" if p.epsilon_budget is None else f"{p.epsilon_budget:g}",
-                      "n/a" if p.delta is None else f"{p.delta:g}", _fmt(p.epsilon_claimed),
-                      _fmt(p.epsilon_rdp), _fmt(p.epsilon_pld),
+                      format_number(p.epsilon_budget, 6, style="g"),
+                      format_number(p.delta, 6, style="g"), format_number(p.epsilon_claimed),
+                      format_number(p.epsilon_rdp), format_number(p.epsilon_pld),
                       Text(str(n), style="red" if n else "green"))
     console.print(table)
     console.print(Text(f"recomputed with {result.accountant['rdp']} and {result.accountant['pld']}"

@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from common.outputs import format_number
 from common.privacy.audit import EPSILON_TOLERANCE, AuditResult, EntryAudit, PartnerAudit
 
 COLORS = {"claimed": "#1f4e99", "rdp": "#d9822b", "pld": "#2e8b57", "budget": "#c0392b"}
@@ -57,18 +58,6 @@ img.plot{max-width:100%;height:auto;display:block;margin:6px auto}
 ul{margin:6px 0 6px 20px;padding:0}li{margin:3px 0}
 .facts td:first-child{color:#5a6475;white-space:nowrap;width:1%}
 """
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if math.isinf(value):
-        return "∞"
-    return f"{value:.{digits}f}"
-
-
-def _num(value: float | int | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _png(figure: Figure) -> str:
@@ -186,8 +175,11 @@ def _summary_table(result: AuditResult, counts: dict[str, int]) -> str:
         name = p.ledger.replace("\\", "/").rsplit("/", 1)[-1]
         cells = [escape(p.partner), f'<span class="code" title="{escape(p.ledger)}">'
                                     f"{escape(name)}</span>",
-                 str(p.rounds_trained), str(p.refusals), _num(p.epsilon_budget), _num(p.delta),
-                 _fmt(p.epsilon_claimed), _fmt(p.epsilon_rdp), _fmt(p.epsilon_pld), ratio, status]
+                 str(p.rounds_trained), str(p.refusals),
+                 *(format_number(v, style="g") for v in (p.epsilon_budget, p.delta)),
+                 *(format_number(v, infinity="∞")
+                   for v in (p.epsilon_claimed, p.epsilon_rdp, p.epsilon_pld)),
+                 ratio, status]
         rows.append("<tr>" + "".join(
             f'<td class="num">{c}</td>' if h in numeric else f"<td>{c}</td>"
             for h, c in zip(head, cells, strict=True)) + "</tr>")
@@ -226,10 +218,13 @@ def _entry_row(entry: EntryAudit, codes: list[str], receipts: bool) -> str:
         notes = (f'<span class="tag info">refused</span> {escape(entry.refusal_reason[:160])} '
                  + notes)
     css = "bad" if codes else ("refusal" if entry.event == "refusal" else "")
-    cells = [str(entry.line), _num(entry.seq), _num(entry.round), escape(entry.event),
-             _num(entry.sample_rate), _num(entry.noise_multiplier), _num(entry.steps),
-             _num(entry.clipping_norm), _num(entry.delta), _fmt(entry.epsilon_claimed),
-             _fmt(entry.epsilon_rdp), _fmt(entry.epsilon_pld), gap or "n/a", receipt]
+    logged = (entry.sample_rate, entry.noise_multiplier, entry.steps, entry.clipping_norm,
+              entry.delta)
+    epsilons = (entry.epsilon_claimed, entry.epsilon_rdp, entry.epsilon_pld)
+    cells = [str(entry.line), format_number(entry.seq, style="g"),
+             format_number(entry.round, style="g"), escape(entry.event),
+             *(format_number(v, style="g") for v in logged),
+             *(format_number(v, infinity="∞") for v in epsilons), gap or "n/a", receipt]
     body = "".join(f'<td class="num">{c}</td>' for c in cells)
     return f'<tr class="{css}">{body}<td>{notes}</td></tr>'
 
@@ -237,13 +232,15 @@ def _entry_row(entry: EntryAudit, codes: list[str], receipts: bool) -> str:
 def _partner_section(partner: PartnerAudit, codes_by_line: dict[int, list[str]],
                      key_names: dict[str, str], receipts: bool) -> str:
     signer = key_names.get(partner.key_fingerprint or "", "unknown key")
+    budget, delta = (format_number(v, style="g") for v in (partner.epsilon_budget, partner.delta))
+    claimed, rdp, pld = (format_number(v, infinity="∞") for v in (
+        partner.epsilon_claimed, partner.epsilon_rdp, partner.epsilon_pld))
     facts = [("ledger", f'<span class="path">{escape(partner.ledger)}</span>'),
              ("run", f'<span class="code">{escape(str(partner.run_id))}</span>'),
              ("signing key", f'<span class="path">{escape(str(partner.key_fingerprint))}</span> '
                              f"({escape(signer)}.pub)"),
-             ("budget", f"ε = {_num(partner.epsilon_budget)}, δ = {_num(partner.delta)}"),
-             ("spent (final)", f"claimed {_fmt(partner.epsilon_claimed)}; recomputed RDP "
-                               f"{_fmt(partner.epsilon_rdp)}, PLD {_fmt(partner.epsilon_pld)}"),
+             ("budget", f"ε = {budget}, δ = {delta}"),
+             ("spent (final)", f"claimed {claimed}; recomputed RDP {rdp}, PLD {pld}"),
              ("rounds", f"{partner.rounds_trained} trained, {partner.refusals} refused")]
     fact_rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)
     head = ("line", "seq", "round", "event", "q", "σ", "steps", "clip C", "δ", "ε claimed",

@@ -21,8 +21,10 @@ import torch
 from common.config import RunConfig
 from common.data.scenarios import load_scenario
 from common.learning.model import build_model
-from common.learning.training import train
+from common.learning.training import num_steps, steps_per_epoch, train
+from common.outputs import COORDINATOR_RUN_DIR, KEYS_DIR, LEDGER_DIR, RECEIPTS_FILE
 from common.partner import train_settings
+from common.privacy.audit import COORDINATOR
 from common.privacy.budget import calibrate_plan
 
 _CHILD = """
@@ -70,11 +72,11 @@ def full_simulation(run: RunConfig) -> dict[str, float]:
     and sample its memory."""
     with tempfile.TemporaryDirectory() as tmp:
         marks_file = Path(tmp) / "marks.json"
-        keys = Path(tmp) / "keys"
-        config = replace(run, out_dir=str(Path(tmp) / "run"), sim_dp=True,
-                         sim_ledger_dir=str(Path(tmp) / "ledgers"), sim_keys_dir=str(keys),
-                         receipts_path=str(Path(tmp) / "receipts.jsonl"),
-                         receipt_key=str(keys / "coordinator.key")).to_flower()
+        keys = Path(tmp) / KEYS_DIR
+        config = replace(run, out_dir=str(Path(tmp) / COORDINATOR_RUN_DIR), sim_dp=True,
+                         sim_ledger_dir=str(Path(tmp) / LEDGER_DIR), sim_keys_dir=str(keys),
+                         receipts_path=str(Path(tmp) / RECEIPTS_FILE),
+                         receipt_key=str(keys / f"{COORDINATOR}.key")).to_flower()
         started = time.time()
         child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(config),
                                   str(marks_file)], stdout=subprocess.DEVNULL,
@@ -110,13 +112,15 @@ def epoch_times(run: RunConfig, repeats: int = 5) -> dict[str, float]:
                           local_epochs=run.local_epochs, planned_rounds=run.num_server_rounds,
                           max_grad_norm=run.clip_norm)
     settings = replace(train_settings(run, {}), epochs=1.0)
+    one_epoch = replace(plan.round_event, steps=num_steps(1.0, steps_per_epoch(
+        len(partner.train), sample_rate=plan.round_event.sample_rate)))
     timings: dict[str, list[float]] = {"dp": [], "plain": []}
     for repeat in range(repeats + 1):  # the first repeat warms up
         for kind in ("dp", "plain"):
             model = build_model(partner.train.features.shape[1], run.hidden, run.seed)
             started = time.perf_counter()
             train(model, partner.train, settings, seed=repeat,
-                  dp=plan.dp if kind == "dp" else None)
+                  dp=one_epoch if kind == "dp" else None)
             if repeat:
                 timings[kind].append(time.perf_counter() - started)
     dp, plain = statistics.median(timings["dp"]), statistics.median(timings["plain"])

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.outputs import RECEIPTS_FILE
 from common.privacy.crypto import generate_signing_key, write_key_pair
 from simulations.deploy.pki import (
     create_ca,
@@ -54,7 +55,8 @@ class FederationLayout:
                  "registered is refused):"]
         lines += [f"  flwr supernode register {self.partner_dir(p)}/supernode-auth.pub"
                   for p in self.partners]
-        lines += ["  receipts key for the ServerApp: --run-config \"receipts-path='receipts.jsonl'"
+        lines += ["  receipts key for the ServerApp: --run-config "
+                  f"\"receipts-path='{RECEIPTS_FILE}'"
                   f" receipt-key='{self.root}/coordinator/coordinator.key'\"", ""]
         for p in self.partners:
             d = self.partner_dir(p)
@@ -66,7 +68,7 @@ class FederationLayout:
                       f"ledger-path='{d}/{p}.ledger.jsonl' signing-key='{d}/{p}.key'\"", ""]
         lines += ["Auditor:",
                   f"  fedcredit audit verify LEDGER... --keys {self.auditor_keys} "
-                  "--receipts receipts.jsonl",
+                  f"--receipts {RECEIPTS_FILE}",
                   "", f"Keep {self.root}/ca/ca.key offline: it can issue certificates."]
         return "\n".join(lines)
 

@@ -2,8 +2,7 @@
 authentication, one `flower-supernode` per partner with its own node config, `flwr run`.
 
 `LocalFederation` drives the processes (readiness waits, logs, teardown without orphans);
-`FederationCommands` builds every command line, so the demo, the tests and docs/partners.md
-use the same ones.
+`simulations.deploy.commands` builds every command line, `simulations.deploy.demo` runs the demo.
 """
 
 from __future__ import annotations
@@ -23,101 +22,21 @@ from pathlib import Path
 
 from common.data.scenarios import export_partner_files, get_scenario
 from common.errors import FederationError
+from common.outputs import (
+    COORDINATOR_RUN_DIR,
+    DATA_DIR,
+    FLWR_HOME_DIR,
+    HISTORY_FILE,
+    LOGS_DIR,
+    PKI_DIR,
+    RECEIPTS_FILE,
+)
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
-from simulations.deploy.federation import init_federation
+from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line
+from simulations.deploy.federation import FederationLayout, init_federation
 
-FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 DEMO_MARK = "FEDCREDIT_LOCAL_FEDERATION"  # environment tag on every process we start
-
-
-
-@dataclass(frozen=True)
-class FederationCommands:
-    """Every command line of a deployment, from the paths (or shell variables) of its files.
-
-    `pki` is the `fedcredit federation init` directory as the coordinator keeps it, `partners`
-    where each partner's folder of it lies on the partner's machine (default `pki/partners`),
-    `data` holds `<partner>.csv/.toml`, `work` the coordinator's run directory. The SuperLink
-    listens on `listen_host` and partners reach it at `superlink_host`.
-    """
-
-    pki: str
-    data: str
-    work: str
-    superlink_host: str = "127.0.0.1"
-    superlink_port: int = 8000
-    listen_host: str = "127.0.0.1"
-    partners: str = ""
-
-    def partner_dir(self, partner: str) -> str:
-        """A partner's own folder: its CA certificate, auth key, ledger key and ledger."""
-        return f"{self.partners or self.pki + '/partners'}/{partner}"
-
-    @property
-    def superlink_address(self) -> str:
-        """host:port the SuperNodes and the `flwr` CLI connect to."""
-        return f"{self.superlink_host}:{self.superlink_port}"
-
-    def superlink(self) -> list[str]:
-        """The coordinator's SuperLink: HTTPS with the federation's certificate, node auth on."""
-        s = f"{self.pki}/superlink"
-        return ["flower-superlink", "--ssl-ca-certfile", f"{s}/ca.crt",
-                "--ssl-certfile", f"{s}/server.crt", "--ssl-keyfile", f"{s}/server.key",
-                "--enable-supernode-auth", "--database", f"{self.work}/superlink.db",
-                "--host", self.listen_host, "--port", str(self.superlink_port),
-                "--disable-runtime-dependency-installation"]
-
-    def flwr_config(self) -> str:
-        """$FLWR_HOME/config.toml of the coordinator's `flwr` CLI."""
-        return (f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
-                f'address = "{self.superlink_address}"\n'
-                f'root-certificates = "{self.pki}/superlink/ca.crt"\n')
-
-    def register(self, partner: str) -> list[str]:
-        """Admit one partner's SuperNode key (any other key is refused)."""
-        return ["flwr", "supernode", "register",
-                f"{self.pki}/partners/{partner}/supernode-auth.pub", FEDERATION]
-
-    def node_config(self, partner: str, epsilon: float, delta: float) -> str:
-        """The partner's own settings: who it is, its data, its budget, its ledger."""
-        d = self.partner_dir(partner)
-        return (f"partner='{partner}' epsilon={epsilon!r} delta={delta!r} "
-                f"data-path='{self.data}/{partner}.csv' schema-path='{self.data}/{partner}.toml' "
-                f"ledger-path='{d}/{partner}.ledger.jsonl' signing-key='{d}/{partner}.key'")
-
-    def supernode(self, partner: str, port: int, epsilon: float, delta: float) -> list[str]:
-        """A partner's SuperNode: trusts only the federation CA, signs in with its auth key."""
-        d = self.partner_dir(partner)
-        return ["flower-supernode", "--superlink", self.superlink_address,
-                "--root-certificates", f"{d}/ca.crt",
-                "--auth-supernode-private-key", f"{d}/supernode-auth",
-                "--port", str(port), "--node-config", self.node_config(partner, epsilon, delta)]
-
-    def run_config(self, rounds: int, min_partners: int, extra: str = "") -> str:
-        """The coordinator's run config: rounds, outputs, signed receipts."""
-        text = (f"num-server-rounds={rounds} min-partners={min_partners} "
-                f"out-dir='{self.work}/run' receipts-path='{self.work}/run/receipts.jsonl' "
-                f"receipt-key='{self.pki}/coordinator/coordinator.key'")
-        return f"{text} {extra}".strip()
-
-    def run(self, app: str, rounds: int, min_partners: int, extra: str = "") -> list[str]:
-        """Start the federated run on the SuperLink and stream its log until it ends."""
-        return ["flwr", "run", app, FEDERATION, "--stream",
-                "--run-config", self.run_config(rounds, min_partners, extra)]
-
-    def audit(self, partners: Sequence[str]) -> list[str]:
-        """The auditor's check of every ledger against the coordinator's receipts."""
-        return ["fedcredit", "audit", "verify",
-                *(f"{self.partner_dir(p)}/{p}.ledger.jsonl" for p in partners),
-                "--keys", f"{self.pki}/auditor/keys", "--receipts",
-                f"{self.work}/run/receipts.jsonl"]
-
-
-def shell_line(args: Sequence[str]) -> str:
-    """A command as a person types it: arguments with spaces or quotes in double quotes (so
-    `$VARIABLES` in docs still expand)."""
-    return " ".join(f'"{a}"' if any(c in a for c in " '") else a for a in args)
 
 
 @dataclass
@@ -179,15 +98,17 @@ class LocalFederation:
         self.workspace = workspace.resolve()
         self.options = options
         self.app = (app or project_root()).resolve()
-        self.pki = self.workspace / "pki"
-        self.commands = FederationCommands(pki=str(self.pki), data=str(self.workspace / "data"),
+        self.pki = self.workspace / PKI_DIR
+        self.pki_layout = FederationLayout(self.pki, options.partners, "localhost")
+        self.commands = FederationCommands(pki=str(self.pki), data=str(self.workspace / DATA_DIR),
                                            work=str(self.workspace),
                                            superlink_port=options.superlink_port)
-        self.logs = self.workspace / "logs"
+        self.logs = self.workspace / LOGS_DIR
+        self.run_dir = self.workspace / COORDINATOR_RUN_DIR  # the coordinator's outputs
         self.mark = uuid.uuid4().hex
         self.processes: dict[str, subprocess.Popen] = {}
         bin_dir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, "FLWR_HOME": str(self.workspace / "flwr-home"),
+        self.env = {**os.environ, "FLWR_HOME": str(self.workspace / FLWR_HOME_DIR),
                     "FLWR_TELEMETRY_ENABLED": "0", DEMO_MARK: self.mark,
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -198,14 +119,14 @@ class LocalFederation:
         if self.workspace.exists() and any(self.workspace.iterdir()):
             raise FederationError(f"{self.workspace} exists and is not empty; choose another "
                                   "--out or pass --overwrite")
-        init_federation(self.pki, self.options.partners, "localhost")
-        export_partner_files(self.options.scenario, self.workspace / "data",
+        init_federation(self.pki, self.options.partners, self.pki_layout.superlink_host)
+        export_partner_files(self.options.scenario, self.workspace / DATA_DIR,
                              seed=self.options.seed)
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True)
         (home / "config.toml").write_text(self.commands.flwr_config())
         self.logs.mkdir()
-        (self.workspace / "run").mkdir()
+        self.run_dir.mkdir()
         busy = [p for p in self.ports() if not port_is_free(p)]
         if busy:
             raise FederationError(f"ports already in use: {busy}; choose --superlink-port / "
@@ -345,7 +266,7 @@ class LocalFederation:
     def wait_run(self, process: subprocess.Popen, progress: Callable[[int], None] | None = None
                  ) -> dict:
         """Wait for the run to end; return the coordinator's history.json."""
-        history = self.workspace / "run" / "history.json"
+        history = self.run_dir / HISTORY_FILE
         deadline = time.monotonic() + self.options.timeout
         while not history.exists():
             if progress is not None:
@@ -356,7 +277,7 @@ class LocalFederation:
                 while not history.exists() and time.monotonic() < grace:
                     time.sleep(0.5)
                 if not history.exists():
-                    raise FederationError("the run ended without writing history.json; "
+                    raise FederationError(f"the run ended without writing {HISTORY_FILE}; "
                                           f"{self.logs}/flwr-run.log ends:\n"
                                           f"{self.log_tail('flwr-run')}")
             if time.monotonic() > deadline:
@@ -371,7 +292,7 @@ class LocalFederation:
 
     def rounds_done(self) -> int:
         """Rounds the coordinator has issued receipts for so far."""
-        receipts = self.workspace / "run" / "receipts.jsonl"
+        receipts = self.run_dir / RECEIPTS_FILE
         if not receipts.exists():
             return 0
         try:
@@ -381,13 +302,14 @@ class LocalFederation:
 
     def ledger_paths(self) -> list[Path]:
         """Each partner's ledger (on its own machine in a real deployment)."""
-        return [self.pki / "partners" / p / f"{p}.ledger.jsonl" for p in self.options.partners]
+        return [self.pki_layout.partner_dir(p) / f"{p}.ledger.jsonl"
+                for p in self.options.partners]
 
     def audit(self) -> AuditResult:
         """What the auditor's `fedcredit audit verify` finds on the ledgers and receipts."""
         return verify([p for p in self.ledger_paths() if p.exists()],
-                      self.pki / "auditor" / "keys",
-                      self.workspace / "run" / "receipts.jsonl")
+                      self.pki_layout.auditor_keys,
+                      self.run_dir / RECEIPTS_FILE)
 
     # -- teardown ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -444,113 +366,3 @@ def processes_marked(mark: str, proc: Path = Path("/proc")) -> list[int]:
         except (OSError, IndexError):
             continue
     return found
-
-
-REPORT_FILE, REPORT_JSON, AUDIT_HTML = "report.md", "report.json", "audit.html"
-
-
-def run_demo(fed: LocalFederation, step: Callable[[str], None],
-             progress: Callable[[int], None] | None = None) -> dict:
-    """The whole local federation: set up, start, register, run, audit, report. The caller
-    closes `fed` (tears everything down) whatever happens."""
-    from simulations.audit.html import render_audit_html
-
-    started = time.monotonic()
-    o = fed.options
-    step(f"writing keys, certificates and partner data to {fed.workspace}")
-    fed.prepare()
-    step(f"starting flower-superlink on 127.0.0.1:{o.superlink_port} (TLS, node auth)")
-    fed.start_superlink()
-    for partner in o.partners:
-        step(f"registering {partner}'s SuperNode key")
-        fed.register(partner)
-    for partner in o.partners:
-        step(f"starting {partner}'s flower-supernode (eps={o.epsilon:g}, delta={o.delta:g})")
-        fed.start_supernode(partner)
-    fed.wait_online(len(o.partners))
-    step(f"flwr run: {o.rounds} rounds"
-         + (" with SecAgg+ secure aggregation" if o.secure_aggregation else "")
-         + " (each ClientApp starts in its own process)")
-    history = fed.wait_run(fed.start_run(), progress)
-    step("auditing the partners' ledgers against the coordinator's receipts")
-    audit = fed.audit()
-    (fed.workspace / AUDIT_HTML).write_text(render_audit_html(audit))
-    report = demo_report(fed, history, audit, time.monotonic() - started)
-    (fed.workspace / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True))
-    (fed.workspace / REPORT_FILE).write_text(render_demo_report(report))
-    return report
-
-
-def demo_report(fed: LocalFederation, history: dict, audit: AuditResult,
-                wall_seconds: float) -> dict:
-    """What the local federation produced, where, and whether it verifies."""
-    run_dir = fed.workspace / "run"
-    pooled = next((r["pooled"] for r in reversed(history["rounds"]) if r["pooled"]), {})
-    evaluation = next((r["evaluation"] for r in reversed(history["rounds"])
-                       if r["evaluation"]), {})
-    return {
-        "status": history["status"], "message": history["message"],
-        "run_id": history["run_id"], "wall_seconds": wall_seconds,
-        "secure_aggregation": fed.options.secure_aggregation,
-        "rounds": [{"round": r["round"], "accepted": sorted(r["accepted"]),
-                    "refused": r["refused"], "rejected": r["rejected"], "failed": r["failed"]}
-                   for r in history["rounds"]],
-        "pooled_test_metrics": pooled, "partner_evaluation": evaluation,
-        "privacy": {p.partner: {"epsilon_budget": p.epsilon_budget, "delta": p.delta,
-                                "epsilon_claimed": p.epsilon_claimed,
-                                "epsilon_rdp_recomputed": p.epsilon_rdp,
-                                "rounds_trained": p.rounds_trained, "refusals": p.refusals}
-                    for p in audit.partners},
-        "audit": {"ok": audit.ok, "findings": [str(f) for f in audit.findings],
-                  "receipts_checked": audit.receipts_checked, "report": AUDIT_HTML},
-        "files": {"model": str(run_dir / "model.pt"), "model_meta": str(run_dir / "model.json"),
-                  "history": str(run_dir / "history.json"),
-                  "receipts": str(run_dir / "receipts.jsonl"),
-                  "ledgers": [str(p) for p in fed.ledger_paths()], "logs": str(fed.logs)},
-        "commands": [shell_line(c) for c in (
-            fed.commands.superlink(), *map(fed.commands.register, fed.options.partners),
-            *(fed.commands.supernode(p, fed.options.supernode_port + i, fed.options.epsilon,
-                                     fed.options.delta)
-              for i, p in enumerate(fed.options.partners)),
-            fed.commands.run(str(fed.app), fed.options.rounds, fed.options.min_partners),
-            fed.commands.audit(fed.options.partners))],
-    }
-
-
-def render_demo_report(report: dict) -> str:
-    """report.md of a local federation run."""
-    lines = [f"# Local federation over TLS: {report['status']}", ""]
-    if report["message"]:
-        lines += [f"**{report['message']}**", ""]
-    lines += [f"Run {report['run_id']}, {len(report['rounds'])} rounds, "
-              f"{report['wall_seconds']:.0f} s wall, secure aggregation "
-              f"{'on (SecAgg+)' if report['secure_aggregation'] else 'off'}.", "",
-              "| round | accepted | not accepted |", "|---|---|---|"]
-    for r in report["rounds"]:
-        missing = {**r["refused"], **r["rejected"], **r["failed"]}
-        lines.append(f"| {r['round']} | {', '.join(r['accepted'])} | "
-                     + "; ".join(f"{p}: {why}" for p, why in missing.items()) + " |")
-    metrics = report["pooled_test_metrics"]
-    if metrics:
-        lines += ["", "Final model on the partners' pooled test rows (demo only: a real "
-                  "coordinator holds no data): "
-                  + ", ".join(f"{k} {metrics[k]:.4f}" for k in ("auc", "ks", "brier")
-                              if k in metrics)]
-    lines += ["", "| partner | ε budget | δ | ε spent (ledger) | ε recomputed (RDP) | rounds |",
-              "|---|---|---|---|---|---|"]
-    for partner, p in report["privacy"].items():
-        lines.append(f"| {partner} | {p['epsilon_budget']} | {p['delta']} | "
-                     f"{p['epsilon_claimed']:.4f} | {p['epsilon_rdp_recomputed']:.4f} | "
-                     f"{p['rounds_trained']} |")
-    audit = report["audit"]
-    verdict = ("VERIFIED: no findings" if audit["ok"] else
-               f"{len(audit['findings'])} finding(s):\n" + "\n".join(
-                   f"- {f}" for f in audit["findings"]))
-    lines += ["", f"Audit ({audit['receipts_checked']} receipts, [{audit['report']}]"
-              f"({audit['report']})): {verdict}", "", "Files:", ""]
-    files = report["files"]
-    lines += [f"- {name}: `{path}`" for name, path in files.items() if name != "ledgers"]
-    lines += [f"- ledger: `{path}`" for path in files["ledgers"]]
-    lines += ["", "Commands run (see docs/partners.md):", "", "```sh", *report["commands"],
-              "```", ""]
-    return "\n".join(lines)

@@ -1,0 +1,2 @@
+"""`fedcredit simulate`: Flower's Simulation Engine, the horizontal driver with its baselines,
+the vertical driver, and the reports and plots."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,13 +29,13 @@ from common.learning.metrics import credit_metrics
 from common.learning.model import build_model, set_weights
 from common.learning.personalize import personalize
 from common.learning.training import predict, train
-from common.outputs import HISTORY_FILE, MODEL_FILE
+from common.outputs import AUDIT_HTML, HISTORY_FILE, MODEL_FILE, RunLayout, ledger_file
 from common.partner import train_settings
+from common.privacy.audit import COORDINATOR, verify
 from common.privacy.crypto import generate_signing_key, write_key_pair
+from simulations.simulate.engine import run_in_simulation_engine
 
 log = logging.getLogger(__name__)
-KEYS_DIR, LEDGER_DIR = "keys", "ledgers"
-RECEIPTS_FILE, COORDINATOR, AUDIT_FILE = "receipts.jsonl", "coordinator", "audit.html"
 SETTINGS = ("federated_dp", "federated", "local_only", "centralized", "federated_dp_personalized")
 ProgressFn = Callable[[str, int, int], None]
 
@@ -78,19 +77,6 @@ def run_centralized(run: RunConfig, partners: list[PartnerData]) -> SettingResul
     settings = replace(train_settings(run, {}), epochs=run.local_epochs * run.num_server_rounds)
     train(model, pooled, settings, seed=run.seed)
     return SettingResult({p.partner: predict(model, p.test.features) for p in partners})
-
-
-def run_in_simulation_engine(server_app: Any, client_app: Any, num_supernodes: int) -> None:
-    """Flower's in-process Simulation Engine, one CPU per ClientApp, quiet, no telemetry."""
-    from flwr.simulation import run_simulation
-
-    for key, value in (("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
-                       ("FLWR_TELEMETRY_ENABLED", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        os.environ.setdefault(key, value)
-    run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
 
 
 def run_federation(run: RunConfig, partners: list[PartnerData],
@@ -142,23 +128,22 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
     started = time.perf_counter()
     partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
                              alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
-    out = Path(run.out_dir)
+    layout = RunLayout(Path(run.out_dir))
     timings: dict[str, float] = {}
     results: dict[str, SettingResult] = {}
 
     t0 = time.perf_counter()
-    dp_dir, keys_dir = out / "federated_dp", out / KEYS_DIR
-    create_run_keys(keys_dir, [p.partner for p in partners])
+    create_run_keys(layout.keys, [p.partner for p in partners])
     results["federated_dp"] = run_federation(
-        replace(run, sim_dp=True, sim_pooled_eval=True, out_dir=str(dp_dir),
-                sim_ledger_dir=str(dp_dir / LEDGER_DIR), sim_keys_dir=str(keys_dir),
-                receipts_path=str(dp_dir / RECEIPTS_FILE),
-                receipt_key=str(keys_dir / f"{COORDINATOR}.key")),
+        replace(run, sim_dp=True, sim_pooled_eval=True, out_dir=str(layout.federated_dp),
+                sim_ledger_dir=str(layout.dp_ledgers), sim_keys_dir=str(layout.keys),
+                receipts_path=str(layout.dp_receipts),
+                receipt_key=str(layout.keys / f"{COORDINATOR}.key")),
         partners, progress, "federated_dp")
     timings["federated_dp"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     results["federated"] = run_federation(
-        replace(run, sim_dp=False, sim_pooled_eval=True, out_dir=str(out / "federated")),
+        replace(run, sim_dp=False, sim_pooled_eval=True, out_dir=str(layout.federated)),
         partners, progress, "federated")
     timings["federated"] = time.perf_counter() - t0
     for name, fn in (("local_only", run_local_only), ("centralized", run_centralized)):
@@ -175,7 +160,7 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
         progress("federated_dp_personalized", 1, 1)
 
     dp_history = results["federated_dp"].history or {}
-    audit = audit_run(out, dp_dir, [p.partner for p in partners])
+    audit = audit_run(layout, [p.partner for p in partners])
     return {
         "audit": audit,
         "partners": {p.partner: {"train_rows": len(p.train), "test_rows": len(p.test),
@@ -189,16 +174,15 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
     }
 
 
-def audit_run(out: Path, dp_dir: Path, partners: list[str]) -> dict[str, Any]:
+def audit_run(layout: RunLayout, partners: list[str]) -> dict[str, Any]:
     """Verify the DP run's ledgers and receipts as an auditor would; write `audit.html`."""
-    from common.privacy.audit import verify
     from simulations.audit.html import render_audit_html
 
-    ledgers = [dp_dir / LEDGER_DIR / f"{name}.jsonl" for name in partners]
-    result = verify([p for p in ledgers if p.exists()], out / KEYS_DIR, dp_dir / RECEIPTS_FILE)
-    (out / AUDIT_FILE).write_text(render_audit_html(result))
+    ledgers = [ledger_file(layout.dp_ledgers, name) for name in partners]
+    result = verify([p for p in ledgers if p.exists()], layout.keys, layout.dp_receipts)
+    layout.audit_html.write_text(render_audit_html(result))
     return {"ok": result.ok, "findings": [str(f) for f in result.findings],
-            "report": AUDIT_FILE,
+            "report": AUDIT_HTML,
             "partners": {p.partner: {"epsilon_claimed": p.epsilon_claimed,
                                      "epsilon_rdp_recomputed": p.epsilon_rdp,
                                      "epsilon_pld_recomputed": p.epsilon_pld}

@@ -1,4 +1,5 @@
-"""Simulation reports: `report.json` (a contract for later tools), `report.md` and PNG plots."""
+"""Simulation reports: `report.json` (a contract for later tools), `report.md` and PNG plots;
+the vertical scenario's `report.md`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.outputs import write_json  # noqa: E402
+from common.outputs import (  # noqa: E402
+    AUC_PLOT,
+    EPSILON_PLOT,
+    FEDERATED_DP_DIR,
+    KEYS_DIR,
+    LEDGER_DIR,
+    RECEIPTS_FILE,
+    VERTICAL_LEDGER_DIR,
+    RunLayout,
+    format_number,
+    write_json,
+)
 
 SETTING_TITLES = {
     "federated_dp": "Federated + DP",
@@ -19,17 +31,16 @@ SETTING_TITLES = {
     "centralized": "Centralized pooled (non-private)",
     "federated_dp_personalized": "Federated + DP, personalised",
 }
-AUC_PLOT = "pooled_auc_per_round.png"
-EPSILON_PLOT = "epsilon_per_round.png"
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     """Write report.json, the two plots and report.md into `out_dir`."""
+    layout = RunLayout(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "report.json", report)
+    write_json(layout.report_json, report)
     plot_pooled_auc(out_dir / AUC_PLOT, report)
     plot_epsilon(out_dir / EPSILON_PLOT, report)
-    (out_dir / "report.md").write_text(render_markdown(report))
+    layout.report_md.write_text(render_markdown(report))
 
 
 def _round_series(history: dict[str, Any] | None, key: str) -> tuple[list[int], list[float]]:
@@ -80,10 +91,6 @@ def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     """A human-readable report: did joining the federation pay off, and at what privacy cost?"""
     res = report["results"]
@@ -106,14 +113,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for setting, title in SETTING_TITLES.items():
         m = res[setting]["pooled"]
-        lines.append(f"| {title} | {_fmt(m['auc'])} | {_fmt(m['ks'])} | {_fmt(m['gini'])} | "
-                     f"{_fmt(m['brier'])} | {_fmt(m['pr_auc'])} |")
+        lines.append(f"| {title} | " + " | ".join(
+            format_number(m[key]) for key in ("auc", "ks", "gini", "brier", "pr_auc")) + " |")
     lines += ["", "## Per partner: AUC on the partner's own test split", "",
               "| partner | rows (train/test) | " + " | ".join(SETTING_TITLES.values()) + " |",
               "|---|---|" + "---|" * len(SETTING_TITLES)]
     for p in partners:
         info = report["partners"][p]
-        cells = [_fmt(res[s]["partners"][p]["auc"]) for s in SETTING_TITLES]
+        cells = [format_number(res[s]["partners"][p]["auc"]) for s in SETTING_TITLES]
         lines.append(f"| {p} | {info['train_rows']}/{info['test_rows']} | " + " | ".join(cells)
                      + " |")
     weights = (report.get("personalization") or {}).get("global_weight", {})
@@ -126,9 +133,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               "| partner | eps spent | eps budget | delta | noise multiplier | sample rate | "
               "rounds trained |", "|---|---|---|---|---|---|---|"]
     for p, f in report["privacy"].items():
-        lines.append(f"| {p} | {_fmt(f['epsilon_spent'])} | {f['epsilon_budget']:g} | "
-                     f"{f['delta']:g} | {_fmt(f['noise_multiplier'], 3)} | "
-                     f"{_fmt(f['sample_rate'], 4)} | {f['rounds_trained']} |")
+        lines.append(f"| {p} | {format_number(f['epsilon_spent'])} | {f['epsilon_budget']:g} | "
+                     f"{f['delta']:g} | {format_number(f['noise_multiplier'], 3)} | "
+                     f"{format_number(f['sample_rate'], 4)} | {f['rounds_trained']} |")
     lines += [
         "", "ε is composed over every DP-SGD step of every round (one RDP accountant, Opacus "
         "analysis, Balle et al. 2020 conversion) and covers each partner's released model "
@@ -144,13 +151,51 @@ def render_markdown(report: dict[str, Any]) -> str:
                    if audit["ok"] else f"FAILED with {len(audit['findings'])} finding(s)")
         lines += ["## Privacy audit", "",
                   f"Partner ledgers, coordinator receipts and public keys are in this directory "
-                  f"(`federated_dp/ledgers/`, `federated_dp/receipts.jsonl`, `keys/`). Audit: "
+                  f"(`{FEDERATED_DP_DIR}/{LEDGER_DIR}/`, `{FEDERATED_DP_DIR}/{RECEIPTS_FILE}`, "
+                  f"`{KEYS_DIR}/`). Audit: "
                   f"{verdict}. Full report: [{audit['report']}]({audit['report']}).", "",
                   "| partner | eps claimed | eps recomputed (RDP) | eps recomputed (PLD) |",
                   "|---|---|---|---|"]
         for partner, f in audit["partners"].items():
-            lines.append(f"| {partner} | {_fmt(f['epsilon_claimed'])} | "
-                         f"{_fmt(f['epsilon_rdp_recomputed'])} | "
-                         f"{_fmt(f['epsilon_pld_recomputed'])} |")
+            lines.append(f"| {partner} | {format_number(f['epsilon_claimed'])} | "
+                         f"{format_number(f['epsilon_rdp_recomputed'])} | "
+                         f"{format_number(f['epsilon_pld_recomputed'])} |")
         lines += [f"- {finding}" for finding in audit["findings"]] + [""]
+    return "\n".join(lines)
+
+
+def render_vertical_markdown(report: dict[str, Any]) -> str:
+    """report.md: does joining pay off for the lender, with and without DP?"""
+    lines = [f"# fedcredit simulation: {report['scenario']} (vertical)", "",
+             f"Seed {report['seed']}. Same customers, columns split by party, aligned by PSI; "
+             f"the lender holds the label. Budget per party eps={report['epsilon']:g}, "
+             f"delta={report['delta']:g} (lender's label eps={report['label_epsilon']:g}). "
+             f"Transport: {report['transport']}. Wall time {report['wall_seconds']:.1f} s.", "",
+             "## Lender's pooled test metrics per party combination", "",
+             "| setting | AUC (DP) | KS (DP) | AUC (non-private) | KS (non-private) |",
+             "|---|---|---|---|---|"]
+    for name, modes in report["results"].items():
+        cells = [modes.get(m, {}).get(k, float("nan"))
+                 for m in ("dp", "non_private") for k in ("auc", "ks")]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
+    c = report["centralized"]
+    lines += [f"| centralized logistic regression (reference, pooled data) | | | {c['auc']:.4f} | "
+              f"{c['ks']:.4f} |", "", "## Privacy spent", "",
+              "| party | eps spent | eps budget | what it covers |", "|---|---|---|---|"]
+    for party, p in report["privacy"].items():
+        lines.append(f"| {party} | {p['epsilon_spent']:.4f} | {p['epsilon_budget']:g} | "
+                     f"{p['covers']} |")
+    audit = report["audit"]
+    verdict = ("verified: every signature and hash chain checks out and every claimed epsilon "
+               "matches an independent recomputation (dp-accounting RDP)" if audit["ok"] else
+               f"{len(audit['findings'])} finding(s): " + "; ".join(audit["findings"]))
+    lines += ["", f"Audit of the ledgers in `{VERTICAL_LEDGER_DIR}/` (keys in `{KEYS_DIR}/`): "
+              f"{verdict}. Full report: [{audit['report']}]({audit['report']}).", "",
+              "What the DP covers: each passive party's released embeddings of training customers "
+              "and its bottom model (zero-out of one customer's columns); the lender's noisy "
+              "labels (label DP). Not covered: the clean embeddings of customers being scored "
+              "(the test rows here), the PSI outcome (which customers are common), set sizes. "
+              "The non-private column exchanged exact labels, embeddings and gradients: no "
+              "epsilon applies to it (simulation only; a deployed party refuses that mode). "
+              "See docs/vertical.md.", ""]
     return "\n".join(lines)

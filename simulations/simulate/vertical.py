@@ -1,27 +1,94 @@
-"""Run credit_data_vertical through Flower in-process: a ServerApp and 3 SuperNodes (lender,
-ecommerce, bank), each ClientApp holding only its own party's table (see `clients.vertical`)."""
+"""`fedcredit simulate --scenario credit_data_vertical`: vertical credit_data through Flower.
+
+`simulate_vertical` drives one run: keys, the Flower run, the audit, report.md/report.json.
+`run_vertical_federation` is the Flower run itself, in-process: a ServerApp and 3 SuperNodes
+(lender, ecommerce, bank), each ClientApp holding only its own party's table (see
+`clients.vertical`); every party combination with and without DP, each party's signed ledger.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.config import RunConfig
-from common.data.scenarios import PARTIES
-from common.privacy.ledger import ledger_event
-from common.vertical.in_memory import Transcript, VerticalResult, centralized_logistic
-from common.vertical.parties import load_vertical_scenario
-from common.vertical.releases import Release
-from server.vertical import RESULT_FILE, Observer, Relayed
-from simulations.simulate.horizontal import (
+from common.data.scenarios import LENDER, PARTIES
+from common.outputs import (
+    AUDIT_HTML,
     KEYS_DIR,
     LEDGER_DIR,
-    create_run_keys,
-    run_in_simulation_engine,
+    RESULT_FILE,
+    RunLayout,
+    ledger_file,
 )
+from common.privacy.audit import verify
+from common.privacy.crypto import generate_signing_key, write_key_pair
+from common.privacy.ledger import ledger_event
+from common.vertical.in_memory import Transcript, VerticalResult, centralized_logistic
+from common.vertical.parties import SETTINGS, load_vertical_scenario, setting_name
+from common.vertical.releases import Release
+from common.vertical.settings import VerticalSettings
+from server.vertical import Observer, Relayed
+from simulations.simulate.engine import run_in_simulation_engine
+from simulations.simulate.horizontal import create_run_keys
+from simulations.simulate.reports import render_vertical_markdown
+
+TRANSPORT = "Flower (in-process Simulation Engine, one ClientApp per party)"
+
+
+def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings) -> dict[str, Any]:
+    """Run the vertical scenario once, audit the ledgers, write the report; return it."""
+    from simulations.audit.html import render_audit_html
+
+    started = time.perf_counter()
+    layout = RunLayout(out)
+    layout.vertical_ledgers.mkdir(parents=True, exist_ok=True)
+    for party in PARTIES:
+        write_key_pair(generate_signing_key(), layout.keys, party)
+    result = run_vertical_federation(simulation_run_config(layout, seed, settings))
+    audit = verify([ledger_file(layout.vertical_ledgers, p) for p in PARTIES], layout.keys)
+    layout.audit_html.write_text(render_audit_html(audit))
+    report = {
+        "scenario": "credit_data_vertical", "mode": "vertical", "transport": TRANSPORT,
+        "seed": seed, "epsilon": settings.epsilon, "delta": settings.delta,
+        "label_epsilon": settings.lender_epsilon,
+        "results": {setting_name(parties): {mode: result.metrics[mode][setting_name(parties)]
+                                            for mode in result.metrics}
+                    for parties in SETTINGS},
+        "centralized": {k: result.centralized[k] for k in ("auc", "ks")},
+        "privacy": {p: {"epsilon_spent": result.epsilon[p],
+                        "epsilon_budget": (settings.lender_epsilon if p == LENDER
+                                           else settings.epsilon),
+                        "covers": ("labels (label DP)" if p == LENDER
+                                   else "features (bottom training + embeddings)")}
+                    for p in PARTIES},
+        "mechanisms": result.mechanisms,
+        "audit": {"ok": audit.ok, "findings": [str(f) for f in audit.findings],
+                  "report": AUDIT_HTML},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    layout.report_json.write_text(json.dumps(report, indent=2, sort_keys=True))
+    layout.report_md.write_text(render_vertical_markdown(report))
+    return report
+
+
+def simulation_run_config(layout: RunLayout, seed: int, settings: VerticalSettings) -> RunConfig:
+    """The run config of `simulate_vertical`: DP and non-private modes, the budgets of
+    `settings`, ledgers and keys in the run directory."""
+    return RunConfig(scenario="credit_data_vertical", mode="vertical", seed=seed,
+                     sim_epsilon=settings.epsilon, sim_delta=settings.delta,
+                     sim_budgets=("" if settings.label_epsilon is None
+                                  else f"{LENDER}={settings.label_epsilon}"),
+                     vertical_bottom_epsilon=settings.bottom_epsilon or 0.0,
+                     vertical_embedding_clip=settings.embedding_clip,
+                     clip_norm=settings.bottom_clip_norm, test_fraction=settings.test_fraction,
+                     vertical_non_private=True, out_dir=str(layout.flower_run),
+                     sim_ledger_dir=str(layout.vertical_ledgers), sim_keys_dir=str(layout.keys))
 
 
 def ledger_releases(path: Path) -> list[Release]:
@@ -31,7 +98,6 @@ def ledger_releases(path: Path) -> list[Release]:
         if line.strip():
             entry = json.loads(line)
             releases.append(Release(int(entry["round"]), ledger_event(entry),
-                                    float(entry["mechanism"]["clipping_norm"]),
                                     entry["model_received_sha256"], entry["update_sent_sha256"]))
     return releases
 
@@ -71,8 +137,7 @@ def run_vertical_federation(run: RunConfig, *, centralized: bool = True,
     run_in_simulation_engine(build_server_app(config, observer=observe),
                              build_client_app(config), len(PARTIES))
     summary = json.loads((out / RESULT_FILE).read_text())
-    ledgers = {p: Path(run.sim_ledger_dir) / f"{p}.jsonl" for p in PARTIES} \
-        if run.sim_dp else {}
+    ledgers = {p: ledger_file(run.sim_ledger_dir, p) for p in PARTIES} if run.sim_dp else {}
     result = VerticalResult(
         seed=run.seed, metrics=summary["metrics"], centralized={},
         epsilon=summary.get("epsilon", {}),

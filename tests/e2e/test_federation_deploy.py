@@ -19,15 +19,9 @@ import torch
 from common.config import PartnerConfig, RunConfig
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
 from common.privacy.ledger import read_lines
-from simulations.deploy.local import (
-    FEDERATION,
-    DemoOptions,
-    FederationCommands,
-    LocalFederation,
-    processes_marked,
-    run_demo,
-    shell_line,
-)
+from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line
+from simulations.deploy.demo import run_demo
+from simulations.deploy.local import DemoOptions, LocalFederation, processes_marked
 from simulations.deploy.pki import write_supernode_auth_keys
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from clients.vertical import Party, _mode, own_data, resolve_party
+from clients.context import read_config
+from clients.vertical import Party, check_mode, own_data
 from common.config import RunConfig
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS
 from common.errors import Refusal
+from common.outputs import KEYS_DIR, RESULT_FILE, SCORES_FILE
+from common.privacy.accounting import calibrate_noise_multiplier
 from common.privacy.audit import verify
 from common.privacy.crypto import generate_signing_key
 from common.privacy.ledger import read_lines
@@ -26,15 +29,14 @@ from common.vertical.parties import (
     split_seed,
 )
 from common.vertical.releases import (
+    RELEASE_TOLERANCE,
     STAGE_LABELS,
     Release,
-    calibrate_release,
     gaussian_release_event,
     write_ledger,
 )
 from common.vertical.settings import VerticalSettings, full_batch_finetune
-from server.vertical import RESULT_FILE, SCORES_FILE, Relayed
-from simulations.simulate.horizontal import KEYS_DIR
+from server.vertical import Relayed
 from simulations.simulate.vertical import run_vertical_federation
 from tests.common.vertical.test_psi import _leaks
 from tests.flower_helpers import node_context, set_task_identity
@@ -46,7 +48,7 @@ SCORING = {"query.vfl_embed", "query.vfl_score"}
 
 def test_a_client_loads_only_its_own_partys_ids_and_columns() -> None:
     run = RunConfig(mode="vertical")
-    _, partner = resolve_party(node_context({"partition-id": 1}, run), {})
+    _, partner = read_config(node_context({"partition-id": 1}, run), {})
     data = own_data(partner.partner, run.seed)
     assert data.party == "ecommerce"
     columns = {name.split("=")[0].split("__")[0] for name in data.feature_names}
@@ -201,7 +203,7 @@ def test_each_release_and_the_alignment_happen_once_per_run() -> None:
     with pytest.raises(Refusal, match="bottom was already done in this run"):
         _party(1, "train.vfl_bottom", context=party.context).once("bottom")
     with pytest.raises(Refusal, match="unknown mode"):
-        _mode(_party(1, "train.vfl_bottom", {"mode": "xyz"}).msg, party.partner)
+        check_mode(_party(1, "train.vfl_bottom", {"mode": "xyz"}).msg, party.partner)
 
 
 def test_a_split_that_does_not_fit_the_alignment_is_refused() -> None:
@@ -225,8 +227,9 @@ def test_a_split_that_does_not_fit_the_alignment_is_refused() -> None:
 
 def test_the_ledger_refuses_a_second_release_beyond_the_budget(tmp_path: Path) -> None:
     key = generate_signing_key()
-    label = Release(STAGE_LABELS, gaussian_release_event(
-        calibrate_release(target_epsilon=3.0, delta=1e-5)), 1.0, "a" * 64, "b" * 64)
+    label = Release(STAGE_LABELS, gaussian_release_event(calibrate_noise_multiplier(
+        target_epsilon=3.0, delta=1e-5, sample_rate=1.0, steps=1, tolerance=RELEASE_TOLERANCE)),
+        "a" * 64, "b" * 64)
     path = tmp_path / "lender.jsonl"
     write_ledger(path, key, LENDER, "run", [label], epsilon_budget=3.0, delta=1e-5)
     with pytest.raises(ValueError, match="over its budget"):

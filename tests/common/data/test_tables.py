@@ -1,4 +1,5 @@
-"""Partner data loading and splitting (common/data.py); bundled scenarios (common/scenarios.py)."""
+"""Partner data loading and splitting (common/data/tables.py); bundled scenarios
+(common/data/scenarios.py)."""
 
 from __future__ import annotations
 
@@ -274,7 +275,8 @@ def test_load_scenario_natural_is_stratified() -> None:
     partners = load_scenario("credit_data", split="natural", seed=0, test_fraction=0.25)
     sizes = {p.partner: len(p.train) + len(p.test) for p in partners}
     assert sizes == {"lender": 1219, "ecommerce": 1128, "bank": 2107}
-    expected_bad = {"bank": 0.185, "lender": 0.387, "ecommerce": 0.348}  # DESIGN.md
+    # The bad rates docs/architecture.md states ("Bundled data and scenarios").
+    expected_bad = {"bank": 0.185, "lender": 0.387, "ecommerce": 0.348}
     for p in partners:
         assert len(p.test) / sizes[p.partner] == pytest.approx(0.25, abs=0.01)
         assert abs(p.train.bad_rate - p.test.bad_rate) < 0.01

@@ -1,9 +1,11 @@
-"""The model (common/model.py) and the one training/evaluation loop (common/training.py)."""
+"""The model (common/learning/model.py) and the one training/evaluation loop
+(common/learning/training.py)."""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +15,6 @@ from common.data.tables import Split
 from common.learning.metrics import METRIC_NAMES
 from common.learning.model import CreditRiskMLP, build_model, get_weights, set_weights
 from common.learning.training import (
-    DPSettings,
     TrainSettings,
     evaluate,
     num_steps,
@@ -21,6 +22,7 @@ from common.learning.training import (
     steps_per_epoch,
     train,
 )
+from common.privacy.accounting import SubsampledGaussianEvent
 
 NUM_FEATURES = 5
 TRUE_WEIGHTS = np.array([1.5, -2.0, 1.0, 0.0, 0.5])
@@ -124,15 +126,6 @@ def test_train_settings_validation(kwargs: dict[str, object], pattern: str) -> N
         TrainSettings(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("args", "pattern"), [
-    ((0.0, 1.0, 1.0), "sample rate"), ((1.1, 1.0, 1.0), "sample rate"),
-    ((0.1, -1.0, 1.0), "noise multiplier"), ((0.1, 1.0, 0.0), "max grad norm"),
-])
-def test_dp_settings_validation(args: tuple[float, float, float], pattern: str) -> None:
-    with pytest.raises(ValueError, match=pattern):
-        DPSettings(*args)
-
-
 def test_step_counts() -> None:
     assert steps_per_epoch(100, batch_size=32) == 4
     assert steps_per_epoch(100, sample_rate=0.1) == 10
@@ -144,11 +137,12 @@ def test_step_counts() -> None:
 # --- training ---------------------------------------------------------------------------------
 
 FAST = TrainSettings(epochs=2.0, batch_size=32, learning_rate=0.05)
-DP = DPSettings(sample_rate=0.1, noise_multiplier=1.0, max_grad_norm=1.0)
+DP = SubsampledGaussianEvent(sample_rate=0.1, noise_multiplier=1.0, steps=20, clipping_norm=1.0)
 
 
 @pytest.mark.parametrize("dp", [None, DP], ids=["non-private", "dp"])
-def test_same_seed_gives_identical_weights(train_split: Split, dp: DPSettings | None) -> None:
+def test_same_seed_gives_identical_weights(train_split: Split,
+                                           dp: SubsampledGaussianEvent | None) -> None:
     runs = []
     for seed in (7, 7, 8):
         model = build_model(NUM_FEATURES, (8,), seed=0)
@@ -158,27 +152,28 @@ def test_same_seed_gives_identical_weights(train_split: Split, dp: DPSettings | 
     assert _differs(runs[0], runs[2]), "a different seed must change sampling (and noise)"
 
 
-def test_dp_takes_exactly_the_requested_steps(train_split: Split) -> None:
+def test_dp_takes_exactly_the_events_steps(train_split: Split) -> None:
     model = build_model(NUM_FEATURES, (8,), seed=0)
-    outcome = train(model, train_split, FAST, seed=0, dp=DP, steps=13)
+    event = replace(DP, steps=13)
+    outcome = train(model, train_split, FAST, seed=0, dp=event)
     assert outcome.steps == 13
-    assert outcome.dp == DP
+    assert outcome.dp == event
     assert outcome.num_examples == len(train_split)
     assert math.isfinite(outcome.mean_loss)
 
 
-def test_step_counts_follow_settings_or_override(train_split: Split) -> None:
+def test_step_counts_follow_the_settings_or_the_event(train_split: Split) -> None:
     model = build_model(NUM_FEATURES, (8,), seed=0)
     assert train(model, train_split, FAST, seed=0).steps == 2 * math.ceil(300 / 32)
-    assert train(model, train_split, FAST, seed=0, dp=DP).steps == 2 * 10
-    outcome = train(model, train_split, FAST, seed=0, steps=3)
+    assert train(model, train_split, FAST, seed=0, dp=replace(DP, steps=7)).steps == 7
+    outcome = train(model, train_split, replace(FAST, epochs=0.3), seed=0)
     assert outcome.steps == 3 and outcome.dp is None
 
 
 def test_dp_with_tiny_sample_rate_survives_empty_batches() -> None:
     data = _separable(20, seed=3)  # q * n = 0.2: most Poisson batches are empty
     model = build_model(NUM_FEATURES, (4,), seed=0)
-    outcome = train(model, data, FAST, seed=0, dp=DPSettings(0.01, 1.0, 1.0), steps=30)
+    outcome = train(model, data, FAST, seed=0, dp=SubsampledGaussianEvent(0.01, 1.0, 30))
     assert outcome.steps == 30
     assert all(np.all(np.isfinite(w)) for w in get_weights(model).values())
 
@@ -186,7 +181,7 @@ def test_dp_with_tiny_sample_rate_survives_empty_batches() -> None:
 def test_dp_weights_stay_finite_under_heavy_noise(train_split: Split) -> None:
     model = build_model(NUM_FEATURES, (8,), seed=0)
     train(model, train_split, TrainSettings(learning_rate=0.5, optimizer="sgd"), seed=0,
-          dp=DPSettings(0.05, 50.0, 10.0), steps=20)
+          dp=SubsampledGaussianEvent(0.05, 50.0, 20, clipping_norm=10.0))
     weights = get_weights(model)
     assert all(np.all(np.isfinite(w)) for w in weights.values())
     assert _differs(weights, get_weights(build_model(NUM_FEATURES, (8,), seed=0)))
@@ -194,10 +189,12 @@ def test_dp_weights_stay_finite_under_heavy_noise(train_split: Split) -> None:
 
 def test_dp_without_noise_or_clipping_is_full_batch_gradient_descent(train_split: Split) -> None:
     """q = 1, sigma = 0 and a huge C make DP-SGD's sum/(q·n) the ordinary mean gradient."""
-    settings = TrainSettings(optimizer="sgd", learning_rate=0.1, batch_size=len(train_split))
+    settings = TrainSettings(epochs=5.0, optimizer="sgd", learning_rate=0.1,
+                             batch_size=len(train_split))
     plain, private = (build_model(NUM_FEATURES, (8,), seed=1) for _ in range(2))
-    train(plain, train_split, settings, seed=0, steps=5)
-    train(private, train_split, settings, seed=0, dp=DPSettings(1.0, 0.0, 1e6), steps=5)
+    train(plain, train_split, settings, seed=0)
+    train(private, train_split, settings, seed=0,
+          dp=SubsampledGaussianEvent(1.0, 0.0, 5, clipping_norm=1e6))
     a, b = get_weights(plain), get_weights(private)
     assert _differs(a, get_weights(build_model(NUM_FEATURES, (8,), seed=1)))
     for key in a:
@@ -211,18 +208,18 @@ def test_clipping_bounds_each_step(train_split: Split) -> None:
     model = build_model(NUM_FEATURES, (), seed=0)
     before = np.concatenate([w.ravel() for w in get_weights(model).values()])
     train(model, train_split, TrainSettings(optimizer="sgd", learning_rate=lr), seed=0,
-          dp=DPSettings(1.0, 0.0, clip), steps=1)
+          dp=SubsampledGaussianEvent(1.0, 0.0, 1, clipping_norm=clip))
     after = np.concatenate([w.ravel() for w in get_weights(model).values()])
     assert 0 < np.linalg.norm(after - before) <= lr * clip * (1 + 1e-5)
 
 
 def test_model_can_train_again_after_dp_round(train_split: Split) -> None:
     model = build_model(NUM_FEATURES, (8,), seed=0)
-    train(model, train_split, FAST, seed=0, dp=DP, steps=3)
+    train(model, train_split, FAST, seed=0, dp=replace(DP, steps=3))
     assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None
                    for p in model.parameters())
-    train(model, train_split, FAST, seed=1, dp=DP, steps=3)
-    train(model, train_split, FAST, seed=2, steps=3)
+    train(model, train_split, FAST, seed=1, dp=replace(DP, steps=3))
+    train(model, train_split, replace(FAST, epochs=0.3), seed=2)
     assert all(np.all(np.isfinite(w)) for w in get_weights(model).values())
 
 
@@ -243,7 +240,7 @@ def test_training_learns_a_separable_problem(train_split: Split, test_split: Spl
 
 def test_dp_training_learns_a_separable_problem(train_split: Split, test_split: Split) -> None:
     model = build_model(NUM_FEATURES, (8,), seed=0)
-    train(model, train_split, FAST, seed=0, dp=DP, steps=60)
+    train(model, train_split, FAST, seed=0, dp=replace(DP, steps=60))
     assert evaluate(model, test_split)["auc"] > 0.9
 
 

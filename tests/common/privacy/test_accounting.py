@@ -1,4 +1,5 @@
-"""RDP accounting of the subsampled Gaussian: golden values, Opacus agreement, composition."""
+"""RDP accounting of the subsampled Gaussian: golden values, Opacus agreement, composition, and
+the contracts of the event type, the one σ calibration and the one budget comparison."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from common.privacy.accounting import (
+    CONVERSION,
+    EPSILON_SLACK,
     RDP_ORDERS,
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
     rdp_curve,
     rdp_epsilon,
+    within_budget,
 )
 
 Event = SubsampledGaussianEvent
@@ -115,13 +119,21 @@ def test_zero_noise_is_infinite_epsilon() -> None:
     assert rdp_epsilon([Event(0.1, 2.0, 10), Event(0.1, 0.0, 1)], delta=1e-5) == math.inf
 
 
-@pytest.mark.parametrize(("q", "sigma", "steps", "pattern"), [
-    (0.0, 1.0, 1, "sample rate"), (1.5, 1.0, 1, "sample rate"),
-    (0.1, -0.5, 1, "noise multiplier"), (0.1, 1.0, -1, "steps"),
+@pytest.mark.parametrize(("q", "sigma", "steps", "clip", "pattern"), [
+    (0.0, 1.0, 1, 1.0, "sample rate"), (1.5, 1.0, 1, 1.0, "sample rate"),
+    (0.1, -0.5, 1, 1.0, "noise multiplier"), (0.1, 1.0, -1, 1.0, "steps"),
+    (0.1, 1.0, 1, 0.0, "clipping norm"), (0.1, 1.0, 1, -1.0, "clipping norm"),
+    (0.1, 1.0, 1, math.nan, "clipping norm"),
 ])
-def test_event_validation(q: float, sigma: float, steps: int, pattern: str) -> None:
+def test_event_validation(q: float, sigma: float, steps: int, clip: float, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
-        Event(q, sigma, steps)
+        Event(q, sigma, steps, clip)
+
+
+def test_clipping_norm_defaults_to_one_and_does_not_change_epsilon() -> None:
+    assert Event(0.1, 1.0, 5).clipping_norm == 1.0
+    assert rdp_epsilon([Event(0.1, 1.0, 5, 7.5)], delta=1e-5) == rdp_epsilon(
+        [Event(0.1, 1.0, 5)], delta=1e-5)
 
 
 @pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5])
@@ -135,10 +147,21 @@ def test_unknown_conversion_is_rejected() -> None:
         rdp_epsilon([Event(0.1, 1.0, 1)], delta=1e-5, conversion="pld")
 
 
-def test_events_are_frozen() -> None:
+@pytest.mark.parametrize("field", ["sample_rate", "noise_multiplier", "steps", "clipping_norm"])
+def test_events_are_frozen(field: str) -> None:
     event = Event(0.1, 1.0, 1)
     with pytest.raises(AttributeError):
-        event.steps = 2  # type: ignore[misc]
+        setattr(event, field, 2)
+
+
+# --- budget comparison ------------------------------------------------------------------------
+
+
+def test_within_budget_allows_only_float_round_off() -> None:
+    assert within_budget(3.0, 3.0) and within_budget(0.0, 3.0)
+    assert within_budget(3.0 * (1 + EPSILON_SLACK), 3.0)
+    assert not within_budget(3.0 * (1 + 10 * EPSILON_SLACK), 3.0)
+    assert not within_budget(math.inf, 3.0) and not within_budget(math.nan, 3.0)
 
 
 # --- calibration ------------------------------------------------------------------------------
@@ -163,7 +186,46 @@ def test_calibrated_sigma_is_within_budget_and_tight(target: float, q: float, st
     assert spent(sigma - tolerance) > target
 
 
+PRIOR = (Event(0.1, 3.8, 50), Event(0.05, 2.0, 200))
+
+
+@pytest.mark.parametrize(("target", "prior"), [
+    (0.5, ()), (3.0, ()), (3.0, PRIOR[:1]), (8.0, PRIOR[:1]), (3.0, PRIOR),
+])
+def test_one_shot_release_after_prior_events_is_within_budget_and_tight(
+        target: float, prior: tuple[SubsampledGaussianEvent, ...]) -> None:
+    """The embedding release: one step at q = 1 after the stage-2 DP-SGD (the prior)."""
+    tolerance = 1e-4
+    sigma = calibrate_noise_multiplier(target_epsilon=target, delta=1e-5, sample_rate=1.0,
+                                       steps=1, prior=prior, tolerance=tolerance)
+
+    def spent(s: float) -> float:
+        return rdp_epsilon([*prior, Event(1.0, s, 1)], delta=1e-5)
+
+    assert spent(sigma) <= target
+    assert spent(sigma - tolerance) > target
+    if prior:  # the prior's spending costs noise
+        assert sigma > calibrate_noise_multiplier(target_epsilon=target, delta=1e-5,
+                                                  sample_rate=1.0, steps=1, tolerance=tolerance)
+
+
+@pytest.mark.parametrize(("kwargs", "golden"), [
+    ({"target_epsilon": 1.0, "sample_rate": 0.01, "steps": 1_000}, 1.513671875),
+    ({"target_epsilon": 8.0, "sample_rate": 1.0, "steps": 5}, 1.4267578125),
+    ({"target_epsilon": 3.0, "sample_rate": 1.0, "steps": 1, "tolerance": 1e-4},
+     1.49322509765625),
+    ({"target_epsilon": 3.0, "sample_rate": 1.0, "steps": 1, "tolerance": 1e-4,
+      "prior": PRIOR[:1]}, 1.559326171875),
+])
+def test_calibration_is_bit_identical_to_the_reference_bisection(kwargs: dict,
+                                                                 golden: float) -> None:
+    """Bisection from the bracket [0, 1] (doubled until the target is met) down to `tolerance`
+    returns exact binary fractions: the same σ on every machine and across refactors."""
+    assert calibrate_noise_multiplier(delta=1e-5, **kwargs) == golden
+
+
 def test_calibration_uses_the_default_conversion() -> None:
+    assert CONVERSION == "balle2020"
     kwargs = {"target_epsilon": 1.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 1_000}
     balle = calibrate_noise_multiplier(**kwargs)  # type: ignore[arg-type]
     classic = calibrate_noise_multiplier(**kwargs, conversion="classic")  # type: ignore[arg-type]
@@ -173,8 +235,13 @@ def test_calibration_uses_the_default_conversion() -> None:
 @pytest.mark.parametrize(("kwargs", "pattern"), [
     ({"target_epsilon": 0.0}, "target epsilon"),
     ({"target_epsilon": -1.0}, "target epsilon"),
+    ({"target_epsilon": math.nan}, "target epsilon"),
+    ({"delta": 0.0}, "delta"),
     ({"steps": 0}, "steps"),
+    ({"sample_rate": 0.0}, "sample rate"),
+    ({"tolerance": 0.0}, "tolerance"),
     ({"target_epsilon": 1e-6, "sample_rate": 1.0, "steps": 10_000}, "cannot reach"),
+    ({"target_epsilon": 0.1, "prior": PRIOR}, "no budget left"),
 ])
 def test_calibration_rejects_bad_or_unreachable_targets(kwargs: dict[str, float],
                                                         pattern: str) -> None:

@@ -1,4 +1,4 @@
-"""The auditor's tools: `common.audit.verify`, the `audit` CLI and the HTML report.
+"""The auditor's tools: `common.privacy.audit.verify`, the `audit` CLI and the HTML report.
 
 Every ledger here is written by honest code (PartnerLedger, ReceiptLog, calibrate_plan, the
 partner's RDP accountant) and then tampered with the way a dishonest partner or coordinator
@@ -472,7 +472,7 @@ def test_json_output(fed: Federation, invoke: Invoke) -> None:
         {k: f[k] for k in ("path", "line", "code")} for f in data["findings"]]
     lender = next(p for p in data["partners"] if p["partner"] == "lender")
     assert len(lender["entries"]) == 4 and lender["entries"][0]["sample_rate"] == pytest.approx(
-        fed.plans["lender"].sample_rate)
+        fed.plans["lender"].round_event.sample_rate)
 
 
 def test_html_report_is_self_contained(fed: Federation, invoke: Invoke) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from common.learning.training import DPSettings
+from common.partner import PartnerState
 from common.privacy.accounting import (
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
@@ -23,6 +25,8 @@ from common.privacy.budget import (
     check_budget,
     record_round,
 )
+from common.privacy.crypto import generate_signing_key
+from common.privacy.ledger import PartnerLedger
 
 ROWS, BATCH, EPOCHS, ROUNDS, DELTA, BUDGET = 200, 20, 1.0, 3, 1e-5, 1.0
 
@@ -36,7 +40,7 @@ def plan() -> PrivacyPlan:
 def _run_round(plan: PrivacyPlan, state: PrivacyState, epochs: float = EPOCHS) -> RoundDecision:
     decision = authorize_round(plan, state, requested_epochs=epochs, num_train_rows=ROWS)
     if decision.allowed:
-        record_round(state, decision, decision.steps)
+        record_round(state, decision, decision.event.steps)
     return decision
 
 
@@ -57,22 +61,28 @@ def test_check_budget_accepts_a_valid_budget() -> None:
 
 
 def test_plan_calibrates_sigma_for_all_planned_steps(plan: PrivacyPlan) -> None:
-    assert plan.sample_rate == pytest.approx(BATCH / ROWS)
-    assert plan.steps_per_round == 10  # one epoch at q = 0.1
+    event = plan.round_event
+    assert event.sample_rate == pytest.approx(BATCH / ROWS)
+    assert event.steps == 10  # one epoch at q = 0.1
+    assert event.clipping_norm == 1.5
     assert plan.planned_rounds == ROUNDS
     assert (plan.epsilon_budget, plan.delta) == (BUDGET, DELTA)
-    assert plan.noise_multiplier == calibrate_noise_multiplier(
+    assert event.noise_multiplier == calibrate_noise_multiplier(
         target_epsilon=BUDGET, delta=DELTA, sample_rate=0.1, steps=10 * ROUNDS)
-    assert plan.dp == DPSettings(plan.sample_rate, plan.noise_multiplier, 1.5)
+
+
+def test_plan_is_frozen(plan: PrivacyPlan) -> None:
+    with pytest.raises(AttributeError):
+        plan.planned_rounds = 5  # type: ignore[misc]
 
 
 def test_plan_caps_sample_rate_and_handles_fractional_epochs() -> None:
     full = calibrate_plan(epsilon=4.0, delta=DELTA, num_train_rows=50, batch_size=64,
                           local_epochs=2.0, planned_rounds=2, max_grad_norm=1.0)
-    assert full.sample_rate == 1.0 and full.steps_per_round == 2
+    assert full.round_event.sample_rate == 1.0 and full.round_event.steps == 2
     half = calibrate_plan(epsilon=4.0, delta=DELTA, num_train_rows=200, batch_size=20,
                           local_epochs=0.5, planned_rounds=2, max_grad_norm=1.0)
-    assert half.steps_per_round == 5
+    assert half.round_event.steps == 5
 
 
 @pytest.mark.parametrize(("kwargs", "pattern"), [
@@ -100,8 +110,9 @@ def test_rounds_compose_like_one_accountant_over_all_steps(plan: PrivacyPlan) ->
         decision = _run_round(plan, state)
         assert decision.allowed, decision.reason
         spent = state.epsilon(DELTA)
-        one_run = rdp_epsilon([SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier,
-                                                       r * plan.steps_per_round)], delta=DELTA)
+        event = plan.round_event
+        one_run = rdp_epsilon([SubsampledGaussianEvent(event.sample_rate, event.noise_multiplier,
+                                                       r * event.steps)], delta=DELTA)
         assert spent == pytest.approx(one_run, rel=1e-9)
         assert spent > previous, "epsilon must strictly increase every round"
         assert decision.epsilon_before == pytest.approx(previous, abs=1e-12)
@@ -128,7 +139,7 @@ def test_planned_rounds_fit_the_budget_and_one_more_is_refused(
     assert state.events == events_before and state.epsilon(DELTA) == spent
     assert any("budget" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="refused"):
-        record_round(state, extra, extra.steps)
+        record_round(state, extra, extra.event.steps)
     assert state.events == events_before
 
 
@@ -136,7 +147,7 @@ def test_more_epochs_than_planned_is_refused_not_overspent(plan: PrivacyPlan) ->
     state = PrivacyState()
     decision = authorize_round(plan, state, requested_epochs=50.0, num_train_rows=ROWS)
     assert not decision.allowed and "budget" in decision.reason
-    assert decision.steps == 500
+    assert decision.event.steps == 500
     assert state.events == [] and state.epsilon(DELTA) == 0.0
 
 
@@ -148,7 +159,7 @@ def test_a_greedy_coordinator_cannot_exceed_the_total_budget(plan: PrivacyPlan) 
     # ... but the total never exceeds what the plan allowed for all rounds.
     assert not _run_round(plan, state, epochs=1.0).allowed
     assert not _run_round(plan, state, epochs=0.1).allowed
-    assert sum(e.steps for e in state.events) == ROUNDS * plan.steps_per_round
+    assert sum(e.steps for e in state.events) == ROUNDS * plan.round_event.steps
     assert state.epsilon(DELTA) <= BUDGET
 
 
@@ -156,9 +167,8 @@ def test_a_greedy_coordinator_cannot_exceed_the_total_budget(plan: PrivacyPlan) 
 def test_decision_always_carries_the_plans_mechanism(plan: PrivacyPlan, epochs: float) -> None:
     decision = authorize_round(plan, PrivacyState(), requested_epochs=epochs,
                                num_train_rows=ROWS)
-    assert decision.dp == plan.dp
-    assert (decision.dp.sample_rate, decision.dp.noise_multiplier) == (plan.sample_rate,
-                                                                       plan.noise_multiplier)
+    assert decision.event == replace(plan.round_event, steps=decision.event.steps)
+    assert decision.event.steps == max(1, round(epochs * plan.round_event.steps / EPOCHS))
     assert decision.allowed == (epochs <= ROUNDS * EPOCHS)
 
 
@@ -166,4 +176,41 @@ def test_recorded_event_uses_plan_mechanism_and_steps_taken(plan: PrivacyPlan) -
     state = PrivacyState()
     decision = authorize_round(plan, state, requested_epochs=1.0, num_train_rows=ROWS)
     record_round(state, decision, 7)
-    assert state.events == [SubsampledGaussianEvent(plan.sample_rate, plan.noise_multiplier, 7)]
+    assert state.events == [replace(plan.round_event, steps=7)]
+    with pytest.raises(ValueError, match="more than the"):
+        record_round(state, decision, decision.event.steps + 1)
+
+
+# --- persistence: the partner's Context state and its ledger ----------------------------------
+
+
+def test_partner_state_round_trips_through_its_context_dict(plan: PrivacyPlan) -> None:
+    state = PartnerState(plan=plan, ledger_entries=1, ledger_last_hash="f" * 64)
+    _run_round(plan, state.privacy)
+    raw = state.to_dict()
+    assert raw == {
+        "events-sample-rate": [0.1], "events-noise-multiplier": [plan.round_event.noise_multiplier],
+        "events-steps": [10], "ledger-entries": 1, "ledger-last-hash": "f" * 64,
+        "plan-epsilon-budget": BUDGET, "plan-delta": DELTA, "plan-sample-rate": 0.1,
+        "plan-noise-multiplier": plan.round_event.noise_multiplier, "plan-max-grad-norm": 1.5,
+        "plan-steps-per-round": 10, "plan-planned-rounds": ROUNDS}
+    assert list(raw)[-7:] == ["plan-epsilon-budget", "plan-delta", "plan-sample-rate",
+                              "plan-noise-multiplier", "plan-max-grad-norm",
+                              "plan-steps-per-round", "plan-planned-rounds"]
+    assert PartnerState.from_dict(raw) == state
+    assert PartnerState.from_dict({}) == PartnerState()
+
+
+def test_ledger_records_the_plans_mechanism_and_restores_plan_and_events(
+        tmp_path: Path, plan: PrivacyPlan) -> None:
+    ledger = PartnerLedger(tmp_path / "bank.jsonl", generate_signing_key(), "bank", "run")
+    entry = ledger.append(server_round=1, plan=plan, steps=7, epsilon_cumulative=0.25,
+                          model_received_sha256="a" * 64, update_sent_sha256="b" * 64)
+    assert entry["mechanism"] == {
+        "name": "subsampled_gaussian", "sampling": "poisson", "sample_rate": 0.1,
+        "noise_multiplier": plan.round_event.noise_multiplier, "steps": 7, "clipping_norm": 1.5}
+    assert entry["calibration"] == {"planned_rounds": ROUNDS, "steps_per_round": 10}
+    assert (entry["epsilon_budget"], entry["delta"], entry["conversion"]) == (BUDGET, DELTA,
+                                                                              "balle2020")
+    assert ledger.plan() == plan
+    assert ledger.events() == [replace(plan.round_event, steps=7)]

@@ -12,9 +12,13 @@ import pytest
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS, PASSIVE
 from common.data.tables import load_bundled
 from common.learning.training import TrainSettings
-from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.accounting import (
+    CONVERSION,
+    SubsampledGaussianEvent,
+    calibrate_noise_multiplier,
+    rdp_epsilon,
+)
 from common.privacy.audit import verify
-from common.privacy.budget import CONVERSION
 from common.privacy.crypto import generate_signing_key, write_key_pair
 from common.privacy.ledger import ledger_event
 from common.vertical.in_memory import run_vertical_in_memory
@@ -28,8 +32,13 @@ from common.vertical.parties import (
     split_aligned,
 )
 from common.vertical.releases import (
-    calibrate_release,
+    RELEASE_TOLERANCE,
+    STAGE_BOTTOM,
+    STAGE_EMBEDDINGS,
+    STAGE_LABELS,
+    calibrate_passive_releases,
     gaussian_release_event,
+    plan_mechanisms,
     release_embeddings,
     release_noisy_labels,
     releases_epsilon,
@@ -103,14 +112,49 @@ def test_split_aligned_is_seeded_and_disjoint() -> None:
     assert np.array_equal(train, again[0])
 
 
+def _release_noise(target: float, prior: list[SubsampledGaussianEvent]) -> float:
+    return calibrate_noise_multiplier(target_epsilon=target, delta=DELTA, sample_rate=1.0,
+                                      steps=1, prior=prior, tolerance=RELEASE_TOLERANCE)
+
+
 def test_calibrated_release_spends_the_budget_exactly_with_prior_events() -> None:
     prior = [SubsampledGaussianEvent(0.1, 3.8, 50)]
-    z = calibrate_release(target_epsilon=3.0, delta=DELTA, prior=prior)
+    z = _release_noise(3.0, prior)
     spent = rdp_epsilon([*prior, gaussian_release_event(z)], delta=DELTA, conversion=CONVERSION)
     assert 2.99 < spent <= 3.0
-    assert calibrate_release(target_epsilon=3.0, delta=DELTA) < z  # the prior costs noise
+    assert _release_noise(3.0, []) < z  # the prior costs noise
     with pytest.raises(ValueError, match="no budget left"):
-        calibrate_release(target_epsilon=0.1, delta=DELTA, prior=prior)
+        _release_noise(0.1, prior)
+
+
+def test_passive_releases_spend_the_stage2_share_then_the_rest() -> None:
+    settings = VerticalSettings(epsilon=3.0, bottom_epsilon=1.0, embedding_clip=0.5,
+                                bottom_clip_norm=2.0)
+    bottom, embeddings = calibrate_passive_releases(5000, settings)
+    assert bottom.sample_rate == pytest.approx(settings.bottom.batch_size / 5000)
+    assert bottom.clipping_norm == 2.0
+    assert 0.99 < rdp_epsilon([bottom], delta=settings.delta) <= 1.0
+    assert (embeddings.sample_rate, embeddings.steps, embeddings.clipping_norm) == (1.0, 1, 0.5)
+    assert embeddings.noise_multiplier == _release_noise(3.0, [bottom])
+    assert 2.99 < rdp_epsilon([bottom, embeddings], delta=settings.delta) <= 3.0
+
+
+def test_plan_mechanisms_merges_equal_parties_and_names_differing_ones() -> None:
+    labels = gaussian_release_event(1.7)
+    same = SubsampledGaussianEvent(0.25, 3.0, 40)
+    mechanisms = plan_mechanisms(labels, {"ecommerce": same, "bank": same},
+                                 dict.fromkeys(("ecommerce", "bank"), gaussian_release_event(1.5)))
+    assert list(mechanisms.items()) == [
+        ("label_noise_multiplier", 1.7), ("bottom_sigma", 3.0), ("bottom_sample_rate", 0.25),
+        ("bottom_steps", 40), ("embedding_noise_multiplier", 1.5)]
+    differing = plan_mechanisms(labels, {"ecommerce": same,
+                                         "bank": SubsampledGaussianEvent(0.25, 4.0, 40)},
+                                {"ecommerce": gaussian_release_event(1.5),
+                                 "bank": gaussian_release_event(1.6)})
+    assert list(differing) == [
+        "label_noise_multiplier", "bottom_sigma[ecommerce]", "bottom_sigma[bank]",
+        "bottom_sample_rate", "bottom_steps", "embedding_noise_multiplier[ecommerce]",
+        "embedding_noise_multiplier[bank]"]
 
 
 def test_noisy_labels_are_noised_with_the_calibrated_std() -> None:
@@ -156,12 +200,19 @@ def test_each_party_spends_at_most_its_budget_and_ledgers_match_the_accountant(
         assert entries[-1]["epsilon_cumulative"] == pytest.approx(
             rdp_epsilon(events, delta=DELTA, conversion=CONVERSION))
     lender_release, = result.releases[LENDER]
+    assert lender_release.stage == STAGE_LABELS
     assert (lender_release.event.sample_rate, lender_release.event.steps) == (1.0, 1)
     for party in PASSIVE:
         bottom, embeddings = result.releases[party]
+        assert (bottom.stage, embeddings.stage) == (STAGE_BOTTOM, STAGE_EMBEDDINGS)
         assert bottom.event.sample_rate < 1.0  # Poisson-sampled DP-SGD: real amplification
+        assert bottom.event.clipping_norm == FAST.bottom_clip_norm
         assert (embeddings.event.sample_rate, embeddings.event.steps) == (1.0, 1)
+        assert embeddings.event.clipping_norm == FAST.embedding_clip
         assert releases_epsilon(result.releases[party], DELTA) == result.epsilon[party]
+    assert result.mechanisms == plan_mechanisms(
+        lender_release.event, {p: result.releases[p][0].event for p in PASSIVE},
+        {p: result.releases[p][1].event for p in PASSIVE})
 
 
 def test_audit_verifies_the_vertical_ledgers(synthetic_run) -> None:

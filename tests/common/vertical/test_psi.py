@@ -1,7 +1,7 @@
-"""ECDH-PSI over X25519 (common.vertical.psi): correct intersection and alignment, a transcript with no ID
-nor anything a receiver could match alone, fresh keys per run, commutative blinding, and clear
-errors on bad input. Sets are small (a few hundred to 2,000 IDs); the 100k timing is
-simulations/bench_psi.py's job."""
+"""ECDH-PSI over X25519 (common.vertical.psi): correct intersection and alignment, a transcript
+with no ID nor anything a receiver could match alone, fresh keys per run, commutative blinding,
+and clear errors on bad input. Sets are small (a few hundred to 2,000 IDs); the 100k timing is
+simulations/bench/psi.py's job."""
 
 from __future__ import annotations
 

@@ -1,0 +1,120 @@
+"""The PSI and the split, each party's side: who it is, which of its rows line up, which test."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, Message
+
+from clients.vertical.base import PASSIVE_ROLE, PartyBase
+from common.data.scenarios import LENDER, PASSIVE
+from common.errors import Refusal
+from common.protocol import (
+    ALIGN_STATE,
+    ALIGNED,
+    INFO,
+    NUM_ALIGNED,
+    NUM_TEST,
+    NUM_TRAIN,
+    PARTY,
+    PSI,
+    PSI_RUN_ID,
+    PSI_STATE,
+    ROWS,
+    RUN,
+    SPLIT,
+    STEP_PSI,
+    STEP_SPLIT,
+    TEST,
+    TEST_POSITIONS,
+    party_record,
+)
+from common.vertical.parties import lender_row_order, split_aligned, split_seed
+from common.vertical.psi import (
+    Alignment,
+    LenderParty,
+    PassiveParty,
+    message_from_record,
+    message_to_record,
+)
+
+
+class AlignmentHandlers(PartyBase):
+    """`query.vfl_hello`, the PSI (`query.psi_*`) and `query.vfl_split`."""
+
+    def hello(self) -> Message:
+        """Who this node is."""
+        return self.reply({INFO: ConfigRecord({PARTY: self.name})})
+
+    def psi_open(self) -> Message:
+        """Lender: open one PSI session per partner; the keys stay in the state."""
+        self.require(LENDER)
+        self.once(STEP_PSI)
+        lender = LenderParty(LENDER, self.data.ids, run_id=str(self.config[PSI_RUN_ID]),
+                             partners=list(PASSIVE))
+        records = {party_record(PSI, p): ConfigRecord(message_to_record(lender.open_session(p)))
+                   for p in PASSIVE}
+        self.context.state[PSI_STATE] = ConfigRecord({**lender.session_state(),
+                                                      RUN: lender.run_id})
+        return self.reply(records)
+
+    def psi_respond(self) -> Message:
+        """Passive: blind our IDs and the lender's once more; keep our secret order."""
+        self.require(PASSIVE_ROLE)
+        self.once(STEP_PSI)
+        opening = message_from_record(dict(self.msg.content.config_records[PSI]))
+        party = PassiveParty(self.name, self.data.ids, run_id=opening.run_id, lender=LENDER)
+        answer = party.respond(opening)
+        self.context.state[PSI_STATE] = ConfigRecord({ROWS: party.sent_order(),
+                                                      RUN: opening.run_id})
+        return self.reply({PSI: ConfigRecord(message_to_record(answer))})
+
+    def psi_finish(self) -> Message:
+        """Lender: match the replies, order the aligned rows by its own row, split them."""
+        self.require(LENDER)
+        state = dict(self.context.state.config_records[PSI_STATE])
+        lender = LenderParty(LENDER, self.data.ids, run_id=str(state[RUN]),
+                             partners=list(PASSIVE))
+        lender.restore_sessions(state)
+        records = self.msg.content.config_records
+        for p in PASSIVE:
+            lender.receive(message_from_record(dict(records[party_record(PSI, p)])))
+        alignments = lender.finish()
+        order = lender_row_order(lender.aligned_rows or [])
+        aligned = np.asarray(lender.aligned_rows, dtype=int)[order]
+        _, test = split_aligned(len(aligned), test_fraction=self.run.test_fraction,
+                                seed=split_seed(self.run.seed))
+        del self.context.state[PSI_STATE]  # the session keys are spent
+        self.context.state[ALIGN_STATE] = ConfigRecord({ALIGNED: aligned.tolist(),
+                                                        TEST: test.tolist(), RUN: lender.run_id})
+        replies = {party_record(PSI, a.recipient): ConfigRecord(message_to_record(Alignment(
+            a.run_id, a.sender, a.recipient, tuple(int(i) for i in np.asarray(a.indices)[order]))))
+            for a in alignments}
+        split = ConfigRecord({TEST_POSITIONS: test.tolist(), NUM_ALIGNED: len(aligned)})
+        return self.reply({**replies, SPLIT: split})
+
+    def psi_align(self) -> Message:
+        """Passive: map the lender's positions back to our own rows."""
+        self.require(PASSIVE_ROLE)
+        state = dict(self.context.state.config_records[PSI_STATE])
+        party = PassiveParty(self.name, self.data.ids, run_id=str(state[RUN]), lender=LENDER)
+        party.restore_sent_order(state[ROWS])
+        aligned = party.align(message_from_record(dict(self.msg.content.config_records[PSI])))
+        del self.context.state[PSI_STATE]
+        self.context.state[ALIGN_STATE] = ConfigRecord({ALIGNED: aligned, RUN: party.run_id})
+        return self.reply({INFO: ConfigRecord({NUM_ALIGNED: len(aligned)})})
+
+    def split(self) -> Message:
+        """Passive: which of our aligned rows are test rows (positions only)."""
+        self.require(PASSIVE_ROLE)
+        self.once(STEP_SPLIT)
+        state = self.context.state.config_records[ALIGN_STATE]
+        test = [int(i) for i in self.config[TEST_POSITIONS]]
+        aligned = len(state[ALIGNED])
+        expected = round(aligned * self.run.test_fraction)
+        if (int(self.config[NUM_ALIGNED]) != aligned or len(set(test)) != len(test)
+                or len(test) != expected or any(not 0 <= i < aligned for i in test)):
+            raise Refusal(f"{self.name}: the split does not fit our alignment (distinct "
+                          f"positions, {expected} of {aligned} rows)")
+        state[TEST] = test
+        return self.reply({INFO: ConfigRecord({NUM_TRAIN: len(state[ALIGNED]) - len(test),
+                                               NUM_TEST: len(test)})})

@@ -1,0 +1,164 @@
+"""What every vertical handler stands on: the party's settings, own table and Context state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.context import read_config
+from common.config import PartnerConfig
+from common.data.scenarios import LENDER
+from common.errors import Refusal
+from common.privacy.accounting import within_budget
+from common.privacy.crypto import load_private_key
+from common.privacy.randomness import noise_seed
+from common.protocol import (
+    ALIGN_STATE,
+    ALIGNED,
+    CONFIG,
+    DONE_STATE,
+    DP,
+    MODE,
+    NON_PRIVATE,
+    RUN,
+    TEST,
+    non_private_state,
+)
+from common.vertical.finetune import FinetuneBottom
+from common.vertical.parties import (
+    SETTINGS,
+    PartyData,
+    PartyView,
+    load_party,
+    party_view,
+    passives_of,
+    setting_name,
+)
+from common.vertical.releases import Release, releases_epsilon, write_ledger
+from common.vertical.settings import VerticalSettings
+
+PASSIVE_ROLE = "passive"  # the role of every party but the lender
+
+
+@lru_cache(maxsize=4)
+def own_data(party: str, seed: int) -> PartyData:
+    """This party's own table, cached per process (it is read-only)."""
+    return load_party(party, seed)
+
+
+def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The numpy arrays of an ArrayRecord, by name."""
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord holding `arrays`."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def check_mode(msg: Message, partner: PartnerConfig) -> str:
+    """The message's mode, refused when unknown or when this party may not run it."""
+    mode = str(msg.content.config_records.get(CONFIG, ConfigRecord()).get(MODE, DP))
+    if mode not in (DP, NON_PRIVATE):
+        raise Refusal(f"unknown mode {mode!r}")
+    if mode == NON_PRIVATE and partner.deployed:
+        raise Refusal("a deployed party never runs the non-private mode")
+    if mode == DP and not partner.private:
+        raise Refusal("this party has no privacy budget: the DP mode needs one")
+    return mode
+
+
+class PartyBase:
+    """One party answering one message: its settings (read once from the Context), its own
+    table, and the state it keeps in the Context between messages."""
+
+    def __init__(self, msg: Message, context: Context, overrides: dict) -> None:
+        self.msg, self.context = msg, context
+        self.run, self.partner = read_config(context, overrides)
+        self.name = self.partner.partner
+        self.data = own_data(self.name, self.run.seed)
+        self.settings = VerticalSettings.from_config(self.run, self.partner)
+
+    @property
+    def config(self) -> ConfigRecord:
+        """The message's `config` record."""
+        return self.msg.content.config_records.get(CONFIG, ConfigRecord())
+
+    def mode(self) -> str:
+        """The message's mode (see `check_mode`)."""
+        return check_mode(self.msg, self.partner)
+
+    def require(self, role: str) -> None:
+        """Refuse a message meant for the other role."""
+        if (role == LENDER) != (self.name == LENDER):
+            raise Refusal(f"{self.name} is not the {role} party")
+
+    def noise_seed(self) -> int:
+        """Seed of this party's sampling and noise: the run seed only in simulation (a
+        reproducible analysis); a deployed party draws it from the OS, since whoever knows
+        the seed could subtract the noise."""
+        return noise_seed(deployed=self.partner.deployed, simulated=self.run.seed)
+
+    def once(self, step: str) -> None:
+        """Refuse a second `step` in this run: each release is made (and accounted) once."""
+        done = self.context.state.config_records.get(DONE_STATE, ConfigRecord())
+        if step in done:
+            raise Refusal(f"{self.name}: {step} was already done in this run")
+        done[step] = True
+        self.context.state[DONE_STATE] = done
+
+    def reply(self, records: Mapping[str, ConfigRecord | ArrayRecord | MetricRecord]) -> Message:
+        """A reply carrying `records`, by name."""
+        return Message(content=RecordDict(dict(records)), reply_to=self.msg)
+
+    # ------------------------------------------------------------------ alignment state
+
+    def alignment(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """(aligned own rows, train positions, test positions, PSI run id) from the state."""
+        state = self.context.state.config_records.get(ALIGN_STATE)
+        if state is None or TEST not in state:
+            raise Refusal(f"{self.name}: no PSI alignment and split yet")
+        aligned = np.asarray(state[ALIGNED], dtype=int)
+        test = np.asarray(state[TEST], dtype=int)
+        train = np.setdiff1d(np.arange(len(aligned)), test)
+        return aligned, train, test, str(state[RUN])
+
+    def view(self) -> PartyView:
+        """This party's aligned training and test rows."""
+        aligned, train, test, _ = self.alignment()
+        return party_view(self.data, aligned, train, test)
+
+    def train_labels(self) -> np.ndarray:
+        """Lender: labels of its aligned training rows."""
+        aligned, train, _, _ = self.alignment()
+        assert self.data.labels is not None
+        return self.data.labels[aligned][train]
+
+    # ------------------------------------------------------------------ releases
+
+    def record_releases(self, releases: list[Release], budget: float) -> float:
+        """Append the releases to this party's signed ledger (refused over budget); ε spent."""
+        _, _, _, run_id = self.alignment()
+        if self.partner.ledger_path:
+            write_ledger(Path(self.partner.ledger_path),
+                         load_private_key(Path(self.partner.signing_key)), self.name, run_id,
+                         releases, epsilon_budget=budget, delta=self.settings.delta)
+        spent = releases_epsilon(releases, self.settings.delta)
+        if not within_budget(spent, budget):
+            raise Refusal(f"{self.name}: the releases would spend more than its budget")
+        return spent
+
+    # ------------------------------------------------------------------ non-private state
+
+    def my_settings(self) -> list[str]:
+        """Passive: the settings it is in (their non-private bottoms are its own)."""
+        return [setting_name(p) for p in SETTINGS if self.name in p and passives_of(p)]
+
+    def tuner(self, setting: str) -> FinetuneBottom:
+        """Passive: its non-private bottom of `setting`, with its fine-tuning state."""
+        return FinetuneBottom.from_arrays(arrays_of(self.context.state.array_records[
+            non_private_state(setting)]), self.settings.finetune)

@@ -1,0 +1,222 @@
+"""The auditor's checks of one partner's ledger: well-formed entries, a DP-SGD mechanism, one
+budget, and every claimed ε against the independent recomputation and the budget.
+
+Integrity (signatures, hash chain, seq, run, round order) is `common.privacy.ledger.check_log`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.outputs import format_number
+from common.privacy.audit.accountant import IndependentAccountant, MechanismRound
+from common.privacy.ledger import (
+    LEDGER_FIELDS,
+    LEDGER_KIND,
+    MECHANISM,
+    RECEIPT_FIELDS,
+    SAMPLING,
+    Finding,
+    entry_hash,
+)
+
+EPSILON_TOLERANCE = 0.01
+"""A claimed ε more than this fraction below the recomputed RDP ε is understated."""
+BUDGET_SLACK = 1e-6
+"""Relative float allowance when comparing ε to the budget."""
+
+
+@dataclass
+class EntryAudit:
+    """One ledger entry as the auditor sees it: logged mechanism, claimed and recomputed ε."""
+
+    line: int
+    seq: int | None
+    round: int | None
+    event: str
+    sample_rate: float | None
+    noise_multiplier: float | None
+    steps: int | None
+    clipping_norm: float | None
+    delta: float | None
+    epsilon_claimed: float | None
+    epsilon_rdp: float | None = None
+    epsilon_pld: float | None = None
+    entry_sha256: str = ""
+    receipt_line: int | None = None
+    refusal_reason: str = ""
+
+
+@dataclass
+class PartnerAudit:
+    """One partner's ledger: budget, claimed vs recomputed ε, rounds, every entry."""
+
+    partner: str
+    ledger: str
+    run_id: str | None
+    key_fingerprint: str | None
+    epsilon_budget: float | None
+    delta: float | None
+    epsilon_claimed: float | None
+    epsilon_rdp: float | None
+    epsilon_pld: float | None
+    rounds_trained: int
+    refusals: int
+    entries: list[EntryAudit] = field(default_factory=list)
+
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as float, None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _integer(value: Any) -> int | None:
+    """A JSON integer, None if it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def well_formed(entry: dict[str, Any], kind: str) -> bool:
+    fields = LEDGER_FIELDS if kind == LEDGER_KIND else RECEIPT_FIELDS
+    return set(entry) == fields and entry.get("kind") == kind
+
+
+def _parse_entry(path: Path, line: int, entry: dict[str, Any],
+                 findings: list[Finding]) -> tuple[EntryAudit, MechanismRound | None]:
+    """The entry's logged values, and its (q, σ, steps) if they are a valid mechanism."""
+    def problem(code: str, message: str) -> None:
+        findings.append(Finding(str(path), line, code, message))
+
+    mechanism = entry["mechanism"] if isinstance(entry["mechanism"], dict) else {}
+    sample_rate = _number(mechanism.get("sample_rate"))
+    sigma = _number(mechanism.get("noise_multiplier"))
+    steps = _integer(mechanism.get("steps"))
+    clip = _number(mechanism.get("clipping_norm"))
+    delta = _number(entry["delta"])
+    claimed = _number(entry["epsilon_cumulative"])
+    event = str(entry["event"])
+    audit = EntryAudit(line=line, seq=_integer(entry["seq"]),
+                       round=_integer(entry["round"]), event=event,
+                       sample_rate=sample_rate, noise_multiplier=sigma,
+                       steps=steps, clipping_norm=clip, delta=delta, epsilon_claimed=claimed,
+                       entry_sha256=entry_hash(entry), refusal_reason=str(entry["refusal_reason"]))
+    if (mechanism.get("name"), mechanism.get("sampling")) != (MECHANISM, SAMPLING):
+        problem("mechanism", f"mechanism {mechanism.get('name')!r} with "
+                             f"{mechanism.get('sampling')!r} sampling; the audit knows only "
+                             f"{MECHANISM!r} with {SAMPLING!r} sampling")
+    valid = (sample_rate is not None and 0.0 < sample_rate <= 1.0 and sigma is not None
+             and math.isfinite(sigma) and sigma >= 0.0 and steps is not None and steps >= 0
+             and clip is not None and math.isfinite(clip) and clip > 0.0)
+    if not valid:
+        problem("bad-mechanism", f"mechanism parameters are not a DP-SGD mechanism (need "
+                                 f"0 < q <= 1, sigma >= 0, integer steps >= 0, clipping norm "
+                                 f"> 0): q={sample_rate}, sigma={sigma}, steps={steps}, "
+                                 f"C={clip}")
+    if delta is None or not 0.0 < delta < 1.0:
+        problem("bad-value", f"delta must be in (0, 1), got {entry['delta']!r}")
+        valid = False
+    if claimed is None or not claimed >= 0.0:
+        problem("bad-value", f"epsilon_cumulative must be a number >= 0, got "
+                             f"{entry['epsilon_cumulative']!r}")
+    budget = _number(entry["epsilon_budget"])
+    if budget is None or not budget > 0.0:
+        problem("bad-value", f"epsilon_budget must be a number > 0, got "
+                             f"{entry['epsilon_budget']!r}")
+    if event == "train":
+        if entry["refusal_reason"] or not isinstance(entry["update_sent_sha256"], str):
+            problem("event", "a train entry must name the update it sent and no refusal reason")
+    elif event == "refusal":
+        if not entry["refusal_reason"] or entry["update_sent_sha256"] is not None:
+            problem("event", "a refusal entry must give its reason and name no update sent")
+    else:
+        problem("event", f"event {event!r} is neither 'train' nor 'refusal'")
+        valid = False
+    if not valid:
+        return audit, None
+    assert sample_rate is not None and sigma is not None and steps is not None
+    # Steps count whatever the event: a round whose training diverged ran its noisy steps.
+    return audit, (sample_rate, sigma, steps)
+
+
+def audit_ledger(path: Path, lines: list[tuple[int, dict[str, Any]]],
+                  accountant: IndependentAccountant) -> tuple[PartnerAudit, list[Finding]]:
+    """Consistency of one ledger's entries and their recomputed ε; integrity is check_log's."""
+    findings: list[Finding] = []
+    entries = [(line, e) for line, e in lines if well_formed(e, LEDGER_KIND)]
+    first = entries[0][1] if entries else {}
+    partner = str(first.get("partner", path.stem))
+    budget, delta = _number(first.get("epsilon_budget")), _number(first.get("delta"))
+    if not entries:
+        findings.append(Finding(str(path), 0, "empty-ledger", "no valid ledger entry"))
+    audits: list[EntryAudit] = []
+    rounds: list[MechanismRound] = []
+    deltas: list[float] = []
+    recomputable = True
+    for line, entry in entries:
+        if entry["partner"] != partner:
+            findings.append(Finding(str(path), line, "partner-changed",
+                                    f"entry of partner {entry['partner']!r} in the ledger of "
+                                    f"{partner!r}"))
+        if (entry["epsilon_budget"], entry["delta"]) != (first["epsilon_budget"],
+                                                         first["delta"]):
+            findings.append(Finding(str(path), line, "budget-changed",
+                                    f"budget (epsilon={entry['epsilon_budget']}, "
+                                    f"delta={entry['delta']}) differs from the ledger's first "
+                                    f"entry (epsilon={first['epsilon_budget']}, "
+                                    f"delta={first['delta']})"))
+        audit, mechanism = _parse_entry(path, line, entry, findings)
+        audits.append(audit)
+        if mechanism is None:
+            recomputable = False
+        if recomputable:
+            assert mechanism is not None and audit.delta is not None
+            rounds.append(mechanism)
+            deltas.append(audit.delta)
+    for audit, (eps_rdp, eps_pld) in zip(audits, accountant.cumulative(rounds, deltas),
+                                         strict=False):
+        audit.epsilon_rdp, audit.epsilon_pld = eps_rdp, eps_pld
+    for audit in audits:
+        findings += _epsilon_findings(path, audit, partner, budget)
+    trained = [a for a in audits if a.event == "train"]
+    last = audits[-1] if audits else None
+    summary = PartnerAudit(
+        partner=partner, ledger=str(path), run_id=first.get("run_id"),
+        key_fingerprint=first.get("key_fingerprint"), epsilon_budget=budget, delta=delta,
+        epsilon_claimed=last.epsilon_claimed if last else None,
+        epsilon_rdp=last.epsilon_rdp if last else None,
+        epsilon_pld=last.epsilon_pld if last else None,
+        rounds_trained=len(trained), refusals=sum(a.event == "refusal" for a in audits),
+        entries=audits)
+    return summary, findings
+
+
+def _epsilon_findings(path: Path, audit: EntryAudit, partner: str,
+                      budget: float | None) -> list[Finding]:
+    """Claimed ε below the recomputed RDP ε, and ε over the budget."""
+    findings = []
+    claimed, eps_rdp = audit.epsilon_claimed, audit.epsilon_rdp
+    where = f"{partner} round {audit.round}"
+    pld_text, claimed_text, rdp_text = (format_number(value, 6, style="g")
+                                        for value in (audit.epsilon_pld, claimed, eps_rdp))
+    if claimed is not None and eps_rdp is not None and claimed < eps_rdp * (1 - EPSILON_TOLERANCE):
+        findings.append(Finding(
+            str(path), audit.line, "epsilon-understated",
+            f"{where} claims epsilon={claimed:.6g} but its logged mechanisms compose to "
+            f"epsilon={eps_rdp:.6g} (dp_accounting RDP; PLD {pld_text}) at "
+            f"delta={audit.delta:g}: more than {EPSILON_TOLERANCE:.0%} below"))
+    if audit.event == "train" and budget is not None:
+        # The claim is held to the budget exactly; the independent recomputation within the
+        # same tolerance as above (RDP implementations differ slightly at fractional orders).
+        over_claimed = claimed is not None and claimed > budget * (1 + BUDGET_SLACK)
+        over_recomputed = eps_rdp is not None and eps_rdp > budget * (1 + EPSILON_TOLERANCE)
+        if over_claimed or over_recomputed:
+            findings.append(Finding(
+                str(path), audit.line, "budget-exceeded",
+                f"{where} trained past its budget epsilon={budget:g}: claimed "
+                f"{claimed_text}, recomputed RDP {rdp_text}"))
+    return findings

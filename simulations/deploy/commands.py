@@ -1,0 +1,102 @@
+"""Every command line of a real deployment: SuperLink, SuperNodes, `flwr run`, the audit.
+
+The local demo (`simulations.deploy.local`), the tests and docs/partners.md use the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common.outputs import COORDINATOR_RUN_DIR, RECEIPTS_FILE, SUPERLINK_DB
+
+FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+
+
+@dataclass(frozen=True)
+class FederationCommands:
+    """Every command line of a deployment, from the paths (or shell variables) of its files.
+
+    `pki` is the `fedcredit federation init` directory as the coordinator keeps it, `partners`
+    where each partner's folder of it lies on the partner's machine (default `pki/partners`),
+    `data` holds `<partner>.csv/.toml`, `work` the coordinator's run directory. The SuperLink
+    listens on `listen_host` and partners reach it at `superlink_host`.
+    """
+
+    pki: str
+    data: str
+    work: str
+    superlink_host: str = "127.0.0.1"
+    superlink_port: int = 8000
+    listen_host: str = "127.0.0.1"
+    partners: str = ""
+
+    def partner_dir(self, partner: str) -> str:
+        """A partner's own folder: its CA certificate, auth key, ledger key and ledger."""
+        return f"{self.partners or self.pki + '/partners'}/{partner}"
+
+    @property
+    def superlink_address(self) -> str:
+        """host:port the SuperNodes and the `flwr` CLI connect to."""
+        return f"{self.superlink_host}:{self.superlink_port}"
+
+    def superlink(self) -> list[str]:
+        """The coordinator's SuperLink: HTTPS with the federation's certificate, node auth on."""
+        s = f"{self.pki}/superlink"
+        return ["flower-superlink", "--ssl-ca-certfile", f"{s}/ca.crt",
+                "--ssl-certfile", f"{s}/server.crt", "--ssl-keyfile", f"{s}/server.key",
+                "--enable-supernode-auth", "--database", f"{self.work}/{SUPERLINK_DB}",
+                "--host", self.listen_host, "--port", str(self.superlink_port),
+                "--disable-runtime-dependency-installation"]
+
+    def flwr_config(self) -> str:
+        """$FLWR_HOME/config.toml of the coordinator's `flwr` CLI."""
+        return (f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
+                f'address = "{self.superlink_address}"\n'
+                f'root-certificates = "{self.pki}/superlink/ca.crt"\n')
+
+    def register(self, partner: str) -> list[str]:
+        """Admit one partner's SuperNode key (any other key is refused)."""
+        return ["flwr", "supernode", "register",
+                f"{self.pki}/partners/{partner}/supernode-auth.pub", FEDERATION]
+
+    def node_config(self, partner: str, epsilon: float, delta: float) -> str:
+        """The partner's own settings: who it is, its data, its budget, its ledger."""
+        d = self.partner_dir(partner)
+        return (f"partner='{partner}' epsilon={epsilon!r} delta={delta!r} "
+                f"data-path='{self.data}/{partner}.csv' schema-path='{self.data}/{partner}.toml' "
+                f"ledger-path='{d}/{partner}.ledger.jsonl' signing-key='{d}/{partner}.key'")
+
+    def supernode(self, partner: str, port: int, epsilon: float, delta: float) -> list[str]:
+        """A partner's SuperNode: trusts only the federation CA, signs in with its auth key."""
+        d = self.partner_dir(partner)
+        return ["flower-supernode", "--superlink", self.superlink_address,
+                "--root-certificates", f"{d}/ca.crt",
+                "--auth-supernode-private-key", f"{d}/supernode-auth",
+                "--port", str(port), "--node-config", self.node_config(partner, epsilon, delta)]
+
+    def run_config(self, rounds: int, min_partners: int, extra: str = "") -> str:
+        """The coordinator's run config: rounds, outputs, signed receipts."""
+        run = f"{self.work}/{COORDINATOR_RUN_DIR}"
+        text = (f"num-server-rounds={rounds} min-partners={min_partners} "
+                f"out-dir='{run}' receipts-path='{run}/{RECEIPTS_FILE}' "
+                f"receipt-key='{self.pki}/coordinator/coordinator.key'")
+        return f"{text} {extra}".strip()
+
+    def run(self, app: str, rounds: int, min_partners: int, extra: str = "") -> list[str]:
+        """Start the federated run on the SuperLink and stream its log until it ends."""
+        return ["flwr", "run", app, FEDERATION, "--stream",
+                "--run-config", self.run_config(rounds, min_partners, extra)]
+
+    def audit(self, partners: Sequence[str]) -> list[str]:
+        """The auditor's check of every ledger against the coordinator's receipts."""
+        return ["fedcredit", "audit", "verify",
+                *(f"{self.partner_dir(p)}/{p}.ledger.jsonl" for p in partners),
+                "--keys", f"{self.pki}/auditor/keys", "--receipts",
+                f"{self.work}/{COORDINATOR_RUN_DIR}/{RECEIPTS_FILE}"]
+
+
+def shell_line(args: Sequence[str]) -> str:
+    """A command as a person types it: arguments with spaces or quotes in double quotes (so
+    `$VARIABLES` in docs still expand)."""
+    return " ".join(f'"{a}"' if any(c in a for c in " '") else a for a in args)

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from common.data.scenarios import PARTIES, SCENARIOS, SPLITS, VERTICAL_SCENARIO
-from common.learning.training import OPTIMIZERS
 from common.outputs import ledger_file
-from common.privacy.budget import check_budget
+from common.privacy.accounting import check_budget
 
 ConfigValue = bool | int | float | str
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 MODES = ("horizontal", "vertical")
 
 

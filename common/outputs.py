@@ -10,10 +10,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+
 
 # What the coordinator's ServerApp writes into its out-dir.
 MODEL_FILE = "model.pt"
@@ -152,8 +153,10 @@ def write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def save_model(out_dir: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+def save_model(out_dir: Path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
     """Save the state_dict (`model.pt`) and JSON metadata (`model.json`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    import torch  # only the coordinator saves a model: keep torch out of config-only imports
+
     torch.save(model.state_dict(), out_dir / MODEL_FILE)
     write_json(out_dir / MODEL_META_FILE, metadata)

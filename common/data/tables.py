@@ -10,7 +10,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from common.data.schema import RawTable, Schema, encode_table, load_schema, read_csv
 from common.errors import DataValidationError
@@ -91,6 +90,8 @@ def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
         raise DataValidationError(
             f"{table.path}: needs at least 2 rows of each label for a stratified split, got "
             f"{int(counts[0])} good and {int(counts[1])} bad")
+    from sklearn.model_selection import train_test_split  # on first use: a slow import
+
     idx_train, idx_test = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
     return (Split(features[idx_train], labels[idx_train]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 METRIC_NAMES = ("auc", "ks", "gini", "brier", "pr_auc")
 log = logging.getLogger(__name__)
@@ -16,6 +15,9 @@ def credit_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
     Rank metrics are NaN when only one class is present; Brier is always defined.
     """
+    # scikit-learn loads on first use: a partner process that does not evaluate never pays for it.
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
+
     labels = np.asarray(labels, dtype=float)
     scores = np.asarray(scores, dtype=float)
     if labels.shape != scores.shape or labels.ndim != 1 or len(labels) == 0:

@@ -8,21 +8,18 @@ expected batch size q·n. Without `dp` it is ordinary minibatch training on shuf
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from common.config import OPTIMIZERS
 from common.data.tables import Split
 from common.learning.metrics import credit_metrics
+from common.learning.steps import num_steps, steps_per_epoch
 from common.privacy.accounting import SubsampledGaussianEvent
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -54,20 +51,6 @@ class TrainOutcome:
     num_examples: int
     mean_loss: float
     dp: SubsampledGaussianEvent | None
-
-
-def steps_per_epoch(num_rows: int, *, batch_size: int | None = None,
-                    sample_rate: float | None = None) -> int:
-    """Steps in one (expected) pass over `num_rows` rows."""
-    if sample_rate is not None:
-        return max(1, round(1.0 / sample_rate))
-    assert batch_size is not None
-    return max(1, math.ceil(num_rows / batch_size))
-
-
-def num_steps(epochs: float, per_epoch: int) -> int:
-    """Total steps for a possibly fractional number of epochs (at least one)."""
-    return max(1, round(epochs * per_epoch))
 
 
 def _make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
@@ -115,6 +98,10 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
             losses.append(loss.item())
         return TrainOutcome(steps=total, num_examples=len(data),
                             mean_loss=float(np.mean(losses)), dp=None)
+
+    # Opacus loads only when a DP round trains (its package import takes about a second).
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")

@@ -11,11 +11,11 @@ a composed ε with a budget.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from opacus.accountants.analysis import rdp as opacus_rdp
+from pathlib import Path
 
 # Opacus' default RDP orders, extended for very small and very large budgets.
 RDP_ORDERS: tuple[float, ...] = tuple(
@@ -32,6 +32,15 @@ EPSILON_SLACK = 1e-9
 
 MAX_NOISE_MULTIPLIER = 1e5
 """Calibration gives up when σ would have to exceed this: the target is out of reach."""
+
+
+def check_budget(epsilon: float, delta: float, *, source: str = "node config",
+                 keys: tuple[str, str] = ("epsilon", "delta")) -> None:
+    """Raise a ValueError naming the key when (ε, δ) is not a valid budget."""
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon} ({source} key '{keys[0]}')")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta} ({source} key '{keys[1]}')")
 
 
 def within_budget(epsilon: float, budget: float) -> bool:
@@ -85,12 +94,28 @@ def rdp_curve(events: Iterable[SubsampledGaussianEvent],
     return total
 
 
+@functools.cache
+def _opacus_rdp():
+    """Opacus' RDP analysis module (`opacus.accountants.analysis.rdp`: math, numpy, scipy only),
+    loaded from its file on first use. Importing it through the package would first run
+    `opacus/__init__`, which loads the privacy engine, torch.distributed and scipy.stats: about a
+    second that every partner message that does not train would pay for nothing."""
+    package = importlib.util.find_spec("opacus")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("opacus is not installed")
+    path = Path(package.submodule_search_locations[0]) / "accountants" / "analysis" / "rdp.py"
+    spec = importlib.util.spec_from_file_location("fedcredit_opacus_rdp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.lru_cache(maxsize=256)
 def _rdp_per_step(sample_rate: float, noise_multiplier: float,
                   orders: tuple[float, ...]) -> tuple[float, ...]:
     """RDP of one subsampled Gaussian step at each order (a pure function, so memoised)."""
-    rdp = opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                 orders=list(orders))
+    rdp = _opacus_rdp().compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                    orders=list(orders))
     return tuple(float(r) for r in rdp)
 
 

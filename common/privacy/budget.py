@@ -11,26 +11,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-from common.learning.training import num_steps, steps_per_epoch
+from common.learning.steps import num_steps, steps_per_epoch
 from common.privacy.accounting import (
     ACCOUNTANT_NAME,
     CONVERSION,
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
+    check_budget,
     rdp_epsilon,
     within_budget,
 )
 
 log = logging.getLogger(__name__)
-
-
-def check_budget(epsilon: float, delta: float, *, source: str = "node config",
-                 keys: tuple[str, str] = ("epsilon", "delta")) -> None:
-    """Raise a ValueError naming the key when (ε, δ) is not a valid budget."""
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon} ({source} key '{keys[0]}')")
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta} ({source} key '{keys[1]}')")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from common.learning.model import build_model, get_weights, set_weights
-from common.learning.training import TrainSettings, num_steps, steps_per_epoch
+from common.learning.steps import num_steps, steps_per_epoch
+from common.learning.training import TrainSettings
 from common.vertical.stages import TopModel
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.learning.training import num_steps, steps_per_epoch
+from common.learning.steps import num_steps, steps_per_epoch
 from common.privacy.accounting import (
     ACCOUNTANT_NAME,
     CONVERSION,

@@ -8,7 +8,7 @@ import numpy as np
 
 from common.config import PartnerConfig, RunConfig
 from common.learning.training import TrainSettings
-from common.privacy.budget import check_budget
+from common.privacy.accounting import check_budget
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -18,7 +18,9 @@ from rich.text import Text
 
 from common.errors import AuditInputError
 from common.outputs import format_number
-from common.privacy.audit import EPSILON_TOLERANCE, AuditResult, verify
+
+if TYPE_CHECKING:  # the audit (dp_accounting, scipy) loads when a command runs, not for --help
+    from common.privacy.audit import AuditResult
 
 audit_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Auditor's tools: verify signed privacy ledgers and receipts, "
@@ -37,6 +39,8 @@ ReceiptsOpt = Annotated[Path | None, typer.Option(
 
 def _run(ledgers: list[Path], keys: Path, receipts: Path | None) -> AuditResult:
     """verify(), with input problems turned into exit status 2."""
+    from common.privacy.audit import verify
+
     try:
         return verify(ledgers, keys, receipts)
     except AuditInputError as exc:
@@ -46,6 +50,8 @@ def _run(ledgers: list[Path], keys: Path, receipts: Path | None) -> AuditResult:
 
 def show_result(result: AuditResult, console: Console) -> None:
     """Per-partner table (budget vs claimed vs recomputed), every finding, then the verdict."""
+    from common.privacy.audit import EPSILON_TOLERANCE
+
     table = Table(title=f"privacy ledgers of run {result.run_id} (epsilon: budget, claimed, "
                         f"recomputed)", box=box.SIMPLE_HEAD, padding=(0, 1),
                   collapse_padding=True, show_edge=False)

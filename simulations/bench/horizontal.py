@@ -21,7 +21,8 @@ import torch
 from common.config import RunConfig
 from common.data.scenarios import load_scenario
 from common.learning.model import build_model
-from common.learning.training import num_steps, steps_per_epoch, train
+from common.learning.steps import num_steps, steps_per_epoch
+from common.learning.training import train
 from common.outputs import COORDINATOR_RUN_DIR, KEYS_DIR, LEDGER_DIR, RECEIPTS_FILE
 from common.partner import train_settings
 from common.privacy.audit import COORDINATOR

@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 from typer.testing import CliRunner
 
+import common.privacy.audit as audit_package
 from common.errors import AuditInputError
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
 from common.privacy.audit import AuditResult, IndependentAccountant, verify
 from common.privacy.budget import PrivacyPlan
 from common.privacy.ledger import Finding, ReceiptLog
-from simulations.audit import cli as audit_cli
 from simulations.audit.cli import audit_app
 from tests.audit_fixtures import (
     DELTA,
@@ -77,7 +77,7 @@ def fed(clean_set: Federation, tmp_path: Path) -> Federation:
 @pytest.fixture
 def invoke(monkeypatch: pytest.MonkeyPatch, accountant: IndependentAccountant) -> Invoke:
     """Run the audit CLI in-process (sharing the module's recomputer, to keep tests fast)."""
-    monkeypatch.setattr(audit_cli, "verify", partial(verify, accountant=accountant))
+    monkeypatch.setattr(audit_package, "verify", partial(verify, accountant=accountant))
     runner = CliRunner(env={"COLUMNS": "400"})  # long temporary paths must not wrap
 
     def run(*args: Any) -> Result:

@@ -14,6 +14,7 @@ from common.partner import PartnerState
 from common.privacy.accounting import (
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
+    check_budget,
     rdp_epsilon,
 )
 from common.privacy.budget import (
@@ -22,7 +23,6 @@ from common.privacy.budget import (
     RoundDecision,
     authorize_round,
     calibrate_plan,
-    check_budget,
     record_round,
 )
 from common.privacy.crypto import generate_signing_key

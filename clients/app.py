@@ -44,6 +44,7 @@ from flwr.common import (
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from clients.context import read_config, read_run_config
+from clients.timing import timing_mod
 from clients.vertical import register_vertical
 from common.config import RunConfig
 from common.errors import PartnerError
@@ -230,7 +231,7 @@ def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> M
 def build_client_app(run_config: dict | None = None) -> ClientApp:
     """A ClientApp; `run_config` (simulation only) overrides the run config Flower passes."""
     overrides = dict(run_config or {})
-    client_app = ClientApp()
+    client_app = ClientApp(mods=[timing_mod])
 
     @client_app.train(mods=[make_secure_aggregation_mod(overrides)])
     def _train(msg: Message, context: Context) -> Message:

@@ -25,6 +25,7 @@ from common.outputs import HISTORY_FILE, MODEL_META_CONFIG, save_model, write_js
 from common.privacy.crypto import load_private_key
 from common.privacy.ledger import ReceiptLog
 from common.protocol import EPSILON_SPENT
+from server.grid import PromptGrid
 from server.secure import run_secure_rounds
 from server.strategy import RoundRecord, ValidatingFedAvg, train_config
 from server.vertical import Observer, run_vertical
@@ -136,6 +137,7 @@ def build_server_app(run_config: dict | None = None,
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         run = RunConfig.from_flower({**dict(context.run_config), **overrides})
+        grid = PromptGrid(grid)  # replies as they arrive, not on Flower's 3 s pull clock
         if run.vertical:
             run_vertical(grid, run, str(context.run_id), observer)
         else:

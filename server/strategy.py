@@ -50,6 +50,7 @@ class RoundRecord:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
     aggregate_sha256: str = ""
+    seconds: float = 0.0  # wall time since the previous round ended (round 1: since the start)
 
 
 def error_summary(reason: str) -> str:
@@ -162,6 +163,7 @@ class ValidatingFedAvg(FedAvg):
         self.latest_arrays: ArrayRecord | None = None
         self.node_names: dict[int, str] = {}  # node id -> partner name, from earlier replies
         self.instructions: list[Message] = []  # the latest messages sent to the partners
+        self.last_round_end = time.monotonic()
 
     def _remember(self, messages: Iterable[Message]) -> list[Message]:
         """Keep the instructions so a failed reply can be traced to its node (the Grid sets
@@ -274,6 +276,8 @@ class ValidatingFedAvg(FedAvg):
             return
         record = self.record_for(server_round)
         record.pooled = pooled
+        now = time.monotonic()
+        record.seconds, self.last_round_end = now - self.last_round_end, now
         if self.on_round_end is not None:
             self.on_round_end(record)
 

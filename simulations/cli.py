@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -345,8 +346,26 @@ def bench(
     epsilon: EpsilonOpt = 3.0,
     rounds: RoundsOpt = 20,
     seed: SeedOpt = 0,
+    deployment: Annotated[bool, typer.Option(
+        "--deployment", help="Instead: run the TLS federation on loopback (plain, then SecAgg+) "
+                             "and measure ClientApp cold start and seconds per deployed round."
+    )] = False,
+    plain_rounds: Annotated[int, typer.Option(
+        min=2, help="With --deployment: rounds of the plain federation.")] = 5,
+    secure_rounds: Annotated[int, typer.Option(
+        min=2, help="With --deployment: rounds of the SecAgg+ federation.")] = 3,
+    out: Annotated[Path, typer.Option(
+        help="With --deployment: workspace of the benchmark federations.")] = Path(
+            "runs/bench-deployment"),
+    overwrite: Annotated[bool, typer.Option(
+        help="With --deployment: replace an earlier benchmark in --out.")] = False,
 ) -> None:
-    """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory."""
+    """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory;
+    with --deployment, real deployed rounds on loopback."""
+    if deployment:
+        bench_deployment(out, plain_rounds=plain_rounds, secure_rounds=secure_rounds,
+                         overwrite=overwrite)
+        return
     from simulations.bench.horizontal import run_benchmark
 
     if scenario == "credit_data_vertical":
@@ -378,6 +397,43 @@ def bench(
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)
+
+
+def bench_deployment(out: Path, *, plain_rounds: int, secure_rounds: int,
+                     overwrite: bool) -> None:
+    """`fedcredit bench --deployment`: print cold start, seconds per round and time shares."""
+    from simulations.bench.deployment import run_deployment_benchmark
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise typer.BadParameter(f"{out} is not empty; pass --overwrite to replace it",
+                                     param_hint="--out")
+        shutil.rmtree(out)
+    quiet_libraries(verbose=False)
+    figures = run_deployment_benchmark(out, plain_rounds=plain_rounds,
+                                       secure_rounds=secure_rounds, step=console.print)
+    (out / "bench.json").write_text(json.dumps(figures, indent=2))
+    cold = figures["cold_start"]
+    table = Table(title="fedcredit deployed rounds (loopback, TLS + node auth, 3 partners)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("import clients.app (fresh interpreter, median)",
+                  f"{cold['import_client_app_seconds']:.2f} s")
+    table.add_row("import torch (same run, median)", f"{cold['import_torch_seconds']:.2f} s")
+    table.add_row("  ratio", f"{cold['client_app_over_torch']:.2f}x")
+    for name, title in (("plain", "plain FedAvg"), ("secure", "SecAgg+")):
+        f = figures[name]
+        table.add_row(f"{title}: seconds per round (median of rounds 2-{f['rounds']})",
+                      f"{f['median_round_seconds']:.1f} s")
+        table.add_row("  every round", ", ".join(f"{s:.1f}" for s in f["round_seconds"]))
+        table.add_row(f"  demo wall, set-up to teardown ({f['rounds']} rounds)",
+                      f"{f['wall_seconds']:.1f} s")
+        table.add_row("  partner's share: ClientApp start-up / handlers / waiting",
+                      f"{f['startup_share']:.0%} / {f['handler_share']:.0%} / "
+                      f"{f['waiting_share']:.0%}")
+        table.add_row("  ClientApp processes per partner", f"{f['messages_per_partner']:.0f}")
+    Console().print(table)
+    console.print(f"figures: {out / 'bench.json'}")
 
 
 def main() -> None:

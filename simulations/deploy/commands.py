@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from common.outputs import COORDINATOR_RUN_DIR, RECEIPTS_FILE, SUPERLINK_DB
 
 FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+# Flower's own waits, set for a federation whose rounds take seconds (every process inherits them):
+# the SuperExec that starts a ClientApp or ServerApp process for each task polls for tasks every
+# second by default; the `flwr` CLI checks for updates in a thread each time it runs.
+LATENCY_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from common.outputs import (
 )
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
-from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line
+from simulations.deploy.commands import FEDERATION, LATENCY_ENV, FederationCommands, shell_line
 from simulations.deploy.federation import FederationLayout, init_federation
 
 DEMO_MARK = "FEDCREDIT_LOCAL_FEDERATION"  # environment tag on every process we start
@@ -110,7 +110,7 @@ class LocalFederation:
         bin_dir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "FLWR_HOME": str(self.workspace / FLWR_HOME_DIR),
                     "FLWR_TELEMETRY_ENABLED": "0", DEMO_MARK: self.mark,
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", **LATENCY_ENV,
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     # -- set-up -------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ SecAgg+ in the legacy format (`fitins.*`); `secure_aggregation_mod` applies Flow
 partner checks its update before masking it (finite, within +-`secagg-clipping-range`, weight at
 most `secagg-max-weight`); a partner that refuses drops out of the round with an error that
 carries its refusal, as a plain reply would.
+
+Flower starts a fresh ClientApp process for every message, so this module imports only Flower and
+the config: the handlers load the partner's code (torch, and Opacus when it trains) when called,
+and a SecAgg+ stage that only exchanges keys or shares never loads it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.app import (
@@ -45,16 +50,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from clients.context import read_config, read_run_config
 from clients.timing import timing_mod
-from clients.vertical import register_vertical
+from clients.vertical.routing import register_vertical
 from common.config import RunConfig
 from common.errors import PartnerError
-from common.partner import (
-    PartnerState,
-    TrainReply,
-    evaluate_round,
-    load_data,
-    train_round,
-)
 from common.privacy.crypto import hash_weights
 from common.protocol import (
     ARRAY_KEYS,
@@ -75,6 +73,9 @@ from common.protocol import (
     SERVER_ROUND,
     UPDATE_SHA256,
 )
+
+if TYPE_CHECKING:
+    from common.partner import TrainReply
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
     run, partner = read_config(context, overrides or {})
+    from common.partner import PartnerState, TrainReply, load_data, train_round
+
     state = PartnerState.from_dict(dict(context.state.get(PARTNER_STATE, ConfigRecord())))
     secure = SECURE_PARAMETERS in msg.content.array_records
     if secure:
@@ -220,6 +223,8 @@ def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> M
     run, partner = read_config(context, overrides or {})
     if not partner.allow_evaluate:
         raise ValueError("this partner does not release evaluation metrics")
+    from common.partner import evaluate_round, load_data
+
     metrics = evaluate_round(run, _weights(msg), load_data(partner, run))
     return Message(content=RecordDict({
         METRICS: MetricRecord(metrics),

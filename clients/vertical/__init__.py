@@ -13,10 +13,6 @@ message types, what each carries and who sends it:
   (`query.vfl_embed`), stage 4 and the metrics (`evaluate.vfl_score`), scoring
   (`query.vfl_score`);
 - `finetune`: non-private joint fine-tuning (`train.vfl_top`, `train.vfl_finetune`);
-- `registry`: the `Party` with every handler, and their registration on the ClientApp.
+- `registry`: the `Party` with every handler; `routing`: their registration on the ClientApp
+  (light: the handlers load when a vertical message arrives).
 """
-
-from clients.vertical.base import check_mode, own_data
-from clients.vertical.registry import HANDLERS, Party, handle, register_vertical
-
-__all__ = ["HANDLERS", "Party", "check_mode", "handle", "own_data", "register_vertical"]

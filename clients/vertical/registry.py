@@ -1,12 +1,11 @@
-"""The vertical party: every handler by message type, the error replies, the registration."""
+"""The vertical party: every handler by message type, and the error replies."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
-from flwr.app import Context, Error, Message, MessageType
-from flwr.clientapp import ClientApp
+from flwr.app import Context, Error, Message
 
 from clients.vertical.alignment import AlignmentHandlers
 from clients.vertical.finetune import FinetuneHandlers
@@ -68,16 +67,3 @@ def handle(msg: Message, context: Context, overrides: dict) -> Message:
                              reason=f"party failed ({type(exc).__name__}); details are in the "
                                     "party's own log"),
                        reply_to=msg)
-
-
-def register_vertical(app: ClientApp, overrides: dict) -> None:
-    """Register every vertical message type on `app` ('<category>.<action>' routing)."""
-    registrars = {MessageType.QUERY: app.query, MessageType.TRAIN: app.train,
-                  MessageType.EVALUATE: app.evaluate}
-    for message_type in HANDLERS:
-        category, action = message_type.split(".")
-
-        def run(msg: Message, context: Context) -> Message:
-            return handle(msg, context, overrides)
-
-        registrars[category](action)(run)

@@ -122,3 +122,9 @@ def test_the_vertical_wire_names_are_unchanged() -> None:
                        ("psi", "train", "test", "grads", "customer"))
     assert (protocol.MODE, protocol.DP, protocol.NON_PRIVATE) == ("mode", "dp", "non-private")
     assert (protocol.SECURE_REFUSAL_CODE, protocol.VERTICAL_REFUSAL_CODE) == (4030, 4031)
+
+
+def test_every_vertical_message_type_has_a_party_handler() -> None:
+    from clients.vertical.registry import HANDLERS
+
+    assert set(HANDLERS) == set(protocol.VERTICAL_MESSAGE_TYPES)

@@ -11,7 +11,8 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from clients.context import read_config
-from clients.vertical import Party, check_mode, own_data
+from clients.vertical.base import check_mode, own_data
+from clients.vertical.registry import Party
 from common.config import RunConfig
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS
 from common.errors import Refusal

@@ -137,7 +137,7 @@ def federate() -> Iterator[Callable[..., Federation]]:
         result = Federation(run, InProcessGrid(build_client_app(run.to_flower()), run), {})
         sizes = {len(load_scenario_partner(run.scenario, i, seed=run.seed).train): name
                  for i, name in enumerate(PARTNERS)}
-        real_train, real_train_round = partner_module.train, client_module.train_round
+        real_train, real_train_round = partner_module.train, partner_module.train_round
         real_adopt = ValidatingFedAvg.adopt
 
         def train(model, split, settings, **kwargs):  # a partner whose training goes wrong
@@ -164,7 +164,7 @@ def federate() -> Iterator[Callable[..., Federation]]:
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(partner_module, "train", train)
-            patch.setattr(client_module, "train_round", train_round)
+            patch.setattr(partner_module, "train_round", train_round)
             patch.setattr(ValidatingFedAvg, "adopt", adopt)
             try:
                 run_federation(result.grid, run, run_id="1")

@@ -59,6 +59,8 @@ from common.protocol import (
     ARRAY_KEYS_SEPARATOR,
     ARRAYS,
     CONFIG,
+    EVALUATE_RECEIVED,
+    EVALUATION_PREFIX,
     INFO,
     LEDGER_ENTRY_SHA256,
     METRICS,
@@ -75,6 +77,8 @@ from common.protocol import (
 )
 
 if TYPE_CHECKING:
+    from common.config import PartnerConfig
+    from common.data.tables import PartnerData
     from common.partner import TrainReply
 
 log = logging.getLogger(__name__)
@@ -146,10 +150,24 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
             LEDGER_ENTRY_SHA256: reply.ledger_entry_sha256}
     if secure:
         return _secure_reply(msg, reply, info, keys)
-    content = RecordDict({METRICS: MetricRecord(reply.metrics), INFO: ConfigRecord(info)})
+    metrics = {**reply.metrics, **_evaluation_of_received(run, partner, weights, requested, data)}
+    content = RecordDict({METRICS: MetricRecord(metrics), INFO: ConfigRecord(info)})
     if reply.weights is not None:
         content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
     return Message(content=content, reply_to=msg)
+
+
+def _evaluation_of_received(run: RunConfig, partner: PartnerConfig, weights: dict,
+                            requested: dict, data: PartnerData) -> dict[str, float]:
+    """When the coordinator asks (`EVALUATE_RECEIVED`) and the partner releases evaluations: the
+    metrics of the global model this message carried on the partner's own test split, as a
+    separate evaluate message would have reported them, prefixed for the train reply."""
+    if requested.get(EVALUATE_RECEIVED) is not True or not partner.allow_evaluate:
+        return {}
+    from common.partner import evaluate_round
+
+    return {EVALUATION_PREFIX + key: value
+            for key, value in evaluate_round(run, weights, data).items()}
 
 
 def _secure_reply(msg: Message, reply: TrainReply, info: dict[str, str],

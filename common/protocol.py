@@ -25,6 +25,11 @@ ARRAYS, METRICS, INFO, CONFIG = "arrays", "metrics", "info", "config"
 SERVER_ROUND = "server-round"
 LOCAL_EPOCHS = "local-epochs"
 LEARNING_RATE = "learning-rate"
+# True when the partner should also evaluate the global model this train message carries (the
+# previous round's aggregate) on its own test split, and add the metrics to its train reply under
+# `EVALUATION_PREFIX`: one message per round instead of a separate evaluate message. The last
+# round, and every round under secure aggregation, still evaluates with an evaluate message.
+EVALUATE_RECEIVED = "evaluate-received"
 
 # Records a partner's reply may hold; the coordinator rejects a reply with any other.
 ALLOWED_RECORDS = frozenset({ARRAYS, METRICS, INFO})
@@ -45,6 +50,9 @@ TRAIN_METRIC_KEYS = (NUM_EXAMPLES, EPSILON_SPENT, EPSILON_BUDGET, DELTA, NOISE_M
                      SAMPLE_RATE, STEPS, ROUNDS_TRAINED, TRAIN_LOSS, REFUSED)
 # Evaluate reply metrics (partner -> coordinator): the partner's own test split.
 EVALUATE_METRIC_KEYS = (NUM_EXAMPLES, "auc", "ks", "gini", "brier", "pr-auc", "log-loss")
+# The same metrics inside a train reply (`EVALUATE_RECEIVED`), prefixed.
+EVALUATION_PREFIX = "evaluation."
+FOLDED_EVALUATE_METRIC_KEYS = tuple(EVALUATION_PREFIX + key for key in EVALUATE_METRIC_KEYS)
 
 # Reply info (partner -> coordinator, `info` record): who it is, why it refused ('' if it did
 # not), the hash of the ledger entry it wrote for the round ('' if it keeps none).

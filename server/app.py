@@ -59,7 +59,8 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
     strategy = ValidatingFedAvg(min_partners=run.min_partners, on_round_end=on_round_end,
                                 evaluate_every=run.evaluate_every,
                                 learning_rate_at=run.learning_rate_at, receipts=receipts,
-                                wait_seconds=run.wait_for_partners)
+                                wait_seconds=run.wait_for_partners,
+                                fold_evaluation=not run.secure_aggregation)
     strategy.num_rounds = run.num_server_rounds
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

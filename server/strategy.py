@@ -23,6 +23,9 @@ from common.protocol import (
     ALLOWED_RECORDS,
     ARRAYS,
     EVALUATE_METRIC_KEYS,
+    EVALUATE_RECEIVED,
+    EVALUATION_PREFIX,
+    FOLDED_EVALUATE_METRIC_KEYS,
     INFO,
     LEARNING_RATE,
     LEDGER_ENTRY_SHA256,
@@ -76,7 +79,7 @@ def _partner_name(msg: Message) -> str:
 
 def check_train_metrics(metrics: Mapping[str, Any]) -> str:
     """Why these train reply metrics are unusable ('' if they are fine)."""
-    unknown = set(metrics.keys()) - set(TRAIN_METRIC_KEYS)
+    unknown = set(metrics.keys()) - set(TRAIN_METRIC_KEYS) - set(FOLDED_EVALUATE_METRIC_KEYS)
     if unknown:
         return f"unknown metric keys {sorted(unknown)}"
     if any(isinstance(v, list | str | bytes) or not math.isfinite(float(v))
@@ -147,7 +150,8 @@ class ValidatingFedAvg(FedAvg):
     def __init__(self, *, min_partners: int, evaluate_every: int = 1,
                  learning_rate_at: Callable[[int], float] | None = None,
                  on_round_end: Callable[[RoundRecord], None] | None = None,
-                 receipts: ReceiptLog | None = None, wait_seconds: float = 300.0) -> None:
+                 receipts: ReceiptLog | None = None, wait_seconds: float = 300.0,
+                 fold_evaluation: bool = False) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
                          min_train_nodes=min_partners, min_evaluate_nodes=min_partners,
                          min_available_nodes=min_partners)
@@ -164,6 +168,10 @@ class ValidatingFedAvg(FedAvg):
         self.node_names: dict[int, str] = {}  # node id -> partner name, from earlier replies
         self.instructions: list[Message] = []  # the latest messages sent to the partners
         self.last_round_end = time.monotonic()
+        # With `fold_evaluation`, a round's federated evaluation (except the last round's) rides
+        # on the next round's train message; this is the round whose evaluation is pending.
+        self.fold_evaluation = fold_evaluation
+        self.evaluation_pending: int | None = None
 
     def _remember(self, messages: Iterable[Message]) -> list[Message]:
         """Keep the instructions so a failed reply can be traced to its node (the Grid sets
@@ -180,6 +188,13 @@ class ValidatingFedAvg(FedAvg):
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         return self.node_names.get(node, f"node-{node}")
 
+    def record_for_round(self, server_round: int) -> RoundRecord:
+        """The record of an earlier or the current round (created on first use)."""
+        for record in reversed(self.history):
+            if record.round == server_round:
+                return record
+        return self.record_for(server_round)
+
     def record_for(self, server_round: int) -> RoundRecord:
         """The record of `server_round` (created on first use)."""
         if not self.history or self.history[-1].round != server_round:
@@ -191,6 +206,8 @@ class ValidatingFedAvg(FedAvg):
         config = ConfigRecord(dict(config))
         if self.learning_rate_at is not None:
             config[LEARNING_RATE] = float(self.learning_rate_at(server_round))
+        if self.evaluation_pending == server_round - 1:
+            config[EVALUATE_RECEIVED] = True
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -216,6 +233,10 @@ class ValidatingFedAvg(FedAvg):
             name = _partner_name(msg)
             self.node_names[msg.metadata.src_node_id] = name
             metrics = msg.content.metric_records.get(METRICS)
+            if self.evaluation_pending == server_round - 1:
+                self.record_evaluation(server_round - 1, name, {
+                    key[len(EVALUATION_PREFIX):]: value for key, value in (metrics or {}).items()
+                    if key in FOLDED_EVALUATE_METRIC_KEYS}, folded=True)
             if metrics is not None:
                 record.privacy[name] = {k: float(v) for k, v in metrics.items()
                                         if k in TRAIN_METRIC_KEYS and not isinstance(v, list)}
@@ -236,6 +257,8 @@ class ValidatingFedAvg(FedAvg):
                 continue
             accepted.append(msg)
             record.accepted.append(name)
+        if self.evaluation_pending == server_round - 1:
+            self.evaluation_pending = None
         # A fixed order makes the floating-point sum, and so the run, reproducible.
         accepted.sort(key=_partner_name)
         self.admit(server_round, [
@@ -283,12 +306,33 @@ class ValidatingFedAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Federated evaluation every `evaluate_every` rounds and at the last round."""
+        """Federated evaluation every `evaluate_every` rounds and at the last round; with
+        `fold_evaluation`, every round's but the last's rides on the next train message."""
         if server_round % self.evaluate_every and server_round != self.num_rounds:
+            return []
+        if self.fold_evaluation and server_round != self.num_rounds:
+            self.evaluation_pending = server_round
             return []
         wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
                           self.wait_seconds, server_round)
         return self._remember(super().configure_evaluate(server_round, arrays, config, grid))
+
+    def record_evaluation(self, server_round: int, partner: str,
+                          metrics: Mapping[str, Any] | None, *, folded: bool = False) -> bool:
+        """Keep a partner's own-test metrics of `server_round`'s global model if they are valid
+        (else record the rejection); whether they were. Empty folded metrics (a partner that does
+        not release evaluations) record nothing."""
+        record = self.record_for_round(server_round)
+        if folded and not metrics:
+            return False
+        if (metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS)
+                or any(isinstance(v, list) or not math.isfinite(float(v))
+                       for v in metrics.values())
+                or not float(metrics.get(NUM_EXAMPLES, 0)) > 0):
+            record.rejected[partner] = "invalid evaluation metrics"
+            return False
+        record.evaluation[partner] = {k: float(v) for k, v in metrics.items()}
+        return True
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
@@ -300,14 +344,8 @@ class ValidatingFedAvg(FedAvg):
                 record.failed[self.failed_name(msg)] = _error_summary(msg)
                 continue
             metrics = msg.content.metric_records.get(METRICS)
-            if (metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS)
-                    or any(isinstance(v, list) or not math.isfinite(float(v))
-                           for v in metrics.values())
-                    or not float(metrics.get(NUM_EXAMPLES, 0)) > 0):
-                record.rejected[_partner_name(msg)] = "invalid evaluation metrics"
-                continue
-            record.evaluation[_partner_name(msg)] = {k: float(v) for k, v in metrics.items()}
-            valid.append(metrics)
+            if self.record_evaluation(server_round, _partner_name(msg), metrics):
+                valid.append(metrics)
         if not valid:
             return None
         total = sum(float(m[NUM_EXAMPLES]) for m in valid)

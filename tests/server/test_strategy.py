@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 
+from clients.app import build_client_app
 from common.config import RunConfig
+from common.data.scenarios import load_scenario_partner
 from common.errors import TooFewPartners
-from server.strategy import ValidatingFedAvg, check_train_reply
-from tests.flower_helpers import initial_weights, reply_message, set_task_identity
+from common.partner import evaluate_round
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVALUATE_RECEIVED,
+    EVALUATION_PREFIX,
+    FOLDED_EVALUATE_METRIC_KEYS,
+    METRICS,
+    SERVER_ROUND,
+)
+from server.app import run_federation
+from server.strategy import ValidatingFedAvg, check_train_metrics, check_train_reply
+from tests.flower_helpers import (
+    arrays_record,
+    initial_weights,
+    node_context,
+    reply_message,
+    set_task_identity,
+)
+from tests.server.test_secure import PARTNERS, InProcessGrid
 
 
 @pytest.fixture(autouse=True)
@@ -163,3 +185,62 @@ def test_a_failed_reply_is_named_after_the_partner_whose_node_it_was_sent_to(wei
                                                node_id=1), *failures])
     assert strategy.history[-1].failed == {"bank": "Node unavailable",
                                            "node-8": "Node unavailable"}
+
+
+class RecordingGrid(InProcessGrid):
+    """The in-process grid, keeping every instruction the coordinator sends."""
+
+    def __init__(self, client_app, run: RunConfig) -> None:
+        super().__init__(client_app, run)
+        self.sent: list[Message] = []
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.sent.extend(messages)
+        return super().push_messages(messages)
+
+
+def test_evaluation_rides_on_the_next_train_message_and_equals_a_separate_one(tmp_path) -> None:
+    run = RunConfig(num_server_rounds=3, evaluate_every=1, local_epochs=0.5,
+                    out_dir=str(tmp_path / "run"))
+    set_task_identity()
+    grid = RecordingGrid(build_client_app(run.to_flower()), run)
+    run_federation(grid, run, run_id="1")
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert kinds.count(MessageType.EVALUATE) == len(PARTNERS)  # the last round's only
+    assert kinds.count(MessageType.TRAIN) == 3 * len(PARTNERS)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    for record in history["rounds"]:
+        assert sorted(record["evaluation"]) == sorted(PARTNERS), record["round"]
+    # Rounds 1 and 2: each partner's metrics are those of the model round 2's and 3's train
+    # messages carried (the aggregate of rounds 1 and 2) on its own test split, exactly.
+    for server_round in (1, 2):
+        carried = next(m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN
+                       and m.content[CONFIG][SERVER_ROUND] == server_round + 1)
+        assert carried.content[CONFIG][EVALUATE_RECEIVED] is True
+        weights = {k: a.numpy() for k, a in carried.content[ARRAYS].items()}
+        for i, partner in enumerate(PARTNERS):
+            data = load_scenario_partner(run.scenario, i, seed=run.seed)
+            expected = evaluate_round(run, weights, data)
+            assert history["rounds"][server_round - 1]["evaluation"][partner] == expected
+    first = next(m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN)
+    assert EVALUATE_RECEIVED not in first.content[CONFIG]
+
+
+def test_a_partner_evaluates_the_received_model_only_when_asked(weights) -> None:
+    run = RunConfig(evaluate_every=1, local_epochs=0.5)
+    set_task_identity()
+    app = build_client_app(run.to_flower())
+    replies = {}
+    for asked in (False, True):
+        config = {SERVER_ROUND: 1, **({EVALUATE_RECEIVED: True} if asked else {})}
+        request = Message(RecordDict({ARRAYS: arrays_record(weights),
+                                      CONFIG: ConfigRecord(config)}),
+                          dst_node_id=1, message_type=MessageType.TRAIN)
+        replies[asked] = dict(app(request, node_context({"partition-id": 0}, run))
+                              .content[METRICS])
+    assert not set(replies[False]) & set(FOLDED_EVALUATE_METRIC_KEYS)
+    data = load_scenario_partner(run.scenario, 0, seed=run.seed)
+    expected = {EVALUATION_PREFIX + k: v for k, v in evaluate_round(run, weights, data).items()}
+    assert {k: v for k, v in replies[True].items() if k in expected} == expected
+    assert check_train_metrics(replies[True]) == ""

@@ -135,6 +135,7 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
         raise ValueError(f"train request without a valid {SERVER_ROUND!r} (got {server_round!r})")
     data = load_data(partner, run)
+    evaluation = _evaluation_of_received(run, partner, weights, requested, data)  # before training
     if secure and len(data.train) > run.secagg_max_weight:
         # Checked before training: no privacy is spent on an update that could not be summed.
         reply = TrainReply(None, {NUM_EXAMPLES: float(len(data.train)), REFUSED: 1.0},
@@ -150,7 +151,7 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
             LEDGER_ENTRY_SHA256: reply.ledger_entry_sha256}
     if secure:
         return _secure_reply(msg, reply, info, keys)
-    metrics = {**reply.metrics, **_evaluation_of_received(run, partner, weights, requested, data)}
+    metrics = {**reply.metrics, **evaluation}
     content = RecordDict({METRICS: MetricRecord(metrics), INFO: ConfigRecord(info)})
     if reply.weights is not None:
         content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in reply.weights.items()})
@@ -166,8 +167,12 @@ def _evaluation_of_received(run: RunConfig, partner: PartnerConfig, weights: dic
         return {}
     from common.partner import evaluate_round
 
-    return {EVALUATION_PREFIX + key: value
-            for key, value in evaluate_round(run, weights, data).items()}
+    try:
+        metrics = evaluate_round(run, weights, data)
+    except Exception:  # noqa: BLE001 - a failed evaluation must not cost the round's training
+        log.exception("partner-side failure evaluating the received model; none is reported")
+        return {}
+    return {EVALUATION_PREFIX + key: value for key, value in metrics.items()}
 
 
 def _secure_reply(msg: Message, reply: TrainReply, info: dict[str, str],

@@ -229,6 +229,10 @@ class ValidatingFedAvg(FedAvg):
                 record.failed[self.failed_name(msg)] = _error_summary(msg)
                 log.warning("round %d: %s failed: %s", server_round, self.failed_name(msg),
                             _error_summary(msg))
+                if self.evaluation_pending == server_round - 1:  # its evaluation rode on it
+                    self.record_for_round(server_round - 1).failed[self.failed_name(msg)] = (
+                        f"evaluation (on round {server_round}'s train message): "
+                        f"{_error_summary(msg)}")
                 continue
             name = _partner_name(msg)
             self.node_names[msg.metadata.src_node_id] = name

@@ -187,6 +187,24 @@ def test_a_failed_reply_is_named_after_the_partner_whose_node_it_was_sent_to(wei
                                            "node-8": "Node unavailable"}
 
 
+
+def test_a_failed_train_reply_that_carried_an_evaluation_is_a_failed_evaluation(weights) -> None:
+    strategy = _strategy(weights)
+    strategy.fold_evaluation = True
+    strategy.aggregate_train(1, [reply_message("bank", _shifted(weights, 1.0), _metrics(),
+                                               node_id=7)])
+    strategy.evaluation_pending = 1  # round 1's evaluation rides on round 2's train message
+    request = Message(content=RecordDict(), dst_node_id=7, message_type=MessageType.TRAIN)
+    request.metadata.__dict__["_message_id"] = "instruction-0"
+    strategy.instructions = [request]
+    failure = Message(Error(code=0, reason="Node unavailable"), reply_to=request)
+    strategy.aggregate_train(2, [reply_message("lender", _shifted(weights, 1.0), _metrics(),
+                                               node_id=1), failure])
+    assert strategy.history[0].failed == {
+        "bank": "evaluation (on round 2's train message): Node unavailable"}
+    assert strategy.history[1].failed == {"bank": "Node unavailable"}
+    assert strategy.evaluation_pending is None
+
 class RecordingGrid(InProcessGrid):
     """The in-process grid, keeping every instruction the coordinator sends."""
 

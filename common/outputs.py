@@ -62,6 +62,11 @@ def ledger_file(directory: Path | str, party: str) -> Path:
     return Path(directory) / f"{party}.jsonl"
 
 
+def deployed_ledger_name(partner: str) -> str:
+    """File name of a deployed partner's signed ledger in its own folder."""
+    return f"{partner}.ledger.jsonl"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of one `fedcredit simulate --out` directory (horizontal or vertical scenario)."""

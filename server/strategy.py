@@ -188,17 +188,12 @@ class ValidatingFedAvg(FedAvg):
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         return self.node_names.get(node, f"node-{node}")
 
-    def record_for_round(self, server_round: int) -> RoundRecord:
-        """The record of an earlier or the current round (created on first use)."""
+    def record_for(self, server_round: int) -> RoundRecord:
+        """The record of `server_round`, this round's or an earlier one (created on first use)."""
         for record in reversed(self.history):
             if record.round == server_round:
                 return record
-        return self.record_for(server_round)
-
-    def record_for(self, server_round: int) -> RoundRecord:
-        """The record of `server_round` (created on first use)."""
-        if not self.history or self.history[-1].round != server_round:
-            self.history.append(RoundRecord(round=server_round))
+        self.history.append(RoundRecord(round=server_round))
         return self.history[-1]
 
     def round_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
@@ -230,7 +225,7 @@ class ValidatingFedAvg(FedAvg):
                 log.warning("round %d: %s failed: %s", server_round, self.failed_name(msg),
                             _error_summary(msg))
                 if self.evaluation_pending == server_round - 1:  # its evaluation rode on it
-                    self.record_for_round(server_round - 1).failed[self.failed_name(msg)] = (
+                    self.record_for(server_round - 1).failed[self.failed_name(msg)] = (
                         f"evaluation (on round {server_round}'s train message): "
                         f"{_error_summary(msg)}")
                 continue
@@ -326,7 +321,7 @@ class ValidatingFedAvg(FedAvg):
         """Keep a partner's own-test metrics of `server_round`'s global model if they are valid
         (else record the rejection); whether they were. Empty folded metrics (a partner that does
         not release evaluations) record nothing."""
-        record = self.record_for_round(server_round)
+        record = self.record_for(server_round)
         if folded and not metrics:
             return False
         if (metrics is None or set(metrics.keys()) - set(EVALUATE_METRIC_KEYS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.outputs import COORDINATOR_RUN_DIR, RECEIPTS_FILE, SUPERLINK_DB
+from common.outputs import COORDINATOR_RUN_DIR, RECEIPTS_FILE, SUPERLINK_DB, deployed_ledger_name
 
 FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 # Flower's own waits, set for a federation whose rounds take seconds (every process inherits them):
@@ -69,7 +69,8 @@ class FederationCommands:
         d = self.partner_dir(partner)
         return (f"partner='{partner}' epsilon={epsilon!r} delta={delta!r} "
                 f"data-path='{self.data}/{partner}.csv' schema-path='{self.data}/{partner}.toml' "
-                f"ledger-path='{d}/{partner}.ledger.jsonl' signing-key='{d}/{partner}.key'")
+                f"ledger-path='{d}/{deployed_ledger_name(partner)}' "
+                f"signing-key='{d}/{partner}.key'")
 
     def supernode(self, partner: str, port: int, epsilon: float, delta: float) -> list[str]:
         """A partner's SuperNode: trusts only the federation CA, signs in with its auth key."""
@@ -95,7 +96,7 @@ class FederationCommands:
     def audit(self, partners: Sequence[str]) -> list[str]:
         """The auditor's check of every ledger against the coordinator's receipts."""
         return ["fedcredit", "audit", "verify",
-                *(f"{self.partner_dir(p)}/{p}.ledger.jsonl" for p in partners),
+                *(f"{self.partner_dir(p)}/{deployed_ledger_name(p)}" for p in partners),
                 "--keys", f"{self.pki}/auditor/keys", "--receipts",
                 f"{self.work}/{COORDINATOR_RUN_DIR}/{RECEIPTS_FILE}"]
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.outputs import RECEIPTS_FILE
+from common.outputs import RECEIPTS_FILE, deployed_ledger_name
 from common.privacy.crypto import generate_signing_key, write_key_pair
 from simulations.deploy.pki import (
     create_ca,
@@ -65,7 +65,8 @@ class FederationLayout:
                       f"{d}/ca.crt --auth-supernode-private-key {d}/supernode-auth "
                       f"--node-config \"partner='{p}' epsilon=3.0 delta=1e-5 "
                       f"data-path='/path/to/{p}.csv' schema-path='/path/to/{p}.toml' "
-                      f"ledger-path='{d}/{p}.ledger.jsonl' signing-key='{d}/{p}.key'\"", ""]
+                      f"ledger-path='{d}/{deployed_ledger_name(p)}' "
+                      f"signing-key='{d}/{p}.key'\"", ""]
         lines += ["Auditor:",
                   f"  fedcredit audit verify LEDGER... --keys {self.auditor_keys} "
                   f"--receipts {RECEIPTS_FILE}",

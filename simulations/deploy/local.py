@@ -30,6 +30,7 @@ from common.outputs import (
     LOGS_DIR,
     PKI_DIR,
     RECEIPTS_FILE,
+    deployed_ledger_name,
 )
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
@@ -302,7 +303,7 @@ class LocalFederation:
 
     def ledger_paths(self) -> list[Path]:
         """Each partner's ledger (on its own machine in a real deployment)."""
-        return [self.pki_layout.partner_dir(p) / f"{p}.ledger.jsonl"
+        return [self.pki_layout.partner_dir(p) / deployed_ledger_name(p)
                 for p in self.options.partners]
 
     def audit(self) -> AuditResult:

@@ -34,12 +34,22 @@ class LedgerError(FedcreditError, ValueError):
     """A ledger or receipts log failed verification; the message names file and line."""
 
 
+class LifetimeBudgetExceeded(FedcreditError, ValueError):
+    """A release would take a data set's lifetime privacy spend (its odometer) over the
+    partner's lifetime budget: it is refused before it happens."""
+
+
 class AuditInputError(FedcreditError, ValueError):
     """The audit cannot start: a file or the keys directory is missing or unreadable."""
 
 
 class PsiError(FedcreditError, ValueError):
     """Bad input to the PSI, or a message that does not fit the protocol."""
+
+
+class ChannelError(FedcreditError, ValueError):
+    """A vertical party's end-to-end channel: a peer key that does not verify, a sealed message
+    that fails authentication or arrives replayed, or missing channel keys."""
 
 
 # ---------------------------------------------------------------------------- federation

@@ -77,6 +77,9 @@ LEDGER_UNTRUSTED = ("the partner's ledger failed verification; refusing rather t
                     "reset it (details in the partner's log)")
 SIGNING_KEY_UNUSABLE = ("the partner's ledger signing key is unreadable or invalid (details in "
                         "the partner's log)")
+LIFETIME_BUDGET_EXHAUSTED = ("the partner's lifetime privacy budget for this data set (its "
+                             "odometer, across runs and ledgers) cannot cover this run's plan "
+                             "or round (details in the partner's log)")
 # Coordinator round-config keys a partner never lets change its calibrated mechanism.
 IGNORED_MECHANISM_KEYS = (NOISE_MULTIPLIER, SAMPLE_RATE, "batch-size", "max-grad-norm",
                           "clip-norm")
@@ -167,6 +170,18 @@ _SETTING_SEPARATOR = "/"
 # the kind of failure.
 VERTICAL_REFUSAL_CODE = 4031
 
+# The parties' end-to-end channel (`common.vertical.channel`); every party-to-party payload but
+# the PSI's blinded values travels sealed, so the coordinator relays ciphertext it cannot read.
+# `CHANNEL`: signed ephemeral keys by party name, in the `query.psi_open` reply (the lender's),
+# the `query.psi_respond` instruction (the lender's) and reply (the passive party's), and the
+# `query.psi_finish` instruction (both passive parties'). `SEALED`: sealed blobs, a list per
+# peer: in a party's reply keyed by recipient, in an instruction keyed by sender.
+CHANNEL = "channel"
+SEALED = "sealed"
+# A sealed payload names its arrays with the record and config names above (`LABELS`,
+# `EMBEDDINGS`, `NOISE_STD`, `CUSTOMER`, `TEST_POSITIONS`, `BATCH`, `PREVIOUS_BATCH`) and, for
+# per-setting arrays, the setting names.
+
 # ---------------------------------------------------------------------------- partner-local state
 # Context state records a partner keeps between messages (never sent).
 
@@ -184,6 +199,11 @@ DP_TOPS_STATE = "vfl.top.dp"
 NON_PRIVATE_STATE_PREFIX = "vfl.np"
 ROWS, RUN, ALIGNED, TEST, CENTRE = "rows", "run", "aligned", "test", "centre"
 STEP_PSI, STEP_SPLIT, STEP_LABELS, STEP_BOTTOM = "psi", "split", "labels", "bottom"
+# The end-to-end channels of a vertical party (keys and counters, `Channels.to_state`), and the
+# lender's scoring record: the `SCORED` customers of this run, in order.
+CHANNEL_STATE = "vfl.channel"
+SCORED_STATE = "vfl.scored"
+SCORED = "scored"
 _EVALUATION_STEP_PREFIX = "evaluate-"
 
 

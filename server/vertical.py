@@ -1,12 +1,16 @@
 """The coordinator of a vertical run: holds no data, relays each party's messages to the others.
 
 Every step is one `grid.send_and_receive` round of the message types `common.protocol` lists:
-the PSI (records of blinded values only), the split (positions), stage 1 labels, stages 2-3
-released embeddings, stage 5 test embeddings, stage 4 and the metrics (only metrics come back),
-in non-private mode the fine-tuning rounds, then the scoring of `vertical-score-ids`. Writes
-`vertical.json` (metrics per mode and setting, ε per party, mechanisms, sizes, timings) and
-`vertical_scores.json` into `out-dir`. An `observer` sees every message relayed (tests check
-that none holds a customer ID).
+the PSI (records of blinded values only, with the parties' signed channel keys), the split,
+stage 1 labels, stages 2-3 released embeddings, stage 5 test embeddings, stage 4 and the
+metrics, in non-private mode the fine-tuning rounds, then the scoring of `vertical-score-ids`.
+Every party-to-party payload but the PSI's blinded values is sealed end to end between the two
+parties (`common.vertical.channel`): the coordinator forwards ciphertext, and reads only sizes,
+the customer IDs it asks to score, the ε figures and mechanism parameters, and what the lender
+releases to it (its evaluation and scores, each only when the lender's node config allows).
+Writes `vertical.json` (metrics per mode and setting, ε per party, mechanisms, sizes, timings)
+and `vertical_scores.json` into `out-dir`. An `observer` sees every message relayed (tests check
+that none holds a customer ID and that every array is sealed).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
@@ -33,31 +37,26 @@ from common.outputs import (
 )
 from common.privacy.accounting import SubsampledGaussianEvent
 from common.protocol import (
-    BATCH,
     BOTTOM_SAMPLE_RATE,
     BOTTOM_SIGMA,
     BOTTOM_STEPS,
+    CHANNEL,
     CONFIG,
     CUSTOMER,
     DP,
     EMBEDDING_NOISE_MULTIPLIER,
-    EMBEDDINGS,
     EPSILON_BUDGET,
     EPSILON_SPENT,
     FIT_TOPS,
-    GRADS,
     INFO,
     LABEL_NOISE_MULTIPLIER,
-    LABELS,
     METRICS,
     MODE,
-    NOISE_STD,
     NON_PRIVATE,
     NUM_ALIGNED,
     NUM_TEST,
     NUM_TRAIN,
     PARTY,
-    PREVIOUS_BATCH,
     PSI,
     PSI_ALIGN,
     PSI_FINISH,
@@ -65,10 +64,9 @@ from common.protocol import (
     PSI_RESPOND,
     PSI_RUN_ID,
     SCORE,
-    SPLIT,
+    SEALED,
     STEP,
-    TEST_ROWS,
-    TRAIN_ROWS,
+    STEPS,
     VFL_BOTTOM,
     VFL_EMBED,
     VFL_EVALUATE,
@@ -101,7 +99,6 @@ class Relayed:
 Observer = Callable[[Relayed], None]
 
 
-
 class Relay:
     """Sends messages to parties by name and returns their replies by name."""
 
@@ -113,31 +110,40 @@ class Relay:
         deadline = time.monotonic() + wait_seconds
         while len(node_ids := list(self.grid.get_node_ids())) < len(PARTIES):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"vertical run needs {len(PARTIES)} parties online, "
-                                   f"{len(node_ids)} after {wait_seconds:g} s")
+                raise RuntimeError(
+                    f"vertical run needs {len(PARTIES)} parties online, "
+                    f"{len(node_ids)} after {wait_seconds:g} s"
+                )
             time.sleep(0.5)
-        messages = [Message(RecordDict(), dst_node_id=n, message_type=VFL_HELLO)
-                    for n in node_ids]
-        named = [(str(r.content.config_records[INFO][PARTY]), r.metadata.src_node_id)
-                 for r in self.grid.send_and_receive(messages) if not r.has_error()]
+        messages = [Message(RecordDict(), dst_node_id=n, message_type=VFL_HELLO) for n in node_ids]
+        named = [
+            (str(r.content.config_records[INFO][PARTY]), r.metadata.src_node_id)
+            for r in self.grid.send_and_receive(messages)
+            if not r.has_error()
+        ]
         nodes = dict(named)
         if set(nodes) != set(PARTIES) or len(named) != len(nodes):
-            raise RuntimeError(f"vertical run needs each of the parties {PARTIES} exactly once, "
-                               f"found {sorted(name for name, _ in named)}")
+            raise RuntimeError(
+                f"vertical run needs each of the parties {PARTIES} exactly once, "
+                f"found {sorted(name for name, _ in named)}"
+            )
         return nodes
 
-    def ask(self, message_type: str, contents: Mapping[str, RecordDict],
-            refusals_ok: bool = False) -> dict[str, Message]:
+    def ask(
+        self, message_type: str, contents: Mapping[str, RecordDict], refusals_ok: bool = False
+    ) -> dict[str, Message]:
         """Send `contents[party]` to each party; their replies by party (errors raise unless
         `refusals_ok`)."""
         messages = []
         for party, content in contents.items():
             self._observe("to", party, message_type, content)
-            messages.append(Message(content, dst_node_id=self.nodes[party],
-                                    message_type=message_type))
+            messages.append(
+                Message(content, dst_node_id=self.nodes[party], message_type=message_type)
+            )
         party_of = {node: party for party, node in self.nodes.items()}
-        replies = {party_of[r.metadata.src_node_id]: r
-                   for r in self.grid.send_and_receive(messages)}
+        replies = {
+            party_of[r.metadata.src_node_id]: r for r in self.grid.send_and_receive(messages)
+        }
         self.rounds += 1
         for party, reply in replies.items():
             if reply.has_error():
@@ -150,8 +156,7 @@ class Relay:
             raise RuntimeError(f"no reply to {message_type} from {sorted(missing)}")
         return replies
 
-    def _observe(self, direction: str, party: str, message_type: str,
-                 content: RecordDict) -> None:
+    def _observe(self, direction: str, party: str, message_type: str, content: RecordDict) -> None:
         if self.observer is not None:
             self.observer(Relayed(direction, party, message_type, content))
 
@@ -160,25 +165,62 @@ def _config(values: dict[str, Any]) -> RecordDict:
     return RecordDict({CONFIG: ConfigRecord(values)})
 
 
-def _passives(replies: Mapping[str, Message], record: str) -> dict[str, ArrayRecord]:
-    return {p: replies[p].content.array_records[record] for p in PASSIVE}
+def _sealed_to(recipient: str, *sources: Mapping[str, Message]) -> ConfigRecord:
+    """The `SEALED` record for `recipient`: what each sender sealed for it in `sources` (replies
+    by sender, in the order they were sealed), keyed by sender. Ciphertext only: the coordinator
+    forwards blobs it cannot read, alter, redirect or replay."""
+    blobs: dict[str, list[bytes]] = {}
+    for replies in sources:
+        for sender, reply in replies.items():
+            sealed = reply.content.config_records[SEALED]
+            blobs.setdefault(sender, []).extend(bytes(b) for b in sealed[recipient])
+    return ConfigRecord(blobs)
+
+
+def _with_sealed(
+    recipient: str, sources: tuple[Mapping[str, Message], ...], config: dict[str, Any]
+) -> RecordDict:
+    return RecordDict({SEALED: _sealed_to(recipient, *sources), CONFIG: ConfigRecord(config)})
 
 
 def run_psi(relay: Relay, run_id: str) -> dict[str, Any]:
-    """PSI and split through the coordinator: it relays blinded records and positions only."""
+    """PSI, channel keys and split through the coordinator: it relays blinded records, signed
+    ephemeral keys, alignment positions and the sealed split, and learns sizes only."""
     opened = relay.ask(PSI_OPEN, {LENDER: _config({PSI_RUN_ID: run_id})})
     records = opened[LENDER].content.config_records
-    replies = relay.ask(PSI_RESPOND, {p: RecordDict({PSI: records[party_record(PSI, p)]})
-                                      for p in PASSIVE})
-    finished = relay.ask(PSI_FINISH, {LENDER: RecordDict({
-        party_record(PSI, p): replies[p].content.config_records[PSI] for p in PASSIVE})})
+    replies = relay.ask(
+        PSI_RESPOND,
+        {
+            p: RecordDict({PSI: records[party_record(PSI, p)], CHANNEL: records[CHANNEL]})
+            for p in PASSIVE
+        },
+    )
+    keys = ConfigRecord({p: replies[p].content.config_records[CHANNEL][p] for p in PASSIVE})
+    finished = relay.ask(
+        PSI_FINISH,
+        {
+            LENDER: RecordDict(
+                {
+                    **{
+                        party_record(PSI, p): replies[p].content.config_records[PSI]
+                        for p in PASSIVE
+                    },
+                    CHANNEL: keys,
+                }
+            )
+        },
+    )
     records = finished[LENDER].content.config_records
     relay.ask(PSI_ALIGN, {p: RecordDict({PSI: records[party_record(PSI, p)]}) for p in PASSIVE})
-    split = records[SPLIT]
-    sizes = relay.ask(VFL_SPLIT, {p: RecordDict({CONFIG: split}) for p in PASSIVE})
+    sizes = relay.ask(
+        VFL_SPLIT, {p: RecordDict({SEALED: _sealed_to(p, finished)}) for p in PASSIVE}
+    )
     info = sizes[PASSIVE[0]].content.config_records[INFO]
-    return {"num_aligned": int(split[NUM_ALIGNED]), "num_train": int(info[NUM_TRAIN]),
-            "num_test": int(info[NUM_TEST])}
+    return {
+        "num_aligned": int(records[INFO][NUM_ALIGNED]),
+        "num_train": int(info[NUM_TRAIN]),
+        "num_test": int(info[NUM_TEST]),
+    }
 
 
 def _flat_metrics(record: MetricRecord) -> dict[str, dict[str, float]]:
@@ -190,79 +232,78 @@ def _flat_metrics(record: MetricRecord) -> dict[str, dict[str, float]]:
 
 
 def run_private(relay: Relay) -> dict[str, Any]:
-    """Stages 1-5 of the DP pipeline, each party computing its own part."""
-    labels = relay.ask(VFL_LABELS, {LENDER: _config({MODE: DP})})[LENDER].content
-    bottoms = relay.ask(VFL_BOTTOM, {p: RecordDict({
-        LABELS: labels.array_records[LABELS], CONFIG: ConfigRecord({MODE: DP})})
-        for p in PASSIVE})
-    tests = relay.ask(VFL_EMBED, {p: _config({MODE: DP}) for p in PASSIVE})
+    """Stages 1-5 of the DP pipeline, each party computing its own part; every array travels
+    sealed, the coordinator reads only the ε figures and mechanism parameters."""
+    config = {MODE: DP}
+    labels = relay.ask(VFL_LABELS, {LENDER: _config(config)})
+    bottoms = relay.ask(VFL_BOTTOM, {p: _with_sealed(p, (labels,), config) for p in PASSIVE})
+    tests = relay.ask(VFL_EMBED, {p: _config(config) for p in PASSIVE})
+    scored = relay.ask(VFL_EVALUATE, {LENDER: _with_sealed(LENDER, (bottoms, tests), config)})
     figures = {p: bottoms[p].content.metric_records[METRICS] for p in PASSIVE}
-    content = RecordDict({
-        **{party_record(TRAIN_ROWS, p): a for p, a in _passives(bottoms, EMBEDDINGS).items()},
-        **{party_record(TEST_ROWS, p): a for p, a in _passives(tests, EMBEDDINGS).items()},
-        NOISE_STD: MetricRecord({p: float(figures[p][NOISE_STD]) for p in PASSIVE}),
-        CONFIG: ConfigRecord({MODE: DP})})
-    scored = relay.ask(VFL_EVALUATE, {LENDER: content})[LENDER]
-    lender = labels.metric_records[METRICS]
-    epsilon = {LENDER: float(lender[EPSILON_SPENT]),
-               **{p: float(figures[p][EPSILON_SPENT]) for p in PASSIVE}}
-    budgets = {LENDER: float(lender[EPSILON_BUDGET]),
-               **{p: float(figures[p][EPSILON_BUDGET]) for p in PASSIVE}}
-    bottoms = {p: SubsampledGaussianEvent(float(figures[p][BOTTOM_SAMPLE_RATE]),
-                                          float(figures[p][BOTTOM_SIGMA]),
-                                          int(figures[p][BOTTOM_STEPS])) for p in PASSIVE}
-    embeddings = {p: gaussian_release_event(float(figures[p][EMBEDDING_NOISE_MULTIPLIER]))
-                  for p in PASSIVE}
-    return {RESULT_METRICS: _flat_metrics(scored.content.metric_records[METRICS]),
-            "epsilon": epsilon, "epsilon_budget": budgets,
-            "mechanisms": plan_mechanisms(
-                gaussian_release_event(float(lender[LABEL_NOISE_MULTIPLIER])), bottoms,
-                embeddings)}
+    lender = labels[LENDER].content.metric_records[METRICS]
+    epsilon = {
+        LENDER: float(lender[EPSILON_SPENT]),
+        **{p: float(figures[p][EPSILON_SPENT]) for p in PASSIVE},
+    }
+    budgets = {
+        LENDER: float(lender[EPSILON_BUDGET]),
+        **{p: float(figures[p][EPSILON_BUDGET]) for p in PASSIVE},
+    }
+    stage2 = {
+        p: SubsampledGaussianEvent(
+            float(figures[p][BOTTOM_SAMPLE_RATE]),
+            float(figures[p][BOTTOM_SIGMA]),
+            int(figures[p][BOTTOM_STEPS]),
+        )
+        for p in PASSIVE
+    }
+    embeddings = {
+        p: gaussian_release_event(float(figures[p][EMBEDDING_NOISE_MULTIPLIER])) for p in PASSIVE
+    }
+    return {
+        RESULT_METRICS: _flat_metrics(scored[LENDER].content.metric_records[METRICS]),
+        "epsilon": epsilon,
+        "epsilon_budget": budgets,
+        "mechanisms": plan_mechanisms(
+            gaussian_release_event(float(lender[LABEL_NOISE_MULTIPLIER])), stage2, embeddings
+        ),
+    }
 
 
 def run_non_private(relay: Relay) -> dict[str, dict[str, float]]:
     """Stacking with exact embeddings, then full-batch joint fine-tuning step by step: per step
-    the passive parties send exact embeddings and the lender sends back exact gradients."""
-    labels = relay.ask(VFL_LABELS, {LENDER: _config({MODE: NON_PRIVATE})})[LENDER].content
-    bottoms = relay.ask(VFL_BOTTOM, {p: RecordDict({
-        LABELS: labels.array_records[LABELS], CONFIG: ConfigRecord({MODE: NON_PRIVATE})})
-        for p in PASSIVE})
-    embeddings = _passives(bottoms, EMBEDDINGS)
-    step, previous = FIT_TOPS, None
+    the passive parties send exact embeddings and the lender sends back exact gradients and the
+    next batch's positions, all sealed; the coordinator reads only the number of steps."""
+    config = {MODE: NON_PRIVATE}
+    labels = relay.ask(VFL_LABELS, {LENDER: _config(config)})
+    embedded = relay.ask(VFL_BOTTOM, {p: _with_sealed(p, (labels,), config) for p in PASSIVE})
+    step = FIT_TOPS
     while True:  # FIT_TOPS fits the stacked tops; then one fine-tuning step per round pair
-        content = RecordDict({**embeddings, CONFIG: ConfigRecord({MODE: NON_PRIVATE,
-                                                                  STEP: step})})
-        reply = relay.ask(VFL_TOP, {LENDER: content})[LENDER].content
-        info = reply.config_records[INFO]
-        config: dict[str, Any] = {MODE: NON_PRIVATE}
-        if previous is not None:
-            config[PREVIOUS_BATCH] = previous  # the batch these gradients are for
-        if BATCH in info:
-            config[BATCH] = list(info[BATCH])
-        tuned = relay.ask(VFL_FINETUNE, {p: RecordDict({
-            GRADS: reply.array_records.get(party_record(GRADS, p), ArrayRecord()),
-            CONFIG: ConfigRecord(config)}) for p in PASSIVE})
-        if BATCH not in info:
+        top = relay.ask(
+            VFL_TOP, {LENDER: _with_sealed(LENDER, (embedded,), {**config, STEP: step})}
+        )
+        steps = int(top[LENDER].content.config_records[INFO][STEPS])
+        embedded = relay.ask(VFL_FINETUNE, {p: _with_sealed(p, (top,), config) for p in PASSIVE})
+        if step + 1 >= steps:
             break
-        embeddings, previous, step = _passives(tuned, EMBEDDINGS), config[BATCH], step + 1
-    tests = relay.ask(VFL_EMBED, {p: _config({MODE: NON_PRIVATE}) for p in PASSIVE})
-    content = RecordDict({
-        **{party_record(TEST_ROWS, p): a for p, a in _passives(tests, EMBEDDINGS).items()},
-        CONFIG: ConfigRecord({MODE: NON_PRIVATE})})
-    scored = relay.ask(VFL_EVALUATE, {LENDER: content})[LENDER]
-    return _flat_metrics(scored.content.metric_records[METRICS])
+        step += 1
+    tests = relay.ask(VFL_EMBED, {p: _config(config) for p in PASSIVE})
+    scored = relay.ask(VFL_EVALUATE, {LENDER: _with_sealed(LENDER, (tests,), config)})
+    return _flat_metrics(scored[LENDER].content.metric_records[METRICS])
 
 
 def score_customer(relay: Relay, customer: str, mode: str) -> dict[str, Any]:
-    """`query.vfl_score`: each partner embeds `customer` (or refuses), the lender scores it."""
+    """`query.vfl_score`: each partner vouches for `customer` with its sealed embedding (or
+    refuses), the lender scores it (or refuses)."""
     config = {MODE: mode, CUSTOMER: customer}
     answers = relay.ask(VFL_EMBED, {p: _config(config) for p in PASSIVE}, refusals_ok=True)
     refused = {p: r.error.reason for p, r in answers.items() if r.has_error()}
     if refused:
-        return {"error": "; ".join(f"{p}: {reason}" for p, reason in sorted(refused.items())),
-                "refused_by": sorted(refused)}
-    content = RecordDict({**{party_record(CUSTOMER, p): answers[p].content.array_records[
-        EMBEDDINGS] for p in PASSIVE}, CONFIG: ConfigRecord(config)})
+        return {
+            "error": "; ".join(f"{p}: {reason}" for p, reason in sorted(refused.items())),
+            "refused_by": sorted(refused),
+        }
+    content = _with_sealed(LENDER, (answers,), config)
     reply = relay.ask(VFL_SCORE, {LENDER: content}, refusals_ok=True)[LENDER]
     if reply.has_error():
         return {"error": f"{LENDER}: {reply.error.reason}", "refused_by": [LENDER]}
@@ -274,19 +315,26 @@ def _summary_name(mode: str) -> str:
     return mode.replace("-", "_")
 
 
-def run_vertical(grid: Grid, run: RunConfig, run_id: str = "",
-                 observer: Observer | None = None) -> dict[str, Any]:
+def run_vertical(
+    grid: Grid, run: RunConfig, run_id: str = "", observer: Observer | None = None
+) -> dict[str, Any]:
     """The whole vertical run through Flower; writes and returns the result summary."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     relay = Relay(grid, run, observer)
     psi_run_id = new_run_id()
     t0 = time.perf_counter()
-    summary: dict[str, Any] = {"run_id": run_id, "psi_run_id": psi_run_id, "seed": run.seed,
-                               **run_psi(relay, psi_run_id), RESULT_METRICS: {}}
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "psi_run_id": psi_run_id,
+        "seed": run.seed,
+        **run_psi(relay, psi_run_id),
+        RESULT_METRICS: {},
+    }
     timings["psi_seconds"] = time.perf_counter() - t0
     modes = ([DP] if run.sim_dp else []) + (
-        [NON_PRIVATE] if run.vertical_non_private or not run.sim_dp else [])
+        [NON_PRIVATE] if run.vertical_non_private or not run.sim_dp else []
+    )
     for mode in modes:
         t0 = time.perf_counter()
         if mode == DP:
@@ -297,14 +345,18 @@ def run_vertical(grid: Grid, run: RunConfig, run_id: str = "",
             summary[RESULT_METRICS][_summary_name(mode)] = run_non_private(relay)
         timings[f"{_summary_name(mode)}_seconds"] = time.perf_counter() - t0
     scores = {c: score_customer(relay, c, modes[0]) for c in run.score_ids}
-    summary.update(timings=timings, message_rounds=relay.rounds,
-                   wall_seconds=time.perf_counter() - started, scored_with=modes[0],
-                   settings=[setting_name(s) for s in SETTINGS])
+    summary.update(
+        timings=timings,
+        message_rounds=relay.rounds,
+        wall_seconds=time.perf_counter() - started,
+        scored_with=modes[0],
+        settings=[setting_name(s) for s in SETTINGS],
+    )
     out_dir = Path(run.out_dir)
     write_json(out_dir / RESULT_FILE, summary)
     if scores:
         write_json(out_dir / SCORES_FILE, scores)
-    log.info("vertical run done in %.1f s (%d message rounds)", summary["wall_seconds"],
-             relay.rounds)
+    log.info(
+        "vertical run done in %.1f s (%d message rounds)", summary["wall_seconds"], relay.rounds
+    )
     return summary
-

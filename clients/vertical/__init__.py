@@ -4,8 +4,10 @@ A party is the lender (partition-id 0), ecommerce (1) or bank (2) in simulation,
 config `partner` when deployed. It loads its own known customer IDs and its own columns
 (`common.vertical.parties.load_party`), runs its side of the PSI and of stages 1-5, keeps its state
 (PSI keys and order, alignment, models) in the Context state between messages, and writes its
-own signed ledger. The coordinator only relays (`server.vertical`); `common.protocol` lists the
-message types, what each carries and who sends it:
+own signed ledger. The coordinator only relays (`server.vertical`): every payload a party sends
+another is sealed end to end (`common.vertical.channel`, keys exchanged inside the PSI messages,
+`PartyBase.sealed_for` / `open_from`). `common.protocol` lists the message types, what each
+carries and who sends it:
 
 - `alignment`: `query.vfl_hello`, the PSI (`query.psi_open`, `_respond`, `_finish`, `_align`) and
   the split (`query.vfl_split`);

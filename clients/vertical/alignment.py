@@ -7,27 +7,30 @@ from flwr.app import ConfigRecord, Message
 
 from clients.vertical.base import PASSIVE_ROLE, PartyBase
 from common.data.scenarios import LENDER, PASSIVE
-from common.errors import Refusal
+from common.errors import ChannelError, Refusal
 from common.protocol import (
     ALIGN_STATE,
     ALIGNED,
+    CHANNEL,
     INFO,
     NUM_ALIGNED,
     NUM_TEST,
     NUM_TRAIN,
     PARTY,
     PSI,
+    PSI_FINISH,
     PSI_RUN_ID,
     PSI_STATE,
     ROWS,
     RUN,
-    SPLIT,
+    SEALED,
     STEP_PSI,
     STEP_SPLIT,
     TEST,
     TEST_POSITIONS,
     party_record,
 )
+from common.vertical.channel import ChannelKeys, Channels
 from common.vertical.parties import lender_row_order, split_aligned, split_seed
 from common.vertical.psi import (
     Alignment,
@@ -37,9 +40,13 @@ from common.vertical.psi import (
     message_to_record,
 )
 
+SPLIT_MODE = ""  # the split serves every mode: its sealed payload is bound to none
+
 
 class AlignmentHandlers(PartyBase):
-    """`query.vfl_hello`, the PSI (`query.psi_*`) and `query.vfl_split`."""
+    """`query.vfl_hello`, the PSI (`query.psi_*`) and `query.vfl_split`. The end-to-end channels
+    are set up inside the PSI messages: the lender's signed channel key goes out with its blinded
+    sets, each passive party's comes back with its reply."""
 
     def hello(self) -> Message:
         """Who this node is."""
@@ -49,13 +56,18 @@ class AlignmentHandlers(PartyBase):
         """Lender: open one PSI session per partner; the keys stay in the state."""
         self.require(LENDER)
         self.once(STEP_PSI)
-        lender = LenderParty(LENDER, self.data.ids, run_id=str(self.config[PSI_RUN_ID]),
-                             partners=list(PASSIVE))
-        records = {party_record(PSI, p): ConfigRecord(message_to_record(lender.open_session(p)))
-                   for p in PASSIVE}
-        self.context.state[PSI_STATE] = ConfigRecord({**lender.session_state(),
-                                                      RUN: lender.run_id})
-        return self.reply(records)
+        lender = LenderParty(
+            LENDER, self.data.ids, run_id=str(self.config[PSI_RUN_ID]), partners=list(PASSIVE)
+        )
+        records = {
+            party_record(PSI, p): ConfigRecord(message_to_record(lender.open_session(p)))
+            for p in PASSIVE
+        }
+        channels = Channels(self.name, lender.run_id)
+        signed = channels.start(self.channel_keys())
+        self.save_channels(channels)
+        self.context.state[PSI_STATE] = ConfigRecord({**lender.session_state(), RUN: lender.run_id})
+        return self.reply({**records, CHANNEL: ConfigRecord({self.name: signed})})
 
     def psi_respond(self) -> Message:
         """Passive: blind our IDs and the lender's once more; keep our secret order."""
@@ -63,34 +75,75 @@ class AlignmentHandlers(PartyBase):
         self.once(STEP_PSI)
         opening = message_from_record(dict(self.msg.content.config_records[PSI]))
         party = PassiveParty(self.name, self.data.ids, run_id=opening.run_id, lender=LENDER)
+        keys, channels = self.channel_keys(), Channels(self.name, opening.run_id)
+        signed = channels.start(keys)
+        self.connect(channels, [LENDER], keys)
         answer = party.respond(opening)
-        self.context.state[PSI_STATE] = ConfigRecord({ROWS: party.sent_order(),
-                                                      RUN: opening.run_id})
-        return self.reply({PSI: ConfigRecord(message_to_record(answer))})
+        self.context.state[PSI_STATE] = ConfigRecord(
+            {ROWS: party.sent_order(), RUN: opening.run_id}
+        )
+        return self.reply(
+            {
+                PSI: ConfigRecord(message_to_record(answer)),
+                CHANNEL: ConfigRecord({self.name: signed}),
+            }
+        )
+
+    def connect(self, channels: Channels, peers: list[str], keys: ChannelKeys) -> None:
+        """Open the channels to `peers` from their signed keys in this message's `CHANNEL`
+        record (refused unless each verifies), then forget our ephemeral key."""
+        signed = self.msg.content.config_records.get(CHANNEL, ConfigRecord())
+        for peer in peers:
+            if not isinstance(signed.get(peer), bytes):
+                raise Refusal(f"{self.name}: no channel key of {peer}")
+            try:
+                channels.connect(peer, bytes(signed[peer]), keys)
+            except ChannelError as exc:
+                raise Refusal(f"{self.name}: {exc}") from exc
+        channels.forget_ephemeral()
+        self.save_channels(channels)
 
     def psi_finish(self) -> Message:
         """Lender: match the replies, order the aligned rows by its own row, split them."""
         self.require(LENDER)
         state = dict(self.context.state.config_records[PSI_STATE])
-        lender = LenderParty(LENDER, self.data.ids, run_id=str(state[RUN]),
-                             partners=list(PASSIVE))
+        lender = LenderParty(LENDER, self.data.ids, run_id=str(state[RUN]), partners=list(PASSIVE))
         lender.restore_sessions(state)
+        self.connect(self.channels(), list(PASSIVE), self.channel_keys())
         records = self.msg.content.config_records
         for p in PASSIVE:
             lender.receive(message_from_record(dict(records[party_record(PSI, p)])))
         alignments = lender.finish()
         order = lender_row_order(lender.aligned_rows or [])
         aligned = np.asarray(lender.aligned_rows, dtype=int)[order]
-        _, test = split_aligned(len(aligned), test_fraction=self.run.test_fraction,
-                                seed=split_seed(self.run.seed))
+        _, test = split_aligned(
+            len(aligned), test_fraction=self.run.test_fraction, seed=split_seed(self.run.seed)
+        )
         del self.context.state[PSI_STATE]  # the session keys are spent
-        self.context.state[ALIGN_STATE] = ConfigRecord({ALIGNED: aligned.tolist(),
-                                                        TEST: test.tolist(), RUN: lender.run_id})
-        replies = {party_record(PSI, a.recipient): ConfigRecord(message_to_record(Alignment(
-            a.run_id, a.sender, a.recipient, tuple(int(i) for i in np.asarray(a.indices)[order]))))
-            for a in alignments}
-        split = ConfigRecord({TEST_POSITIONS: test.tolist(), NUM_ALIGNED: len(aligned)})
-        return self.reply({**replies, SPLIT: split})
+        self.context.state[ALIGN_STATE] = ConfigRecord(
+            {ALIGNED: aligned.tolist(), TEST: test.tolist(), RUN: lender.run_id}
+        )
+        replies = {
+            party_record(PSI, a.recipient): ConfigRecord(
+                message_to_record(
+                    Alignment(
+                        a.run_id,
+                        a.sender,
+                        a.recipient,
+                        tuple(int(i) for i in np.asarray(a.indices)[order]),
+                    )
+                )
+            )
+            for a in alignments
+        }
+        split = {TEST_POSITIONS: test, NUM_ALIGNED: np.array(len(aligned))}
+        return self.reply(
+            {
+                **replies,
+                INFO: ConfigRecord({NUM_ALIGNED: len(aligned)}),
+                SEALED: self.sealed_for(dict.fromkeys(PASSIVE, split), mode=SPLIT_MODE),
+            }
+        )
 
     def psi_align(self) -> Message:
         """Passive: map the lender's positions back to our own rows."""
@@ -108,13 +161,21 @@ class AlignmentHandlers(PartyBase):
         self.require(PASSIVE_ROLE)
         self.once(STEP_SPLIT)
         state = self.context.state.config_records[ALIGN_STATE]
-        test = [int(i) for i in self.config[TEST_POSITIONS]]
+        split = self.open_from(LENDER, [PSI_FINISH], mode=SPLIT_MODE)[0]
+        test = [int(i) for i in np.asarray(split[TEST_POSITIONS]).reshape(-1)]
         aligned = len(state[ALIGNED])
         expected = round(aligned * self.run.test_fraction)
-        if (int(self.config[NUM_ALIGNED]) != aligned or len(set(test)) != len(test)
-                or len(test) != expected or any(not 0 <= i < aligned for i in test)):
-            raise Refusal(f"{self.name}: the split does not fit our alignment (distinct "
-                          f"positions, {expected} of {aligned} rows)")
+        if (
+            int(split[NUM_ALIGNED]) != aligned
+            or len(set(test)) != len(test)
+            or len(test) != expected
+            or any(not 0 <= i < aligned for i in test)
+        ):
+            raise Refusal(
+                f"{self.name}: the split does not fit our alignment (distinct "
+                f"positions, {expected} of {aligned} rows)"
+            )
         state[TEST] = test
-        return self.reply({INFO: ConfigRecord({NUM_TRAIN: len(state[ALIGNED]) - len(test),
-                                               NUM_TEST: len(test)})})
+        return self.reply(
+            {INFO: ConfigRecord({NUM_TRAIN: len(state[ALIGNED]) - len(test), NUM_TEST: len(test)})}
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,23 +11,26 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from clients.context import read_config
 from common.config import PartnerConfig
-from common.data.scenarios import LENDER
-from common.errors import Refusal
+from common.data.scenarios import LENDER, PARTIES
+from common.errors import ChannelError, Refusal
 from common.privacy.accounting import within_budget
 from common.privacy.crypto import load_private_key
 from common.privacy.randomness import noise_seed
 from common.protocol import (
     ALIGN_STATE,
     ALIGNED,
+    CHANNEL_STATE,
     CONFIG,
     DONE_STATE,
     DP,
     MODE,
     NON_PRIVATE,
     RUN,
+    SEALED,
     TEST,
     non_private_state,
 )
+from common.vertical.channel import ChannelKeys, Channels, load_channel_keys
 from common.vertical.finetune import FinetuneBottom
 from common.vertical.parties import (
     SETTINGS,
@@ -39,7 +42,7 @@ from common.vertical.parties import (
     setting_name,
 )
 from common.vertical.releases import Release, releases_epsilon, write_ledger
-from common.vertical.settings import VerticalSettings
+from common.vertical.settings import VerticalNodeConfig, VerticalSettings
 
 PASSIVE_ROLE = "passive"  # the role of every party but the lender
 
@@ -82,6 +85,9 @@ class PartyBase:
         self.name = self.partner.partner
         self.data = own_data(self.name, self.run.seed)
         self.settings = VerticalSettings.from_config(self.run, self.partner)
+        self.node = VerticalNodeConfig.from_node_config(
+            dict(context.node_config), self.run, self.partner
+        )
 
     @property
     def config(self) -> ConfigRecord:
@@ -115,6 +121,66 @@ class PartyBase:
         """A reply carrying `records`, by name."""
         return Message(content=RecordDict(dict(records)), reply_to=self.msg)
 
+    # ------------------------------------------------------------------ end-to-end channels
+
+    def channel_keys(self) -> ChannelKeys:
+        """This party's signing key and the federation's public keys (see `VerticalNodeConfig`)."""
+        try:
+            return load_channel_keys(
+                self.name, self.node.signing_key, self.node.federation_keys, PARTIES
+            )
+        except ChannelError as exc:
+            raise Refusal(str(exc)) from exc
+
+    def channels(self) -> Channels:
+        """This party's channels of this run, from its Context state."""
+        state = self.context.state.config_records.get(CHANNEL_STATE)
+        if state is None:
+            raise Refusal(f"{self.name}: no end-to-end channel in this run yet")
+        return Channels.from_state(dict(state))
+
+    def save_channels(self, channels: Channels) -> None:
+        """Keep the channels' keys and counters in the Context state."""
+        self.context.state[CHANNEL_STATE] = ConfigRecord(channels.to_state())
+
+    def sealed_for(
+        self, payloads: Mapping[str, Mapping[str, np.ndarray | str]], *, mode: str
+    ) -> ConfigRecord:
+        """The `SEALED` record of a reply: each recipient's named arrays, sealed as this
+        message's type and `mode`."""
+        channels = self.channels()
+        stage = self.msg.metadata.message_type
+        try:
+            record = ConfigRecord(
+                {
+                    recipient: [channels.seal_arrays(recipient, arrays, stage=stage, mode=mode)]
+                    for recipient, arrays in payloads.items()
+                }
+            )
+        except ChannelError as exc:
+            raise Refusal(f"{self.name}: {exc}") from exc
+        self.save_channels(channels)
+        return record
+
+    def open_from(
+        self, sender: str, stages: Sequence[str], *, mode: str
+    ) -> list[dict[str, np.ndarray]]:
+        """The payloads `sender` sealed for this party, one per stage (the message type it was
+        sealed in), in order; refused unless each opens as that stage and mode."""
+        blobs = self.msg.content.config_records.get(SEALED, ConfigRecord()).get(sender)
+        if not isinstance(blobs, list) or len(blobs) != len(stages):
+            raise Refusal(f"{self.name}: expected {len(stages)} sealed payload(s) from {sender}")
+        channels = self.channels()
+        try:
+            payloads = [
+                channels.open_arrays(sender, bytes(blob), stage=stage, mode=mode)
+                for blob, stage in zip(blobs, stages, strict=True)
+            ]
+        except ChannelError as exc:
+            raise Refusal(f"{self.name}: {exc}") from exc
+        self.save_channels(channels)
+        return payloads
+
     # ------------------------------------------------------------------ alignment state
 
     def alignment(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -144,9 +210,15 @@ class PartyBase:
         """Append the releases to this party's signed ledger (refused over budget); ε spent."""
         _, _, _, run_id = self.alignment()
         if self.partner.ledger_path:
-            write_ledger(Path(self.partner.ledger_path),
-                         load_private_key(Path(self.partner.signing_key)), self.name, run_id,
-                         releases, epsilon_budget=budget, delta=self.settings.delta)
+            write_ledger(
+                Path(self.partner.ledger_path),
+                load_private_key(Path(self.partner.signing_key)),
+                self.name,
+                run_id,
+                releases,
+                epsilon_budget=budget,
+                delta=self.settings.delta,
+            )
         spent = releases_epsilon(releases, self.settings.delta)
         if not within_budget(spent, budget):
             raise Refusal(f"{self.name}: the releases would spend more than its budget")
@@ -160,5 +232,7 @@ class PartyBase:
 
     def tuner(self, setting: str) -> FinetuneBottom:
         """Passive: its non-private bottom of `setting`, with its fine-tuning state."""
-        return FinetuneBottom.from_arrays(arrays_of(self.context.state.array_records[
-            non_private_state(setting)]), self.settings.finetune)
+        return FinetuneBottom.from_arrays(
+            arrays_of(self.context.state.array_records[non_private_state(setting)]),
+            self.settings.finetune,
+        )

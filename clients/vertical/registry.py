@@ -63,7 +63,10 @@ def handle(msg: Message, context: Context, overrides: dict) -> Message:
         return Message(Error(code=VERTICAL_REFUSAL_CODE, reason=str(refusal)), reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none leaks
         log.exception("vertical party failed in %s", msg.metadata.message_type)
-        return Message(Error(code=VERTICAL_REFUSAL_CODE,
-                             reason=f"party failed ({type(exc).__name__}); details are in the "
-                                    "party's own log"),
-                       reply_to=msg)
+        return Message(
+            Error(
+                code=VERTICAL_REFUSAL_CODE,
+                reason=f"party failed ({type(exc).__name__}); details are in the party's own log",
+            ),
+            reply_to=msg,
+        )

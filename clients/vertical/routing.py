@@ -14,8 +14,11 @@ from common.protocol import VERTICAL_MESSAGE_TYPES
 
 def register_vertical(app: ClientApp, overrides: dict) -> None:
     """Register every vertical message type on `app` ('<category>.<action>' routing)."""
-    registrars = {MessageType.QUERY: app.query, MessageType.TRAIN: app.train,
-                  MessageType.EVALUATE: app.evaluate}
+    registrars = {
+        MessageType.QUERY: app.query,
+        MessageType.TRAIN: app.train,
+        MessageType.EVALUATE: app.evaluate,
+    }
 
     def run(msg: Message, context: Context) -> Message:
         from clients.vertical.registry import handle

@@ -3,9 +3,12 @@ embeddings (passive), stage 5 clean embeddings (passive), stage 4 and scoring (l
 
 from __future__ import annotations
 
+import logging
+from typing import NoReturn
+
 import numpy as np
 import torch
-from flwr.app import Message, MetricRecord
+from flwr.app import ConfigRecord, Message, MetricRecord
 
 from clients.vertical.base import PASSIVE_ROLE, PartyBase, array_record, arrays_of
 from common.data.scenarios import LENDER, PASSIVE
@@ -29,13 +32,16 @@ from common.protocol import (
     NOISE_STD,
     NON_PRIVATE,
     SCORE,
+    SCORED,
+    SCORED_STATE,
+    SEALED,
     STEP_BOTTOM,
     STEP_LABELS,
-    TEST_ROWS,
-    TRAIN_ROWS,
+    VFL_BOTTOM,
+    VFL_EMBED,
+    VFL_LABELS,
     evaluation_step,
     non_private_state,
-    party_record,
     setting_metric,
 )
 from common.vertical.finetune import FinetuneBottom, FinetuneTop
@@ -53,6 +59,7 @@ from common.vertical.stages import (
 )
 
 ALL_THREE = setting_name(SETTINGS[-1])
+log = logging.getLogger(__name__)
 
 
 def _top_weights(setting: str) -> str:
@@ -70,48 +77,86 @@ class StageHandlers(PartyBase):
     def labels(self) -> Message:
         """Lender, stage 1: the noisy labels (one release, in its ledger); non-private: true."""
         self.require(LENDER)
-        labels = self.train_labels()
-        if self.mode() == NON_PRIVATE:
-            return self.reply({LABELS: array_record({LABELS: labels})})
+        labels, mode = self.train_labels(), self.mode()
+        if mode == NON_PRIVATE:
+            return self.reply(
+                {SEALED: self.sealed_for(dict.fromkeys(PASSIVE, {LABELS: labels}), mode=mode)}
+            )
         self.once(STEP_LABELS)
         _, _, _, run_id = self.alignment()
-        noisy, release = lender_release(labels, settings=self.settings, seed=self.noise_seed(),
-                                        psi_run_id=run_id)
+        noisy, release = lender_release(
+            labels, settings=self.settings, seed=self.noise_seed(), psi_run_id=run_id
+        )
         spent = self.record_releases([release], self.settings.lender_epsilon)
-        return self.reply({LABELS: array_record({LABELS: noisy}), METRICS: MetricRecord({
-            EPSILON_SPENT: spent, EPSILON_BUDGET: self.settings.lender_epsilon,
-            LABEL_NOISE_MULTIPLIER: release.event.noise_multiplier})})
+        # one release, sealed once for each partner
+        sealed = self.sealed_for(dict.fromkeys(PASSIVE, {LABELS: noisy}), mode=mode)
+        return self.reply(
+            {
+                SEALED: sealed,
+                METRICS: MetricRecord(
+                    {
+                        EPSILON_SPENT: spent,
+                        EPSILON_BUDGET: self.settings.lender_epsilon,
+                        LABEL_NOISE_MULTIPLIER: release.event.noise_multiplier,
+                    }
+                ),
+            }
+        )
 
     def bottom(self) -> Message:
         """Passive, stages 2-3 (DP) or its non-private bottoms, one per setting it is in."""
         self.require(PASSIVE_ROLE)
-        view = self.view()
-        labels = arrays_of(self.msg.content.array_records[LABELS])[LABELS]
-        if self.mode() == NON_PRIVATE:
+        view, mode = self.view(), self.mode()
+        labels = self.open_from(LENDER, [VFL_LABELS], mode=mode)[0][LABELS]
+        if len(labels) != len(view.train):
+            raise Refusal(f"{self.name}: the labels do not fit our training rows")
+        if mode == NON_PRIVATE:
             embeddings = {}
             for parties in SETTINGS:
                 if self.name in parties:
                     name = setting_name(parties)
-                    bottom = non_private_bottom(self.name, parties, view.train, labels,
-                                                settings=self.settings, seed=self.run.seed)
+                    bottom = non_private_bottom(
+                        self.name,
+                        parties,
+                        view.train,
+                        labels,
+                        settings=self.settings,
+                        seed=self.run.seed,
+                    )
                     self.context.state[non_private_state(name)] = array_record(
-                        FinetuneBottom(bottom, self.settings.finetune).arrays())
+                        FinetuneBottom(bottom, self.settings.finetune).arrays()
+                    )
                     embeddings[name] = exact_embeddings(bottom, view.train)
-            return self.reply({EMBEDDINGS: array_record(embeddings)})
+            return self.reply({SEALED: self.sealed_for({LENDER: embeddings}, mode=mode)})
         self.once(STEP_BOTTOM)
-        outcome = passive_release(self.name, view.train, labels, settings=self.settings,
-                                  seed=self.noise_seed())
+        outcome = passive_release(
+            self.name, view.train, labels, settings=self.settings, seed=self.noise_seed()
+        )
         spent = self.record_releases(outcome.releases, self.settings.epsilon)
         self.context.state[BOTTOM_STATE] = array_record(
-            {**get_weights(outcome.bottom), CENTRE: np.array([outcome.centre])})
+            {**get_weights(outcome.bottom), CENTRE: np.array([outcome.centre])}
+        )
         dp_sgd, release = outcome.bottom_event, outcome.embedding_event
-        return self.reply({EMBEDDINGS: array_record({EMBEDDINGS: outcome.released}),
-                           METRICS: MetricRecord({
-                               EPSILON_SPENT: spent, EPSILON_BUDGET: self.settings.epsilon,
-                               NOISE_STD: outcome.noise_std,
-                               BOTTOM_SIGMA: dp_sgd.noise_multiplier,
-                               BOTTOM_SAMPLE_RATE: dp_sgd.sample_rate, BOTTOM_STEPS: dp_sgd.steps,
-                               EMBEDDING_NOISE_MULTIPLIER: release.noise_multiplier})})
+        sealed = self.sealed_for(
+            {LENDER: {EMBEDDINGS: outcome.released, NOISE_STD: np.array(outcome.noise_std)}},
+            mode=mode,
+        )
+        return self.reply(
+            {
+                SEALED: sealed,
+                METRICS: MetricRecord(
+                    {
+                        EPSILON_SPENT: spent,
+                        EPSILON_BUDGET: self.settings.epsilon,
+                        NOISE_STD: outcome.noise_std,
+                        BOTTOM_SIGMA: dp_sgd.noise_multiplier,
+                        BOTTOM_SAMPLE_RATE: dp_sgd.sample_rate,
+                        BOTTOM_STEPS: dp_sgd.steps,
+                        EMBEDDING_NOISE_MULTIPLIER: release.noise_multiplier,
+                    }
+                ),
+            }
+        )
 
     def _dp_bottom(self) -> tuple[torch.nn.Module, float]:
         arrays = arrays_of(self.context.state.array_records[BOTTOM_STATE])
@@ -124,79 +169,159 @@ class StageHandlers(PartyBase):
         """Passive, stage 5: clean embeddings of the test rows or of one `customer`."""
         self.require(PASSIVE_ROLE)
         mode = self.mode()
+        vouched: dict[str, str] = {}
         if CUSTOMER in self.config:
             aligned, train, _, _ = self.alignment()
+            customer = str(self.config[CUSTOMER])
             try:
-                row = self.data.row_of(str(self.config[CUSTOMER]))
+                row = self.data.row_of(customer)
             except KeyError:
                 row = -1
             if row < 0 or row in set(aligned[train].tolist()):
                 # Training customers' embeddings were released once, with DP: never in clear.
-                raise Refusal(f"{self.name} cannot score this customer (unknown to it, or a "
-                              "training customer)")
-            rows = self.data.features[[row]]
+                raise Refusal(
+                    f"{self.name} cannot score this customer (unknown to it, or a "
+                    "training customer)"
+                )
+            rows, vouched = self.data.features[[row]], {CUSTOMER: customer}
         else:
             rows = self.view().test
         if mode == NON_PRIVATE:
-            return self.reply({EMBEDDINGS: array_record({
-                name: exact_embeddings(self.tuner(name).bottom, rows)
-                for name in self.my_settings()})})
-        bottom, centre = self._dp_bottom()
-        return self.reply({EMBEDDINGS: array_record({EMBEDDINGS: scoring_embeddings(
-            bottom, rows, centre=centre, settings=self.settings)})})
+            embeddings = {
+                name: exact_embeddings(self.tuner(name).bottom, rows) for name in self.my_settings()
+            }
+        else:
+            bottom, centre = self._dp_bottom()
+            embeddings = {
+                EMBEDDINGS: scoring_embeddings(bottom, rows, centre=centre, settings=self.settings)
+            }
+        # a customer's payload names it: the lender scores only customers every partner vouched
+        # for through the channel
+        return self.reply({SEALED: self.sealed_for({LENDER: {**embeddings, **vouched}}, mode=mode)})
 
     def _tops(self, mode: str) -> dict[str, TopModel]:
         if mode == NON_PRIVATE:
-            return {setting_name(p): FinetuneTop.from_arrays(arrays_of(
-                self.context.state.array_records[non_private_state(setting_name(p))]),
-                self.settings.finetune).top() for p in SETTINGS}
+            return {
+                setting_name(p): FinetuneTop.from_arrays(
+                    arrays_of(self.context.state.array_records[non_private_state(setting_name(p))]),
+                    self.settings.finetune,
+                ).top()
+                for p in SETTINGS
+            }
         arrays = arrays_of(self.context.state.array_records[DP_TOPS_STATE])
-        return {setting_name(p): TopModel(arrays[_top_weights(setting_name(p))].astype(float),
-                                          float(arrays[_top_bias(setting_name(p))][0]))
-                for p in SETTINGS}
+        return {
+            setting_name(p): TopModel(
+                arrays[_top_weights(setting_name(p))].astype(float),
+                float(arrays[_top_bias(setting_name(p))][0]),
+            )
+            for p in SETTINGS
+        }
+
+    def _test_embeddings(self, payload: dict[str, np.ndarray], sender: str) -> None:
+        """Refuse test embeddings that are a customer's or do not fit the test rows."""
+        num_test = len(self.alignment()[2])
+        if CUSTOMER in payload or any(len(a) != num_test for a in payload.values()):
+            raise Refusal(f"{self.name}: {sender}'s test embeddings do not fit the test rows")
 
     def evaluate(self) -> Message:
         """Lender: stage 4 (DP: EIV-corrected tops on the noisy embeddings) and the pooled test
-        AUC/KS per setting from the clean test embeddings; only metrics leave."""
+        AUC/KS per setting from the clean test embeddings. The metrics go to the coordinator only
+        with node config `release-evaluation` (else they stay in the lender's own log)."""
         self.require(LENDER)
         mode = self.mode()
         self.once(evaluation_step(mode))  # the test labels answer one evaluation, not an oracle
-        records = self.msg.content.array_records
         view, aligned_test = self.view(), self.alignment()[2]
         assert self.data.labels is not None
         test_labels = self.data.labels[self.alignment()[0]][aligned_test]
         if mode == NON_PRIVATE:
             tops = self._tops(mode)
-            test = {name: {p: arrays_of(records[party_record(TEST_ROWS, p)])[name]
-                           for p in PASSIVE if party_record(TEST_ROWS, p) in records
-                           and name in records[party_record(TEST_ROWS, p)]} for name in tops}
+            embedded = {p: self.open_from(p, [VFL_EMBED], mode=mode)[0] for p in PASSIVE}
+            for p, payload in embedded.items():
+                self._test_embeddings(payload, p)
+            test = {
+                name: {p: embedded[p][name] for p in PASSIVE if name in embedded[p]}
+                for name in tops
+            }
         else:
-            noise = self.msg.content.metric_records[NOISE_STD]
+            train, embedded, noise = {}, {}, {}
+            for p in PASSIVE:
+                released, clean = self.open_from(p, [VFL_BOTTOM, VFL_EMBED], mode=mode)
+                self._test_embeddings(clean, p)
+                train[p], embedded[p] = released[EMBEDDINGS], clean[EMBEDDINGS]
+                noise[p] = float(released[NOISE_STD])
             tops = fit_private_tops(
                 view.train,
-                {p: arrays_of(records[party_record(TRAIN_ROWS, p)])[EMBEDDINGS] for p in PASSIVE},
-                {p: float(noise[p]) for p in PASSIVE}, self.train_labels(),
-                settings=self.settings, seed=self.run.seed)
-            self.context.state[DP_TOPS_STATE] = array_record({
-                **{_top_weights(k): t.weights for k, t in tops.items()},
-                **{_top_bias(k): np.array([t.bias]) for k, t in tops.items()}})
-            test = dict.fromkeys(tops, {p: arrays_of(records[party_record(TEST_ROWS, p)])[
-                EMBEDDINGS] for p in PASSIVE})
+                train,
+                noise,
+                self.train_labels(),
+                settings=self.settings,
+                seed=self.run.seed,
+            )
+            self.context.state[DP_TOPS_STATE] = array_record(
+                {
+                    **{_top_weights(k): t.weights for k, t in tops.items()},
+                    **{_top_bias(k): np.array([t.bias]) for k, t in tops.items()},
+                }
+            )
+            test = dict.fromkeys(tops, embedded)
         metrics = setting_metrics(tops, view.test, test, test_labels)
-        return self.reply({METRICS: MetricRecord({setting_metric(name, key): value
-                                                  for name, m in metrics.items()
-                                                  for key, value in m.items()})})
+        if not self.node.release_evaluation:
+            log.info(
+                "%s keeps its %s evaluation (release-evaluation is off): %s",
+                self.name,
+                mode,
+                metrics,
+            )
+            return self.reply({METRICS: MetricRecord()})
+        return self.reply(
+            {
+                METRICS: MetricRecord(
+                    {
+                        setting_metric(name, key): value
+                        for name, m in metrics.items()
+                        for key, value in m.items()
+                    }
+                )
+            }
+        )
 
     def score(self) -> Message:
-        """Lender: the score of one customer from its columns and the partners' embeddings."""
+        """Lender: the score of one customer from its columns and the partners' embeddings.
+
+        Scores only with node config `release-scores`, at most `max-scored-customers` customers
+        and each once per run, and only a customer every partner vouched for through the channel
+        (its sealed embedding names the customer) who is not one of the lender's training
+        customers. Every refusal is logged."""
         self.require(LENDER)
-        mode = self.mode()
+        mode, customer = self.mode(), str(self.config[CUSTOMER])
+        record = self.context.state.config_records.get(SCORED_STATE, ConfigRecord())
+        scored = [str(c) for c in record.get(SCORED, [])]
+        if not self.node.release_scores:
+            self._refuse_score("it does not release scores (node config 'release-scores')")
+        if customer in scored:
+            self._refuse_score("this customer was already scored in this run")
+        if len(scored) >= self.node.max_scored_customers:
+            self._refuse_score(
+                f"it scored its maximum of {self.node.max_scored_customers} "
+                "customers in this run (node config 'max-scored-customers')"
+            )
+        vouched = {p: self.open_from(p, [VFL_EMBED], mode=mode)[0] for p in PASSIVE}
+        if any(str(payload.get(CUSTOMER, "")) != customer for payload in vouched.values()):
+            self._refuse_score("not every partner vouched for this customer")
+        aligned, train, _, _ = self.alignment()
         try:
-            row = self.data.row_of(str(self.config[CUSTOMER]))
+            row = self.data.row_of(customer)
         except KeyError:
-            raise Refusal(f"{self.name} does not know this customer") from None
-        records = self.msg.content.array_records
+            row = -1
+        if row < 0 or row in set(aligned[train].tolist()):
+            self._refuse_score("unknown to it, or a training customer")
+        self.context.state[SCORED_STATE] = ConfigRecord({SCORED: [*scored, customer]})
         key = ALL_THREE if mode == NON_PRIVATE else EMBEDDINGS
-        embeddings = [arrays_of(records[party_record(CUSTOMER, p)])[key] for p in PASSIVE]
+        embeddings = [vouched[p][key].reshape(-1) for p in PASSIVE]
         value = score(self._tops(mode)[ALL_THREE], self.data.features[[row]], embeddings)
         return self.reply({METRICS: MetricRecord({SCORE: float(value[0])})})
+
+    def _refuse_score(self, reason: str) -> NoReturn:
+        """Log and raise the lender's refusal to score (the reason names no data value)."""
+        log.warning("%s refuses to score a customer: %s", self.name, reason)
+        raise Refusal(f"{self.name} cannot score this customer ({reason})")

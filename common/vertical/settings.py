@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +32,9 @@ class VerticalSettings:
     def __post_init__(self) -> None:
         check_budget(self.epsilon, self.delta, source="vertical settings")
         if not 0 < self.stage2_epsilon < self.epsilon:
-            raise ValueError(f"bottom epsilon must be in (0, epsilon={self.epsilon}), got "
-                             f"{self.bottom_epsilon}")
+            raise ValueError(
+                f"bottom epsilon must be in (0, epsilon={self.epsilon}), got {self.bottom_epsilon}"
+            )
         if self.embedding_clip <= 0 or self.bottom_clip_norm <= 0:
             raise ValueError("embedding clip and bottom clip norm must be > 0")
 
@@ -38,13 +42,20 @@ class VerticalSettings:
     def from_config(cls, run: RunConfig, partner: PartnerConfig) -> VerticalSettings:
         """The settings of one party's stages: its own budget (node config, or `sim-*` in
         simulation) and every `vertical-*` key of the run config; non-private: the defaults."""
-        common = {"test_fraction": run.test_fraction, "embedding_clip": run.vertical_embedding_clip,
-                  "bottom_clip_norm": run.clip_norm,
-                  "finetune": full_batch_finetune(run.vertical_finetune_steps)}
+        common = {
+            "test_fraction": run.test_fraction,
+            "embedding_clip": run.vertical_embedding_clip,
+            "bottom_clip_norm": run.clip_norm,
+            "finetune": full_batch_finetune(run.vertical_finetune_steps),
+        }
         if partner.epsilon is None or partner.delta is None:
             return cls(**common)
-        return cls(epsilon=partner.epsilon, delta=partner.delta,
-                   bottom_epsilon=run.vertical_bottom_epsilon or None, **common)
+        return cls(
+            epsilon=partner.epsilon,
+            delta=partner.delta,
+            bottom_epsilon=run.vertical_bottom_epsilon or None,
+            **common,
+        )
 
     @property
     def stage2_epsilon(self) -> float:
@@ -55,6 +66,84 @@ class VerticalSettings:
     def lender_epsilon(self) -> float:
         """The lender's label budget (defaults to the per-party ε)."""
         return self.epsilon if self.label_epsilon is None else self.label_epsilon
+
+
+MAX_SCORED_CUSTOMERS = 100  # default of node config `max-scored-customers`
+FEDERATION_KEYS = "federation-keys"
+MAX_SCORED_KEY = "max-scored-customers"
+RELEASE_EVALUATION = "release-evaluation"
+RELEASE_SCORES = "release-scores"
+
+
+def _node_flag(node: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = node.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"node config key '{key}' must be true or false, got {value!r}")
+
+
+def _node_count(node: Mapping[str, Any], key: str, default: int) -> int:
+    value = node.get(key, default)
+    try:
+        number = float(value)
+        if isinstance(value, bool) or not number.is_integer() or number < 0:
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"node config key '{key}' must be a whole number >= 0, got {value!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class VerticalNodeConfig:
+    """A vertical party's own node config beyond `PartnerConfig`: its channel keys and the
+    lender's releases to the coordinator.
+
+    - `signing_key` (its ledger key, node config `signing-key`) signs its channel key;
+      `federation_keys` (node config `federation-keys`: a directory holding `<party>.pub` of
+      every party) checks the others'. In simulation both come from run config `sim-keys-dir`.
+    - `max_scored_customers` (`max-scored-customers`, default 100): how many customers the lender
+      scores in one run at most.
+    - `release_evaluation` (`release-evaluation`) and `release_scores` (`release-scores`): whether
+      the lender sends the coordinator its pooled test AUC/KS per setting, and the scores of the
+      customers it scores. Off by default for a deployed lender; on in simulation, where the
+      analyst running it holds every party's data anyway.
+    """
+
+    signing_key: str = ""
+    federation_keys: str = ""
+    max_scored_customers: int = MAX_SCORED_CUSTOMERS
+    release_evaluation: bool = False
+    release_scores: bool = False
+
+    @classmethod
+    def from_node_config(
+        cls, node: Mapping[str, Any], run: RunConfig, partner: PartnerConfig
+    ) -> VerticalNodeConfig:
+        """Parse and check the keys; errors name the key."""
+        if partner.deployed:
+            if not node.get(FEDERATION_KEYS):
+                raise ValueError(
+                    f"node config of vertical party {partner.partner!r} lacks "
+                    f"'{FEDERATION_KEYS}' (the directory of every party's <party>.pub"
+                    ", to check their channel keys)"
+                )
+            signing_key, federation_keys = partner.signing_key, str(node[FEDERATION_KEYS])
+        else:
+            keys = run.sim_keys_dir
+            signing_key = str(Path(keys) / f"{partner.partner}.key") if keys else ""
+            federation_keys = keys
+        simulated = not partner.deployed
+        return cls(
+            signing_key=signing_key,
+            federation_keys=federation_keys,
+            max_scored_customers=_node_count(node, MAX_SCORED_KEY, MAX_SCORED_CUSTOMERS),
+            release_evaluation=_node_flag(node, RELEASE_EVALUATION, simulated),
+            release_scores=_node_flag(node, RELEASE_SCORES, simulated),
+        )
 
 
 FULL_BATCH = 2**31 - 1

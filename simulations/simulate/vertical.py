@@ -54,22 +54,38 @@ def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings) -> di
     audit = verify([ledger_file(layout.vertical_ledgers, p) for p in PARTIES], layout.keys)
     layout.audit_html.write_text(render_audit_html(audit))
     report = {
-        "scenario": "credit_data_vertical", "mode": "vertical", "transport": TRANSPORT,
-        "seed": seed, "epsilon": settings.epsilon, "delta": settings.delta,
+        "scenario": "credit_data_vertical",
+        "mode": "vertical",
+        "transport": TRANSPORT,
+        "seed": seed,
+        "epsilon": settings.epsilon,
+        "delta": settings.delta,
         "label_epsilon": settings.lender_epsilon,
-        "results": {setting_name(parties): {mode: result.metrics[mode][setting_name(parties)]
-                                            for mode in result.metrics}
-                    for parties in SETTINGS},
+        "results": {
+            setting_name(parties): {
+                mode: result.metrics[mode][setting_name(parties)] for mode in result.metrics
+            }
+            for parties in SETTINGS
+        },
         "centralized": {k: result.centralized[k] for k in ("auc", "ks")},
-        "privacy": {p: {"epsilon_spent": result.epsilon[p],
-                        "epsilon_budget": (settings.lender_epsilon if p == LENDER
-                                           else settings.epsilon),
-                        "covers": ("labels (label DP)" if p == LENDER
-                                   else "features (bottom training + embeddings)")}
-                    for p in PARTIES},
+        "privacy": {
+            p: {
+                "epsilon_spent": result.epsilon[p],
+                "epsilon_budget": (settings.lender_epsilon if p == LENDER else settings.epsilon),
+                "covers": (
+                    "labels (label DP)"
+                    if p == LENDER
+                    else "features (bottom training + embeddings)"
+                ),
+            }
+            for p in PARTIES
+        },
         "mechanisms": result.mechanisms,
-        "audit": {"ok": audit.ok, "findings": [str(f) for f in audit.findings],
-                  "report": AUDIT_HTML},
+        "audit": {
+            "ok": audit.ok,
+            "findings": [str(f) for f in audit.findings],
+            "report": AUDIT_HTML,
+        },
         "wall_seconds": time.perf_counter() - started,
     }
     layout.report_json.write_text(json.dumps(report, indent=2, sort_keys=True))
@@ -80,15 +96,24 @@ def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings) -> di
 def simulation_run_config(layout: RunLayout, seed: int, settings: VerticalSettings) -> RunConfig:
     """The run config of `simulate_vertical`: DP and non-private modes, the budgets of
     `settings`, ledgers and keys in the run directory."""
-    return RunConfig(scenario="credit_data_vertical", mode="vertical", seed=seed,
-                     sim_epsilon=settings.epsilon, sim_delta=settings.delta,
-                     sim_budgets=("" if settings.label_epsilon is None
-                                  else f"{LENDER}={settings.label_epsilon}"),
-                     vertical_bottom_epsilon=settings.bottom_epsilon or 0.0,
-                     vertical_embedding_clip=settings.embedding_clip,
-                     clip_norm=settings.bottom_clip_norm, test_fraction=settings.test_fraction,
-                     vertical_non_private=True, out_dir=str(layout.flower_run),
-                     sim_ledger_dir=str(layout.vertical_ledgers), sim_keys_dir=str(layout.keys))
+    return RunConfig(
+        scenario="credit_data_vertical",
+        mode="vertical",
+        seed=seed,
+        sim_epsilon=settings.epsilon,
+        sim_delta=settings.delta,
+        sim_budgets=(
+            "" if settings.label_epsilon is None else f"{LENDER}={settings.label_epsilon}"
+        ),
+        vertical_bottom_epsilon=settings.bottom_epsilon or 0.0,
+        vertical_embedding_clip=settings.embedding_clip,
+        clip_norm=settings.bottom_clip_norm,
+        test_fraction=settings.test_fraction,
+        vertical_non_private=True,
+        out_dir=str(layout.flower_run),
+        sim_ledger_dir=str(layout.vertical_ledgers),
+        sim_keys_dir=str(layout.keys),
+    )
 
 
 def ledger_releases(path: Path) -> list[Release]:
@@ -97,20 +122,29 @@ def ledger_releases(path: Path) -> list[Release]:
     for line in path.read_text().splitlines():
         if line.strip():
             entry = json.loads(line)
-            releases.append(Release(int(entry["round"]), ledger_event(entry),
-                                    entry["model_received_sha256"], entry["update_sent_sha256"]))
+            releases.append(
+                Release(
+                    int(entry["round"]),
+                    ledger_event(entry),
+                    entry["model_received_sha256"],
+                    entry["update_sent_sha256"],
+                )
+            )
     return releases
 
 
-def run_vertical_federation(run: RunConfig, *, centralized: bool = True,
-                            observer: Observer | None = None) -> VerticalResult:
+def run_vertical_federation(
+    run: RunConfig, *, centralized: bool = True, observer: Observer | None = None
+) -> VerticalResult:
     """Run the vertical federation with `flwr.simulation.run_simulation` (3 supernodes).
 
-    Modes follow the run config (`sim-dp`, `vertical-non-private`); without `sim-ledger-dir`
-    each party's signed ledger goes to `<out-dir>/ledgers` with fresh keys in `<out-dir>/keys`.
-    The result's transcript holds every array the coordinator relayed; `centralized` adds the
-    pooled logistic regression reference (simulation only). Scores of `vertical-score-ids` are
-    in `<out-dir>/vertical_scores.json`.
+    Modes follow the run config (`sim-dp`, `vertical-non-private`); without `sim-keys-dir`
+    each party gets fresh keys in `<out-dir>/keys` (they sign its ledger, in `<out-dir>/ledgers`,
+    and its end-to-end channel keys). The result's transcript holds every array the coordinator
+    relayed in clear (none: party-to-party payloads travel sealed); `centralized` adds the
+    pooled logistic regression reference (simulation only). Simulated parties run with their
+    simulation defaults: the lender releases its evaluation and the scores of
+    `vertical-score-ids` (in `<out-dir>/vertical_scores.json`) to the analyst.
     """
 
     from clients.app import build_client_app
@@ -118,32 +152,47 @@ def run_vertical_federation(run: RunConfig, *, centralized: bool = True,
 
     out = Path(run.out_dir)
     run = replace(run, mode="vertical")
-    if run.sim_dp and not run.sim_ledger_dir:
+    if not run.sim_keys_dir:
         create_run_keys(out / KEYS_DIR, list(PARTIES))
         run = replace(run, sim_ledger_dir=str(out / LEDGER_DIR), sim_keys_dir=str(out / KEYS_DIR))
     transcript = Transcript()
 
     def observe(message: Relayed) -> None:
-        sender, recipient = (("coordinator", message.party) if message.direction == "to"
-                             else (message.party, "coordinator"))
+        sender, recipient = (
+            ("coordinator", message.party)
+            if message.direction == "to"
+            else (message.party, "coordinator")
+        )
         for name, record in message.content.array_records.items():
             for key, array in record.items():
-                transcript.send(message.message_type, sender, recipient, f"{name}/{key}",
-                                np.asarray(array.numpy(), dtype=np.float64).reshape(-1))
+                transcript.send(
+                    message.message_type,
+                    sender,
+                    recipient,
+                    f"{name}/{key}",
+                    np.asarray(array.numpy(), dtype=np.float64).reshape(-1),
+                )
         if observer is not None:
             observer(message)
 
     config = run.to_flower()
-    run_in_simulation_engine(build_server_app(config, observer=observe),
-                             build_client_app(config), len(PARTIES))
+    run_in_simulation_engine(
+        build_server_app(config, observer=observe), build_client_app(config), len(PARTIES)
+    )
     summary = json.loads((out / RESULT_FILE).read_text())
     ledgers = {p: ledger_file(run.sim_ledger_dir, p) for p in PARTIES} if run.sim_dp else {}
     result = VerticalResult(
-        seed=run.seed, metrics=summary["metrics"], centralized={},
+        seed=run.seed,
+        metrics=summary["metrics"],
+        centralized={},
         epsilon=summary.get("epsilon", {}),
         releases={p: ledger_releases(path) for p, path in ledgers.items()},
-        mechanisms=summary.get("mechanisms", {}), transcript=transcript, ledgers=ledgers)
+        mechanisms=summary.get("mechanisms", {}),
+        transcript=transcript,
+        ledgers=ledgers,
+    )
     if centralized:
         result.centralized = centralized_logistic(
-            load_vertical_scenario(run.seed, test_fraction=run.test_fraction))
+            load_vertical_scenario(run.seed, test_fraction=run.test_fraction)
+        )
     return result

@@ -4,6 +4,7 @@ to the in-memory driver, ledgers the audit verifies, scoring of a customer by ID
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from common.privacy.accounting import calibrate_noise_multiplier
 from common.privacy.audit import verify
 from common.privacy.crypto import generate_signing_key
 from common.privacy.ledger import read_lines
+from common.vertical.channel import Channels
 from common.vertical.in_memory import run_vertical_in_memory
 from common.vertical.parties import (
     known_ids,
@@ -180,22 +182,42 @@ def test_a_customer_known_to_all_is_scored_and_an_unknown_one_refused(flower_run
     assert lender_reply[0].content.metric_records["metrics"]["score"] == scores[known]["score"]
     last_evaluation = max(i for i, m in enumerate(relayed)
                           if m.message_type == "evaluate.vfl_score")
-    sent = [a.numpy() for m in relayed[last_evaluation:] if m.direction == "from"
-            and m.message_type == "query.vfl_embed"
-            for r in m.content.array_records.values() for a in r.values()]
-    # both partners for the known customer, ecommerce for the one bank refused: one number each
-    assert [v.shape for v in sent] == [(1,)] * 3
+    sealed = [blob for m in relayed[last_evaluation:] if m.direction == "from"
+              and m.message_type == "query.vfl_embed"
+              for blob in m.content.config_records["sealed"]["lender"]]
+    # both partners for the known customer, ecommerce for the one bank refused: one sealed
+    # embedding each, and no array the coordinator could read anywhere in the run
+    assert len(sealed) == 3
+    assert [m.message_type for m in relayed if m.content.array_records] == []
     assert np.isfinite(result.metrics["dp"]["lender+ecommerce+bank"]["auc"])
 
 
 def _party(partition: int, message_type: str, config: dict | None = None,
-           context=None) -> Party:
+           context=None, sealed: dict | None = None) -> Party:
     set_task_identity()
     run = RunConfig(mode="vertical")
     context = context or node_context({"partition-id": partition}, run)
-    msg = Message(content=RecordDict({"config": ConfigRecord(config or {})}), dst_node_id=1,
-                  message_type=message_type)
+    content = RecordDict({"config": ConfigRecord(config or {})})
+    if sealed is not None:
+        content["sealed"] = ConfigRecord(sealed)
+    msg = Message(content=content, dst_node_id=1, message_type=message_type)
     return Party(msg, context, {})
+
+
+def _lender_channel(context) -> Channels:
+    """Give ecommerce (`context`) a channel to the lender; the lender's end."""
+    key = os.urandom(32)
+    ends = {p: Channels(p, "r", keys={q: key}, sent={q: 0}, received={q: 0})
+            for p, q in (("ecommerce", LENDER), (LENDER, "ecommerce"))}
+    context.state["vfl.channel"] = ConfigRecord(ends["ecommerce"].to_state())
+    return ends[LENDER]
+
+
+def _split(lender: Channels, test: list[int], num_aligned: int) -> dict:
+    """The lender's split for ecommerce, sealed as it sends it (`query.psi_finish`)."""
+    return {LENDER: [lender.seal_arrays("ecommerce", {"test-positions": np.array(test),
+                                                      "num-aligned": np.array(num_aligned)},
+                                        stage="query.psi_finish", mode="")]}
 
 
 def test_each_release_and_the_alignment_happen_once_per_run() -> None:
@@ -210,20 +232,22 @@ def test_each_release_and_the_alignment_happen_once_per_run() -> None:
 def test_a_split_that_does_not_fit_the_alignment_is_refused() -> None:
     party = _party(1, "query.vfl_split")
     party.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)), "run": "r"})
+    lender = _lender_channel(party.context)
     expected = round(100 * party.run.test_fraction)
     for test in ([0] * expected, list(range(100)), list(range(expected - 1)) + [100]):
-        candidate = _party(1, "query.vfl_split", {"test-positions": test, "num-aligned": 100},
-                           context=node_context({"partition-id": 1}, party.run))
+        context = node_context({"partition-id": 1}, party.run)
+        candidate = _party(1, "query.vfl_split", context=context,
+                           sealed=_split(_lender_channel(context), test, 100))
         candidate.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)),
                                                              "run": "r"})
         with pytest.raises(Refusal, match="does not fit"):
             candidate.split()
-    good = _party(1, "query.vfl_split", {"test-positions": list(range(expected)),
-                                         "num-aligned": 100}, context=party.context)
+    good = _party(1, "query.vfl_split", context=party.context,
+                  sealed=_split(lender, list(range(expected)), 100))
     good.split()
     with pytest.raises(Refusal, match="already done"):  # no re-split after the fact
-        _party(1, "query.vfl_split", {"test-positions": list(range(1, expected + 1)),
-                                      "num-aligned": 100}, context=party.context).split()
+        _party(1, "query.vfl_split", context=party.context,
+               sealed=_split(lender, list(range(1, expected + 1)), 100)).split()
 
 
 def test_the_ledger_refuses_a_second_release_beyond_the_budget(tmp_path: Path) -> None:

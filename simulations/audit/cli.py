@@ -1,4 +1,5 @@
-"""`fedcredit audit`: verify partners' privacy ledgers and the coordinator's receipts.
+"""`fedcredit audit`: verify partners' privacy ledgers, the coordinator's receipts and partners'
+lifetime privacy odometers.
 
 Exit status: 0 when everything verifies, 1 when there are findings, 2 for usage errors (a missing
 ledger, receipts file or keys directory, no usable public key).
@@ -35,14 +36,20 @@ KeysOpt = Annotated[Path, typer.Option(
 ReceiptsOpt = Annotated[Path | None, typer.Option(
     "--receipts", exists=True, dir_okay=False, readable=True,
     help="The coordinator's receipts log (ties ledger entries to accepted updates).")]
+OdometerOpt = Annotated[list[Path] | None, typer.Option(
+    "--odometer", exists=True, dir_okay=False, readable=True, show_default=False,
+    help="A partner's lifetime privacy odometer (repeat the option, one per partner and data "
+         "set): verified, its lifetime epsilon recomputed, and every release in the given "
+         "ledgers must be reserved in it.")]
 
 
-def _run(ledgers: list[Path], keys: Path, receipts: Path | None) -> AuditResult:
+def _run(ledgers: list[Path], keys: Path, receipts: Path | None,
+         odometers: list[Path] | None = None) -> AuditResult:
     """verify(), with input problems turned into exit status 2."""
     from common.privacy.audit import verify
 
     try:
-        return verify(ledgers, keys, receipts)
+        return verify(ledgers, keys, receipts, odometer_paths=odometers or [])
     except AuditInputError as exc:
         Console(stderr=True).print(Text(f"error: {exc}", style="red"))
         raise typer.Exit(code=2) from exc
@@ -74,12 +81,17 @@ def show_result(result: AuditResult, console: Console) -> None:
     console.print(Text(f"recomputed with {result.accountant['rdp']} and {result.accountant['pld']}"
                        f" ({result.accountant['library']}); receipts: "
                        f"{result.receipts or 'none given'}", style="dim"), soft_wrap=True)
+    if result.odometers:
+        show_odometers(result, console)
     for finding in result.findings:
         console.print(Text(str(finding), style="red"), soft_wrap=True)
     entries = sum(len(p.entries) for p in result.partners)
     if result.ok:
         receipts = (f", {result.receipts_checked} receipts match one to one"
                     if result.receipts else ", no receipts given")
+        if result.odometers:
+            receipts += (f"; {len(result.odometers)} odometer(s) verify, within their lifetime "
+                         f"budgets, and reserve every release of the ledgers they cover")
         console.print(Text(f"OK: {len(result.partners)} ledgers, {entries} entries verify{receipts}"
                            f"; every claimed epsilon within {EPSILON_TOLERANCE:.0%} of the "
                            f"recomputed RDP epsilon, within budget", style="bold green"),
@@ -89,15 +101,42 @@ def show_result(result: AuditResult, console: Console) -> None:
                       soft_wrap=True)
 
 
+def show_odometers(result: AuditResult, console: Console) -> None:
+    """Per-odometer table (lifetime budget vs claimed vs recomputed, ledgers it covers)."""
+    table = Table(title="lifetime privacy odometers (epsilon over every run of the data set)",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
+    for column in ("partner", "data set", "runs", "releases", "lifetime budget", "delta",
+                   "claimed", "RDP", "PLD", "ledgers covered", "findings"):
+        table.add_column(column, justify="left" if column in ("partner", "data set") else "right",
+                         no_wrap=True)
+    for o in result.odometers:
+        n = sum(f.path == o.path for f in result.findings)
+        table.add_row(Text(str(o.partner)), Text(str(o.dataset_sha256 or "n/a")[:12]),
+                      str(len(o.runs)), str(len(o.entries)),
+                      format_number(o.epsilon_lifetime_budget, 6, style="g"),
+                      format_number(o.delta, 6, style="g"), format_number(o.epsilon_claimed),
+                      format_number(o.epsilon_rdp), format_number(o.epsilon_pld),
+                      str(len(o.ledgers_checked)), Text(str(n), style="red" if n else "green"))
+    console.print(table)
+    covered = {ledger for o in result.odometers for ledger in o.ledgers_checked}
+    uncovered = [p.partner for p in result.partners if p.ledger not in covered]
+    if uncovered:
+        console.print(Text(f"no odometer given for: {', '.join(uncovered)} (their ledgers are "
+                           f"not checked against a lifetime budget)", style="yellow"),
+                      soft_wrap=True)
+
+
 @audit_app.command("verify")
 def verify_command(
     ledgers: LedgersArg,
     keys: KeysOpt,
     receipts: ReceiptsOpt = None,
+    odometers: OdometerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Verify ledgers (and receipts): signatures, chains, order, recomputed epsilon, budgets."""
-    result = _run(ledgers, keys, receipts)
+    """Verify ledgers (and receipts, odometers): signatures, chains, order, recomputed epsilon,
+    budgets."""
+    result = _run(ledgers, keys, receipts, odometers)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
@@ -112,11 +151,12 @@ def report_command(
     out: Annotated[Path, typer.Option("--out", dir_okay=False, show_default=False,
                                       help="HTML report to write.")],
     receipts: ReceiptsOpt = None,
+    odometers: OdometerOpt = None,
 ) -> None:
     """Verify, then write a self-contained HTML report an auditor can read."""
     from simulations.audit.html import render_audit_html
 
-    result = _run(ledgers, keys, receipts)
+    result = _run(ledgers, keys, receipts, odometers)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_audit_html(result), encoding="utf-8")
     console = Console()

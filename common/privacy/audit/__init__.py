@@ -5,7 +5,8 @@
 run, round order). Then every entry's cumulative ε is RECOMPUTED from its logged mechanism
 parameters (Poisson rate q, noise multiplier σ, steps, δ) with an implementation other than the
 one that wrote it (`accountant`). Each ledger's consistency and ε are checked in `ledgers`;
-receipts, when given, tie each trained entry to an update the coordinator accepted (`receipts`).
+receipts, when given, tie each trained entry to an update the coordinator accepted (`receipts`);
+partners' lifetime odometers, when given, must hold every release the ledgers spent (`odometer`).
 """
 
 from common.privacy.audit.accountant import (
@@ -15,11 +16,12 @@ from common.privacy.audit.accountant import (
     MechanismRound,
 )
 from common.privacy.audit.ledgers import BUDGET_SLACK, EPSILON_TOLERANCE, EntryAudit, PartnerAudit
+from common.privacy.audit.odometer import OdometerAudit, OdometerEntryAudit
 from common.privacy.audit.receipts import COORDINATOR, Keys
 from common.privacy.audit.verification import AuditResult, load_audit_keys, verify
 
 __all__ = [
     "AUDIT_RDP_ORDERS", "BUDGET_SLACK", "COORDINATOR", "EPSILON_TOLERANCE", "PLD_DISCRETIZATION",
     "AuditResult", "EntryAudit", "IndependentAccountant", "Keys", "MechanismRound",
-    "PartnerAudit", "load_audit_keys", "verify",
+    "OdometerAudit", "OdometerEntryAudit", "PartnerAudit", "load_audit_keys", "verify",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,11 @@ from common.errors import AuditInputError, CryptoError
 from common.outputs import format_number
 from common.privacy.audit.accountant import IndependentAccountant
 from common.privacy.audit.ledgers import EPSILON_TOLERANCE, PartnerAudit, audit_ledger, well_formed
+from common.privacy.audit.odometer import (
+    OdometerAudit,
+    audit_odometer,
+    check_ledgers_against_odometers,
+)
 from common.privacy.audit.receipts import COORDINATOR, Keys, check_receipts
 from common.privacy.crypto import load_public_keys
 from common.privacy.ledger import LEDGER_KIND, RECEIPT_KIND, Finding, check_log, read_lines
@@ -34,6 +39,7 @@ class AuditResult:
     key_names: dict[str, str]
     accountant: dict[str, Any]
     epsilon_tolerance: float = EPSILON_TOLERANCE
+    odometers: list[OdometerAudit] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,8 +84,10 @@ def _first_run_id(lines: list[tuple[int, dict[str, Any]]], kind: str) -> tuple[i
 
 
 def verify(ledger_paths: Sequence[Path], keys_dir: Path, receipts_path: Path | None = None, *,
-           accountant: IndependentAccountant | None = None) -> AuditResult:
-    """Verify partners' ledgers (and the coordinator's receipts): integrity, ε, cross-checks.
+           accountant: IndependentAccountant | None = None,
+           odometer_paths: Sequence[Path] = ()) -> AuditResult:
+    """Verify partners' ledgers (and the coordinator's receipts, and their lifetime odometers):
+    integrity, ε, cross-checks.
 
     Raises AuditInputError when a file or the keys directory is missing; every problem in the
     logs themselves is a `Finding` of the result.
@@ -87,7 +95,9 @@ def verify(ledger_paths: Sequence[Path], keys_dir: Path, receipts_path: Path | N
     paths = [Path(p) for p in ledger_paths]
     if not paths:
         raise AuditInputError("no ledger given: pass at least one partner ledger")
-    for path in [*paths, *([Path(receipts_path)] if receipts_path is not None else [])]:
+    odometer_files = [Path(p) for p in odometer_paths]
+    for path in [*paths, *([Path(receipts_path)] if receipts_path is not None else []),
+                 *odometer_files]:
         if not path.is_file():
             raise AuditInputError(f"{path} does not exist or is not a file")
     keys = load_audit_keys(keys_dir)
@@ -145,13 +155,24 @@ def verify(ledger_paths: Sequence[Path], keys_dir: Path, receipts_path: Path | N
                                                  ledger_lines, run_id)
         findings += more
 
+    odometers: list[OdometerAudit] = []
+    for path in odometer_files:
+        if any(o.path == str(path) for o in odometers):
+            findings.append(Finding(str(path), 0, "duplicate-odometer", "odometer given twice"))
+            continue
+        odometer, more = audit_odometer(path, keys, accountant)
+        odometers.append(odometer)
+        findings += more
+    findings += check_ledgers_against_odometers(odometers, partners, ledger_lines)
+
     order = {str(p): i for i, p in enumerate([*paths, *([receipts_path] if receipts_path
-                                                        else [])])}
+                                                        else []), *odometer_files])}
     findings.sort(key=lambda f: (order.get(f.path, len(order)), f.line))
     result = AuditResult(ledgers=[str(p) for p in paths],
                          receipts=str(receipts_path) if receipts_path else None,
                          keys_dir=str(keys_dir), run_id=run_id, partners=partners,
                          findings=findings, receipts_checked=receipts_checked,
-                         key_names=key_names, accountant=accountant.describe())
+                         key_names=key_names, accountant=accountant.describe(),
+                         odometers=odometers)
     log.info("audit %s: %d finding(s)", "passed" if result.ok else "FAILED", len(findings))
     return result

@@ -1,0 +1,199 @@
+"""The auditor's check of partners' lifetime odometers, and of each run's ledger against them.
+
+An odometer's integrity is `common.privacy.odometer.check_odometer`'s (fields, the partner's
+signatures, chain, seq, one partner, data set and lifetime budget). Its lifetime ε is RECOMPUTED
+from the logged mechanisms with the auditor's own accountant; a claim more than
+`EPSILON_TOLERANCE` below it, or a lifetime ε over the lifetime budget, is a finding. Then every
+ledger entry that ran steps must be covered by one reservation of its partner's odometer: same
+run, round, mechanism (q, σ, clipping norm) and at least its steps (a reservation is made before
+the release, which may take fewer steps); else `release-not-in-odometer`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.outputs import format_number
+from common.privacy.audit.accountant import IndependentAccountant, MechanismRound
+from common.privacy.audit.ledgers import BUDGET_SLACK, EPSILON_TOLERANCE, PartnerAudit
+from common.privacy.audit.receipts import Keys
+from common.privacy.ledger import MECHANISM, SAMPLING, Finding, read_lines
+from common.privacy.odometer import check_odometer, well_formed
+
+
+@dataclass
+class OdometerEntryAudit:
+    """One reservation as the auditor sees it: what, for which run and round, ε claimed and
+    recomputed, and the ledger entry it covers (if a given ledger has one)."""
+
+    line: int
+    run_id: str
+    round: int
+    release: str
+    sample_rate: float
+    noise_multiplier: float
+    steps: int
+    clipping_norm: float
+    epsilon_claimed: float
+    ledger_path: str
+    epsilon_rdp: float | None = None
+    epsilon_pld: float | None = None
+    covers: str = ""
+
+
+@dataclass
+class OdometerAudit:
+    """One partner's lifetime odometer: its data set, lifetime budget, ε claimed and recomputed."""
+
+    path: str
+    partner: str | None
+    dataset_sha256: str | None
+    key_fingerprint: str | None
+    epsilon_lifetime_budget: float | None
+    delta: float | None
+    epsilon_claimed: float | None
+    epsilon_rdp: float | None
+    epsilon_pld: float | None
+    runs: list[str] = field(default_factory=list)
+    ledgers_checked: list[str] = field(default_factory=list)
+    entries: list[OdometerEntryAudit] = field(default_factory=list)
+
+
+def _mechanism(entry: dict[str, Any]) -> tuple[float, float, int, float] | None:
+    """(q, σ, steps, C) of an entry's mechanism, None unless a valid subsampled Gaussian."""
+    mechanism = entry["mechanism"]
+    if (mechanism.get("name"), mechanism.get("sampling")) != (MECHANISM, SAMPLING):
+        return None
+    values = [mechanism.get(k) for k in ("sample_rate", "noise_multiplier", "steps",
+                                         "clipping_norm")]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        return None
+    q, sigma, steps, clip = values
+    if not (0.0 < q <= 1.0 and math.isfinite(sigma) and sigma >= 0.0 and isinstance(steps, int)
+            and steps >= 0 and math.isfinite(clip) and clip > 0.0):
+        return None
+    return float(q), float(sigma), steps, float(clip)
+
+
+def audit_odometer(path: Path, keys: Keys,
+                   accountant: IndependentAccountant) -> tuple[OdometerAudit, list[Finding]]:
+    """Integrity, recomputed lifetime ε and lifetime budget of one odometer."""
+    lines, findings = read_lines(path)
+    findings += check_odometer(path, lines, keys)
+    entries = [(line, e) for line, e in lines if well_formed(e)]
+    first = entries[0][1] if entries else {}
+    summary = OdometerAudit(
+        path=str(path), partner=first.get("partner"), dataset_sha256=first.get("dataset_sha256"),
+        key_fingerprint=first.get("key_fingerprint"),
+        epsilon_lifetime_budget=float(first["epsilon_lifetime_budget"]) if entries else None,
+        delta=float(first["delta"]) if entries else None,
+        epsilon_claimed=None, epsilon_rdp=None, epsilon_pld=None)
+    if not entries:
+        findings.append(Finding(str(path), 0, "empty-odometer", "no valid odometer entry"))
+        return summary, findings
+    delta, budget = float(first["delta"]), float(first["epsilon_lifetime_budget"])
+    if not 0.0 < delta < 1.0 or not budget > 0.0:
+        findings.append(Finding(str(path), entries[0][0], "bad-value",
+                                f"lifetime budget must be epsilon > 0 and delta in (0, 1), got "
+                                f"epsilon={budget}, delta={delta}"))
+        return summary, findings
+    rounds: list[MechanismRound] = []
+    for line, entry in entries:
+        mechanism = _mechanism(entry)
+        if mechanism is None:
+            findings.append(Finding(str(path), line, "bad-mechanism",
+                                    f"mechanism {entry['mechanism']!r} is not a subsampled "
+                                    f"Gaussian (need 0 < q <= 1, sigma >= 0, integer steps >= "
+                                    f"0, clipping norm > 0): the lifetime epsilon cannot be "
+                                    f"recomputed"))
+            return summary, findings
+        q, sigma, steps, clip = mechanism
+        rounds.append((q, sigma, steps))
+        summary.entries.append(OdometerEntryAudit(
+            line=line, run_id=entry["run_id"], round=entry["round"], release=entry["release"],
+            sample_rate=q, noise_multiplier=sigma, steps=steps, clipping_norm=clip,
+            epsilon_claimed=float(entry["epsilon_lifetime_cumulative"]),
+            ledger_path=entry["ledger_path"]))
+    recomputed = accountant.cumulative(rounds, [delta] * len(rounds))
+    for audit, (eps_rdp, eps_pld) in zip(summary.entries, recomputed, strict=True):
+        audit.epsilon_rdp, audit.epsilon_pld = eps_rdp, eps_pld
+        findings += _epsilon_findings(path, audit, str(summary.partner), budget, delta)
+    last = summary.entries[-1]
+    summary.epsilon_claimed, summary.epsilon_rdp, summary.epsilon_pld = (
+        last.epsilon_claimed, last.epsilon_rdp, last.epsilon_pld)
+    summary.runs = list(dict.fromkeys(e.run_id for e in summary.entries))
+    return summary, findings
+
+
+def _epsilon_findings(path: Path, audit: OdometerEntryAudit, partner: str, budget: float,
+                      delta: float) -> list[Finding]:
+    """A lifetime ε claimed below the recomputed one, or over the lifetime budget."""
+    findings = []
+    where = f"{partner} run {audit.run_id!r} round {audit.round} ({audit.release})"
+    claimed, eps_rdp = audit.epsilon_claimed, audit.epsilon_rdp
+    if eps_rdp is not None and claimed < eps_rdp * (1 - EPSILON_TOLERANCE):
+        findings.append(Finding(str(path), audit.line, "epsilon-understated",
+                                f"{where} claims lifetime epsilon={claimed:.6g} but the "
+                                f"odometer's releases compose to epsilon={eps_rdp:.6g} "
+                                f"(dp_accounting RDP) at delta={delta:g}: more than "
+                                f"{EPSILON_TOLERANCE:.0%} below"))
+    over_claimed = claimed > budget * (1 + BUDGET_SLACK)
+    over_recomputed = eps_rdp is not None and eps_rdp > budget * (1 + BUDGET_SLACK)
+    if over_claimed or over_recomputed:
+        findings.append(Finding(str(path), audit.line, "lifetime-budget-exceeded",
+                                f"{where} took the data set past its lifetime budget "
+                                f"epsilon={budget:g}: claimed {claimed:.6g}, recomputed RDP "
+                                f"{format_number(eps_rdp, 6, style='g')}"))
+    return findings
+
+
+def check_ledgers_against_odometers(
+        odometers: list[OdometerAudit], partners: list[PartnerAudit],
+        ledger_lines: dict[str, list[tuple[int, dict[str, Any]]]]) -> list[Finding]:
+    """Every ledger entry that ran steps, of a partner with an odometer, is covered by one of
+    its reservations (same run, round, q, σ, C; at least its steps), each used once."""
+    findings: list[Finding] = []
+    by_partner: dict[str, list[tuple[OdometerAudit, OdometerEntryAudit]]] = defaultdict(list)
+    for odometer in odometers:
+        if odometer.partner is not None:
+            by_partner[odometer.partner] += [(odometer, e) for e in odometer.entries]
+    for summary in partners:
+        if summary.partner not in by_partner:
+            continue
+        candidates = by_partner[summary.partner]
+        raw = dict(ledger_lines[summary.ledger])
+        checked = {o.path for o in odometers if o.partner == summary.partner}
+        for audit in summary.entries:
+            if (not audit.steps or audit.line not in raw or audit.round is None
+                    or None in (audit.sample_rate, audit.noise_multiplier, audit.clipping_norm)):
+                continue  # spent nothing, or not a mechanism (the ledger audit reports it)
+            entry = raw[audit.line]
+            key = (entry["run_id"], audit.round, audit.sample_rate, audit.noise_multiplier,
+                   audit.clipping_norm)
+            fitting = [(o, e) for o, e in candidates if not e.covers
+                       and (e.run_id, e.round, e.sample_rate, e.noise_multiplier,
+                            e.clipping_norm) == key and e.steps >= audit.steps]
+            if fitting:
+                _, best = min(fitting, key=lambda pair: pair[1].steps)
+                best.covers = f"{summary.ledger}:{audit.line}"
+                continue
+            same_round = [e for _, e in candidates if (e.run_id, e.round) == key[:2]]
+            hint = ("" if not same_round else
+                    " (its reservations for that round log " + ", ".join(
+                        f"q={e.sample_rate:g} sigma={e.noise_multiplier:g} steps={e.steps} "
+                        f"C={e.clipping_norm:g}" + (" already used" if e.covers else "")
+                        for e in same_round) + ")")
+            findings.append(Finding(
+                summary.ledger, audit.line, "release-not-in-odometer",
+                f"{summary.partner} run {entry['run_id']!r} round {audit.round} spent {audit.steps}"
+                f" steps (q={audit.sample_rate:g}, sigma={audit.noise_multiplier:g}, "
+                f"C={audit.clipping_norm:g}) that no odometer of {summary.partner!r} reserved"
+                f"{hint}: the release escaped the lifetime budget"))
+        for odometer in odometers:
+            if odometer.path in checked:
+                odometer.ledgers_checked.append(summary.ledger)
+    return findings

@@ -1,0 +1,300 @@
+"""A partner's lifetime privacy odometer: every DP release of one data set, across runs and ledgers.
+
+A ledger is per run and per file, so a partner restarted with a new `ledger-path` would spend its
+whole run budget again. The odometer is the partner-held record that spans them: one signed,
+hash-chained JSON Lines file (the ledger's format machinery: canonical encoding, Ed25519
+signature, `prev_entry_sha256`, `seq`) with one entry per release of the data set identified by
+`dataset_fingerprint`, whatever run or ledger it belongs to. Every release is recorded BEFORE it
+happens (a reservation: a crash afterwards over-counts, never under-counts), and all of them
+compose (RDP, `common.privacy.accounting`) into one lifetime ε at δ, held to the lifetime budget.
+
+`check_odometer` is the one integrity check, used by the partner on open and by the auditor
+(`common.privacy.audit.odometer`). The partner's file is locked while it is read and appended, so
+two SuperNodes of one partner sharing an odometer cannot both spend what is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
+from common.privacy.accounting import (
+    ACCOUNTANT_NAME,
+    CONVERSION,
+    SubsampledGaussianEvent,
+    check_budget,
+    rdp_epsilon,
+    within_budget,
+)
+from common.privacy.crypto import fingerprint
+from common.privacy.ledger import (
+    GENESIS,
+    Finding,
+    canonical_bytes,
+    entry_hash,
+    ledger_event,
+    mechanism_fields,
+    read_lines,
+    sign_entry,
+    utc_now,
+    verify_entry_signature,
+)
+
+try:  # POSIX: serialise concurrent writers of one odometer (advisory lock on the file itself)
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: a single writer is assumed
+    fcntl = None  # type: ignore[assignment]
+
+ODOMETER_KIND = "fedcredit-privacy-odometer/1"
+DATASET_DOMAIN = b"fedcredit-dataset/1"
+"""Domain separation of `dataset_fingerprint` from every other SHA-256 in fedcredit."""
+RELEASE_DP_SGD = "dp-sgd"
+RELEASE_COUNT = "count"
+ODOMETER_FIELDS = {"kind", "seq", "partner", "dataset_sha256", "epsilon_lifetime_budget", "delta",
+                   "run_id", "round", "release", "mechanism", "epsilon_lifetime_cumulative",
+                   "accountant", "conversion", "ledger_path", "timestamp", "prev_entry_sha256",
+                   "signature", "key_fingerprint"}
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "seq": int, "partner": str, "dataset_sha256": str,
+    "epsilon_lifetime_budget": (int, float), "delta": (int, float), "run_id": str, "round": int,
+    "release": str, "mechanism": dict, "epsilon_lifetime_cumulative": (int, float),
+    "accountant": str, "conversion": str, "ledger_path": str, "timestamp": str,
+    "prev_entry_sha256": str, "signature": str, "key_fingerprint": str}
+IDENTITY_FIELDS = ("partner", "dataset_sha256", "epsilon_lifetime_budget", "delta")
+"""What every entry of one odometer shares: whose, which data set, which lifetime budget."""
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(data_path: Path | str, schema_path: Path | str) -> str:
+    """SHA-256 (hex) identifying a data set: its data file's and its schema's bytes, each hashed,
+    under a fedcredit domain tag (OSError if either cannot be read)."""
+    parts = [DATASET_DOMAIN, b"data", _file_sha256(Path(data_path)).encode("ascii"),
+             b"schema", _file_sha256(Path(schema_path)).encode("ascii")]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def well_formed(entry: dict[str, Any]) -> bool:
+    """Whether an entry has exactly the odometer's fields, of their types, and its kind."""
+    return (set(entry) == ODOMETER_FIELDS and entry.get("kind") == ODOMETER_KIND
+            and all(isinstance(entry[k], t) and not isinstance(entry[k], bool)
+                    for k, t in _FIELD_TYPES.items()))
+
+
+def check_odometer(path: Path, entries: list[tuple[int, dict[str, Any]]],
+                   keys: dict[str, tuple[str, Ed25519PublicKey]]) -> list[Finding]:
+    """Integrity of an odometer: fields, signatures (by the key of the entry's partner), chain,
+    seq, and one partner, data set and lifetime budget throughout. `keys`: fingerprint ->
+    (name, public key)."""
+    findings: list[Finding] = []
+    previous_hash, first = GENESIS, None
+    for position, (line, entry) in enumerate(entries):
+        def problem(code: str, message: str, line: int = line) -> None:
+            findings.append(Finding(str(path), line, code, message))
+
+        if not well_formed(entry):
+            missing = sorted(ODOMETER_FIELDS - set(entry))
+            extra = sorted(set(entry) - ODOMETER_FIELDS)
+            problem("fields", f"not a {ODOMETER_KIND} entry of the right field types (missing "
+                              f"{missing}, unexpected {extra})")
+            previous_hash = entry_hash(entry)
+            continue
+        signer = keys.get(entry["key_fingerprint"])
+        if signer is None:
+            problem("unknown-key", f"signed by unknown key {entry['key_fingerprint']}")
+        else:
+            if signer[0] != entry["partner"]:
+                problem("foreign-key", f"entry of {entry['partner']!r} is signed with the key "
+                                       f"of {signer[0]!r}")
+            try:
+                verify_entry_signature(entry, signer[1])
+            except CryptoError:
+                problem("bad-signature", "signature does not verify: the entry was altered "
+                                         "after signing or signed by another key")
+        if entry["prev_entry_sha256"] != previous_hash:
+            problem("broken-chain", "prev_entry_sha256 does not match the previous entry: an "
+                                    "entry was removed, reordered, inserted or altered")
+        if entry["seq"] != position:
+            problem("seq", f"seq {entry['seq']} where {position} was expected (entries missing, "
+                           f"duplicated or reordered)")
+        first = first or entry
+        changed = [k for k in IDENTITY_FIELDS if entry[k] != first[k]]
+        if changed:
+            problem("identity-changed", f"{', '.join(changed)} differ from the odometer's first "
+                                        f"entry: one odometer counts one partner's data set "
+                                        f"under one lifetime budget")
+        previous_hash = entry_hash(entry)
+    return findings
+
+
+@dataclass(frozen=True)
+class LifetimeDecision:
+    """Whether planned releases fit what is left of the lifetime budget, and the ε they reach."""
+
+    allowed: bool
+    epsilon_spent: float
+    epsilon_after: float
+    epsilon_lifetime_budget: float
+    reason: str = ""
+
+
+class PrivacyOdometer:
+    """A partner's lifetime odometer of one data set: verified on open, appended durably under a
+    file lock, every release recorded before it happens.
+
+    Raises LedgerError on open when the file fails verification, or belongs to another partner,
+    data set or lifetime budget (a lifetime budget cannot change once releases count against it).
+    """
+
+    def __init__(self, path: Path | str, key: Ed25519PrivateKey, partner: str,
+                 dataset_sha256: str, lifetime_epsilon: float, delta: float) -> None:
+        check_budget(lifetime_epsilon, delta, keys=("lifetime-epsilon", "delta"))
+        self.path, self.key, self.partner = Path(path), key, partner
+        self.dataset_sha256 = dataset_sha256
+        self.lifetime_epsilon, self.delta = float(lifetime_epsilon), float(delta)
+        self.fingerprint = fingerprint(key.public_key())
+        self.entries: list[dict[str, Any]] = []
+        with self._locked(exclusive=False):
+            self._reload()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def last_hash(self) -> str:
+        """Hash of the last entry (GENESIS when empty)."""
+        return entry_hash(self.entries[-1]) if self.entries else GENESIS
+
+    def events(self) -> list[SubsampledGaussianEvent]:
+        """Every release recorded, in order."""
+        return [ledger_event(entry) for entry in self.entries]
+
+    def spent(self) -> float:
+        """Lifetime ε at δ of every recorded release composed (0 when none)."""
+        return self._epsilon(self.events())
+
+    def fits(self, planned: Sequence[SubsampledGaussianEvent]) -> LifetimeDecision:
+        """Whether every recorded release plus `planned` stays within the lifetime budget (the
+        file is re-read first: another process may have recorded releases since)."""
+        with self._locked(exclusive=False):
+            self._reload()
+        return self._decide(planned)
+
+    # ------------------------------------------------------------------ writing
+
+    def record(self, *, run_id: str, server_round: int, release: str,
+               event: SubsampledGaussianEvent, ledger_path: str) -> dict[str, Any]:
+        """Reserve one release BEFORE it happens: sign and durably append its entry.
+
+        Raises LifetimeBudgetExceeded (appending nothing) if it would take the lifetime ε over
+        the budget, LedgerError if the file no longer verifies.
+        """
+        if not run_id or not release:
+            raise ValueError("a release needs a run id and a release name")
+        if event.steps < 1:
+            raise ValueError(f"a release runs at least one step, got {event.steps}")
+        if int(server_round) < 0:
+            raise ValueError(f"round must be >= 0, got {server_round}")
+        with self._locked(exclusive=True) as handle:
+            self._reload()
+            decision = self._decide([event])
+            if not decision.allowed:
+                raise LifetimeBudgetExceeded(decision.reason)
+            body = {"kind": ODOMETER_KIND, "seq": len(self.entries), "partner": self.partner,
+                    "dataset_sha256": self.dataset_sha256,
+                    "epsilon_lifetime_budget": self.lifetime_epsilon, "delta": self.delta,
+                    "run_id": run_id, "round": int(server_round), "release": release,
+                    "mechanism": mechanism_fields(event),
+                    "epsilon_lifetime_cumulative": float(decision.epsilon_after),
+                    "accountant": ACCOUNTANT_NAME, "conversion": CONVERSION,
+                    "ledger_path": str(ledger_path), "timestamp": utc_now(),
+                    "key_fingerprint": self.fingerprint, "prev_entry_sha256": self.last_hash}
+            entry = sign_entry(body, self.key)
+            assert handle is not None
+            handle.write(canonical_bytes(entry) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.entries.append(entry)
+        return entry
+
+    # ------------------------------------------------------------------ internals
+
+    def _epsilon(self, events: Sequence[SubsampledGaussianEvent]) -> float:
+        return rdp_epsilon(events, delta=self.delta, conversion=CONVERSION) if events else 0.0
+
+    def _decide(self, planned: Sequence[SubsampledGaussianEvent]) -> LifetimeDecision:
+        recorded = self.events()
+        before = self._epsilon(recorded)
+        after = self._epsilon([*recorded, *planned])
+        if within_budget(after, self.lifetime_epsilon):
+            return LifetimeDecision(True, before, after, self.lifetime_epsilon)
+        after_text = "inf" if math.isinf(after) else f"{after:.4f}"
+        reason = (f"lifetime privacy budget of data set {self.dataset_sha256[:12]} exhausted: "
+                  f"{len(planned)} planned release(s) would raise its lifetime epsilon from "
+                  f"{before:.4f} ({len(recorded)} release(s) recorded across runs) to "
+                  f"{after_text}, over the lifetime budget {self.lifetime_epsilon:g} "
+                  f"(delta={self.delta:g}, {ACCOUNTANT_NAME})")
+        return LifetimeDecision(False, before, after, self.lifetime_epsilon, reason)
+
+    @contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[IO[bytes] | None]:
+        """The file locked (exclusive: opened for appending, created if missing)."""
+        if not exclusive and not self.path.exists():
+            yield None
+            return
+        if exclusive:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab" if exclusive else "rb") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield handle  # closing the file releases the lock
+
+    def _reload(self) -> None:
+        """Read and verify the whole file; it must extend what this object already read."""
+        lines, findings = read_lines(self.path) if self.path.exists() else ([], [])
+        if lines and well_formed(lines[0][1]):
+            self._check_identity(lines[0][1])  # the clearest refusal first, verified or not
+        findings += check_odometer(self.path, lines,
+                                   {self.fingerprint: (self.partner, self.key.public_key())})
+        if findings:
+            raise LedgerError(f"odometer {self.path} failed verification; refusing to release "
+                              f"rather than under-count lifetime privacy spent: "
+                              + "; ".join(str(f) for f in findings[:5]))
+        entries = [entry for _, entry in lines]
+        known = len(self.entries)
+        if len(entries) < known or (known and entry_hash(entries[known - 1]) != self.last_hash):
+            raise LedgerError(f"odometer {self.path} holds {len(entries)} entries but {known} "
+                              f"were read before: it was truncated or replaced")
+        self.entries = entries
+
+    def _check_identity(self, first: dict[str, Any]) -> None:
+        """Refuse an odometer of another partner, data set or lifetime budget."""
+        where = f"odometer {self.path}"
+        if first["partner"] != self.partner:
+            raise LedgerError(f"{where} is partner {first['partner']!r}'s, this node is "
+                              f"{self.partner!r}")
+        if first["dataset_sha256"] != self.dataset_sha256:
+            raise LedgerError(f"{where} counts data set {first['dataset_sha256'][:16]}..., but "
+                              f"this node's data-path and schema-path hash to "
+                              f"{self.dataset_sha256[:16]}...: one odometer counts one data set")
+        if (first["epsilon_lifetime_budget"], first["delta"]) != (self.lifetime_epsilon,
+                                                                 self.delta):
+            raise LedgerError(f"{where} counts against lifetime budget epsilon="
+                              f"{first['epsilon_lifetime_budget']:g}, delta={first['delta']:g}, "
+                              f"but the node config says lifetime-epsilon="
+                              f"{self.lifetime_epsilon:g}, delta={self.delta:g}: a lifetime "
+                              f"budget cannot change once releases count against it")

@@ -52,7 +52,7 @@ from clients.context import read_config, read_run_config
 from clients.timing import timing_mod
 from clients.vertical.routing import register_vertical
 from common.config import RunConfig
-from common.errors import PartnerError
+from common.errors import CryptoError, PartnerError
 from common.privacy.crypto import hash_weights
 from common.protocol import (
     ARRAY_KEYS,
@@ -69,7 +69,6 @@ from common.protocol import (
     PARTNER_STATE,
     REFUSAL_PREFIX,
     REFUSAL_REASON,
-    REFUSED,
     SECURE_PARAMETERS,
     SECURE_REFUSAL_CODE,
     SERVER_ROUND,
@@ -123,7 +122,7 @@ def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
     run, partner = read_config(context, overrides or {})
-    from common.partner import PartnerState, TrainReply, load_data, train_round
+    from common.partner import PartnerState, load_data, signing_key_refusal, train_round
 
     state = PartnerState.from_dict(dict(context.state.get(PARTNER_STATE, ConfigRecord())))
     secure = SECURE_PARAMETERS in msg.content.array_records
@@ -134,18 +133,16 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
     server_round = requested.get(SERVER_ROUND)
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
         raise ValueError(f"train request without a valid {SERVER_ROUND!r} (got {server_round!r})")
-    data = load_data(partner, run)
-    evaluation = _evaluation_of_received(run, partner, weights, requested, data)  # before training
-    if secure and len(data.train) > run.secagg_max_weight:
-        # Checked before training: no privacy is spent on an update that could not be summed.
-        reply = TrainReply(None, {NUM_EXAMPLES: float(len(data.train)), REFUSED: 1.0},
-                           f"{len(data.train)} training rows exceed secagg-max-weight="
-                           f"{run.secagg_max_weight:g}: the weight would overflow the secure "
-                           f"sum's quantized weighting (run config key 'secagg-max-weight')")
+    try:
+        data = load_data(partner, run)
+    except CryptoError as exc:  # a deployed partner's split key derives from its signing key
+        reply, evaluation = signing_key_refusal(partner, exc), {}
     else:
+        evaluation = _evaluation_of_received(run, partner, weights, requested, data)  # first
         reply = train_round(partner, run, state, weights, requested, server_round, data,
                             run_id=str(context.run_id),
-                            value_bound=run.secagg_clipping_range if secure else None)
+                            value_bound=run.secagg_clipping_range if secure else None,
+                            max_weight=run.secagg_max_weight if secure else None)
     context.state[PARTNER_STATE] = ConfigRecord(state.to_dict())
     info = {PARTNER: partner.partner, REFUSAL_REASON: reply.refusal,
             LEDGER_ENTRY_SHA256: reply.ledger_entry_sha256}
@@ -183,7 +180,7 @@ def _secure_reply(msg: Message, reply: TrainReply, info: dict[str, str],
     update_hash = "" if reply.weights is None else hash_weights(reply.weights)
     fitres = FitRes(status=Status(code=Code.OK, message="Success"),
                     parameters=ndarrays_to_parameters(arrays),
-                    num_examples=int(reply.metrics[NUM_EXAMPLES]),
+                    num_examples=int(reply.metrics.get(NUM_EXAMPLES, 0)),
                     metrics={**reply.metrics, **info, UPDATE_SHA256: update_hash})
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 

@@ -17,6 +17,7 @@ from typing import Any
 from common.data.scenarios import PARTIES, SCENARIOS, SPLITS, VERTICAL_SCENARIO
 from common.outputs import ledger_file
 from common.privacy.accounting import check_budget
+from common.privacy.budget import COUNT_EPSILON_SHARE
 
 ConfigValue = bool | int | float | str
 LR_SCHEDULES = ("constant", "cosine")
@@ -239,8 +240,9 @@ def parse_budgets(text: str, default_delta: float) -> dict[str, tuple[float, flo
 class PartnerConfig:
     """A partner's own settings, from its node config: who it is, its data, its budget.
 
-    In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path` and optionally
-    `ledger-path` with `signing-key` are node config keys the partner's SuperNode sets. In
+    In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path`, `ledger-path`,
+    `signing-key`, `odometer-path` and `lifetime-epsilon` (optionally `count-epsilon-share`,
+    `allow-evaluate`) are node config keys the partner's SuperNode sets. In
     simulation the partner is taken from `partition-id` via the scenario, its budget from the
     `sim-*` run config keys, and its ledger from `sim-ledger-dir` / `sim-keys-dir`.
     """
@@ -254,6 +256,9 @@ class PartnerConfig:
     ledger_path: str = ""
     signing_key: str = ""
     allow_evaluate: bool = True
+    count_epsilon_share: float = COUNT_EPSILON_SHARE
+    odometer_path: str = ""
+    lifetime_epsilon: float | None = None
 
     @property
     def deployed(self) -> bool:
@@ -270,17 +275,32 @@ class PartnerConfig:
     def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:
         """Resolve the partner from its node config (deployment) or partition id (simulation)."""
         if "partner" in node:
+            # A vertical party's releases are not (yet) composed into a lifetime odometer.
+            lifetime_keys = () if run.vertical else ("odometer-path", "lifetime-epsilon")
             missing = [k for k in ("epsilon", "delta", "data-path", "schema-path", "ledger-path",
-                                   "signing-key") if k not in node]
+                                   "signing-key", *lifetime_keys) if k not in node]
             if missing:
                 raise ValueError(f"node config of partner {node['partner']!r} lacks {missing} "
-                                 f"(a deployed partner keeps a signed ledger: its privacy state)")
+                                 f"(a deployed partner keeps a signed ledger of each run and a "
+                                 f"lifetime odometer of its data set)")
             epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
             check_budget(epsilon, delta, source="node config")
+            share = (_node_number(node, "count-epsilon-share") if "count-epsilon-share" in node
+                     else COUNT_EPSILON_SHARE)
+            if not 0.0 < share <= 0.5:
+                raise ValueError(f"count-epsilon-share must be in (0, 0.5], got {share} (node "
+                                 f"config key 'count-epsilon-share')")
+            lifetime = (_node_number(node, "lifetime-epsilon") if "lifetime-epsilon" in node
+                        else None)
+            if lifetime is not None and (not lifetime > 0 or math.isinf(lifetime)):
+                raise ValueError(f"lifetime-epsilon must be a finite number > 0, got {lifetime} "
+                                 f"(node config key 'lifetime-epsilon')")
             return cls(partner=str(node["partner"]), epsilon=epsilon, delta=delta,
                        data_path=str(node["data-path"]), schema_path=str(node["schema-path"]),
                        ledger_path=str(node["ledger-path"]),
-                       signing_key=str(node["signing-key"]),
+                       signing_key=str(node["signing-key"]), count_epsilon_share=share,
+                       odometer_path=str(node.get("odometer-path", "")),
+                       lifetime_epsilon=lifetime,
                        allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false")
         if "partition-id" not in node:
             raise ValueError("node config has neither 'partner' (deployment) nor "

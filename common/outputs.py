@@ -67,6 +67,11 @@ def deployed_ledger_name(partner: str) -> str:
     return f"{partner}.ledger.jsonl"
 
 
+def deployed_odometer_name(partner: str) -> str:
+    """File name of a deployed partner's lifetime privacy odometer in its own folder."""
+    return f"{partner}.odometer.jsonl"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of one `fedcredit simulate --out` directory (horizontal or vertical scenario)."""

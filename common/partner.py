@@ -16,11 +16,12 @@ import numpy as np
 from common.config import PartnerConfig, RunConfig
 from common.data.scenarios import load_scenario_partner
 from common.data.tables import PartnerData, load_partner_csv
-from common.errors import CryptoError, LedgerError
+from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
 from common.learning.training import TrainSettings, evaluate, train
 from common.privacy.accounting import SubsampledGaussianEvent
 from common.privacy.budget import (
+    COUNT_SENSITIVITY,
     PrivacyPlan,
     PrivacyState,
     authorize_round,
@@ -29,7 +30,13 @@ from common.privacy.budget import (
 )
 from common.privacy.crypto import hash_weights, load_private_key
 from common.privacy.ledger import PartnerLedger, entry_hash
-from common.privacy.randomness import noise_seed
+from common.privacy.odometer import (
+    RELEASE_COUNT,
+    RELEASE_DP_SGD,
+    PrivacyOdometer,
+    dataset_fingerprint,
+)
+from common.privacy.randomness import noise_seed, split_key
 from common.protocol import (
     DELTA,
     EPSILON_BUDGET,
@@ -38,6 +45,7 @@ from common.protocol import (
     IGNORED_MECHANISM_KEYS,
     LEARNING_RATE,
     LEDGER_UNTRUSTED,
+    LIFETIME_BUDGET_EXHAUSTED,
     LOCAL_EPOCHS,
     NOISE_MULTIPLIER,
     NUM_EXAMPLES,
@@ -55,8 +63,9 @@ log = logging.getLogger(__name__)
 def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
     """The partner's private train/test splits: its own CSV, or its simulated share."""
     if partner.data_path:
+        key = split_key(partner=partner.partner, signing_key=partner.signing_key, seed=run.seed)
         return load_partner_csv(partner.partner, partner.data_path, partner.schema_path,
-                                test_fraction=run.test_fraction, seed=run.seed)
+                                test_fraction=run.test_fraction, split_key=key)
     return load_scenario_partner(run.scenario, partner.partition_id, split=run.split,
                                  seed=run.seed, alpha=run.dirichlet_alpha,
                                  test_fraction=run.test_fraction)
@@ -95,13 +104,16 @@ class PartnerState:
                 "plan-noise-multiplier": planned.noise_multiplier,
                 "plan-max-grad-norm": planned.clipping_norm,
                 "plan-steps-per-round": planned.steps,
-                "plan-planned-rounds": self.plan.planned_rounds})
+                "plan-planned-rounds": self.plan.planned_rounds,
+                "plan-count-noise-multiplier": self.plan.count_event.noise_multiplier,
+                "plan-released-rows": self.plan.released_rows})
         return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> PartnerState:
         """Inverse of `to_dict`; an empty dict gives a fresh state. Every round ran the plan's
-        mechanism, so the spent events take the plan's clipping norm."""
+        mechanism, so the spent events take the plan's clipping norm; a plan exists only once
+        its noisy count was released, so the count is spent with it."""
         plan = None
         if "plan-noise-multiplier" in raw:
             plan = PrivacyPlan(
@@ -109,13 +121,17 @@ class PartnerState:
                 round_event=SubsampledGaussianEvent(
                     float(raw["plan-sample-rate"]), float(raw["plan-noise-multiplier"]),
                     int(raw["plan-steps-per-round"]), float(raw["plan-max-grad-norm"])),
-                planned_rounds=int(raw["plan-planned-rounds"]))
+                planned_rounds=int(raw["plan-planned-rounds"]),
+                count_event=SubsampledGaussianEvent(
+                    1.0, float(raw["plan-count-noise-multiplier"]), 1, COUNT_SENSITIVITY),
+                released_rows=int(raw["plan-released-rows"]))
         clipping_norm = 1.0 if plan is None else plan.round_event.clipping_norm
         events = [SubsampledGaussianEvent(float(q), float(s), int(n), clipping_norm)
                   for q, s, n in zip(raw.get("events-sample-rate", []),
                                      raw.get("events-noise-multiplier", []),
                                      raw.get("events-steps", []), strict=True)]
-        return cls(plan=plan, privacy=PrivacyState(events),
+        return cls(plan=plan, privacy=PrivacyState(
+                       events, count=plan.count_event if plan is not None else None),
                    ledger_entries=int(raw.get("ledger-entries", 0)),
                    ledger_last_hash=str(raw.get("ledger-last-hash", "")))
 
@@ -128,6 +144,18 @@ class TrainReply:
     metrics: dict[str, float]
     refusal: str = ""
     ledger_entry_sha256: str = ""
+
+
+def open_odometer(partner: PartnerConfig) -> PrivacyOdometer | None:
+    """The partner's verified lifetime odometer of its data set, or None if it keeps none
+    (raises LedgerError/CryptoError like `open_ledger`)."""
+    if not partner.odometer_path:
+        return None
+    assert partner.lifetime_epsilon is not None and partner.delta is not None
+    return PrivacyOdometer(partner.odometer_path, load_private_key(Path(partner.signing_key)),
+                           partner.partner,
+                           dataset_fingerprint(partner.data_path, partner.schema_path),
+                           partner.lifetime_epsilon, partner.delta)
 
 
 def open_ledger(partner: PartnerConfig, run_id: str) -> PartnerLedger | None:
@@ -160,13 +188,16 @@ def update_problem(weights: dict[str, np.ndarray], reference: dict[str, np.ndarr
 def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
                 global_weights: dict[str, np.ndarray], requested: dict, server_round: int,
                 data: PartnerData, run_id: str = "", *,
-                value_bound: float | None = None) -> TrainReply:
+                value_bound: float | None = None, max_weight: float | None = None) -> TrainReply:
     """Train one round on the partner's data under its budget; mutates `state` on success.
 
-    With a ledger configured, spent privacy is restored from the verified ledger (not from
-    `state`), and the round, trained or refused, is appended to it before replying.
+    A private partner releases its training-set size only as the plan's noisy count (the FedAvg
+    weight `num-examples`, and q); the exact size never leaves it. With a ledger configured,
+    spent privacy is restored from the verified ledger (not from `state`), and the count (once)
+    and the round, trained or refused, are appended to it before replying.
     `value_bound` (secure aggregation): an update with a value outside +-value_bound is withheld,
-    like one that diverged.
+    like one that diverged. `max_weight` (secure aggregation): a round whose weight would exceed
+    it is refused before training.
     """
     for key in IGNORED_MECHANISM_KEYS:
         if key in requested:
@@ -176,8 +207,11 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     model = build_model(data.train.features.shape[1], run.hidden, run.seed)
     set_weights(model, global_weights)
     seed = round_seed(run.seed, partner, server_round)
-    metrics: dict[str, float] = {NUM_EXAMPLES: float(len(data.train))}
+    metrics: dict[str, float] = {}
     if not partner.private:
+        metrics[NUM_EXAMPLES] = float(len(data.train))  # no DP claimed: the exact size
+        if max_weight is not None and len(data.train) > max_weight:
+            return TrainReply(None, {**metrics, REFUSED: 1.0}, _weight_refusal(max_weight))
         outcome = train(model, data.train, settings, seed=seed)
         metrics.update({STEPS: float(outcome.steps), TRAIN_LOSS: outcome.mean_loss, REFUSED: 0.0})
         weights = get_weights(model)
@@ -190,6 +224,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     assert partner.epsilon is not None and partner.delta is not None
     try:
         ledger = open_ledger(partner, run_id)
+        odometer = open_odometer(partner)
     except (LedgerError, CryptoError) as exc:
         # The details (file paths, OS errors, findings) stay in the partner's own log.
         log.error("partner %s refuses to train: %s", partner.partner, exc)
@@ -201,28 +236,58 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
             log.error("partner %s refuses to train (ledger %s): %s", partner.partner,
                       ledger.path, reason)
             return TrainReply(None, {**metrics, REFUSED: 1.0}, reason)
-        state.plan, state.privacy = ledger.plan(), PrivacyState(ledger.events())
+        state.plan = ledger.plan()
+        state.privacy = PrivacyState(ledger.events(), count=ledger.count_event())
+    received = hash_weights(global_weights)
     if state.plan is None:
-        state.plan = calibrate_plan(
+        plan = calibrate_plan(
             epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
             batch_size=run.batch_size, local_epochs=run.local_epochs,
-            planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm)
+            planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
+            seed=round_seed(run.seed, partner, 0),
+            count_epsilon_share=partner.count_epsilon_share)
+        # The whole plan must fit what is left of the lifetime budget, whatever ledger this is.
+        if odometer is not None and not _reserve(odometer, partner, run_id, server_round,
+                                                 RELEASE_COUNT, plan.count_event,
+                                                 plan.planned_events()):
+            return TrainReply(None, {REFUSED: 1.0}, LIFETIME_BUDGET_EXHAUSTED)
+        state.plan = plan
+        state.privacy = PrivacyState(count=plan.count_event)
+        if ledger is not None:
+            ledger.append_count(server_round=server_round, plan=state.plan,
+                                epsilon_cumulative=state.privacy.epsilon(partner.delta),
+                                model_received_sha256=received)
+            _remember_ledger(state, ledger)
         planned = state.plan.round_event
-        log.info("partner %s calibrated sigma=%.4f for q=%.4f, %d steps/round, %d rounds, "
-                 "budget eps=%g delta=%g", partner.partner, planned.noise_multiplier,
-                 planned.sample_rate, planned.steps, state.plan.planned_rounds,
-                 partner.epsilon, partner.delta)
+        log.info("partner %s released its noisy count %d, calibrated sigma=%.4f for q=%.4f, "
+                 "%d steps/round, %d rounds, budget eps=%g delta=%g", partner.partner,
+                 state.plan.released_rows, planned.noise_multiplier, planned.sample_rate,
+                 planned.steps, state.plan.planned_rounds, partner.epsilon, partner.delta)
     plan = state.plan
-    decision = authorize_round(plan, state.privacy, requested_epochs=settings.epochs,
-                               num_train_rows=len(data.train))
-    received = hash_weights(global_weights)
+    metrics[NUM_EXAMPLES] = float(plan.released_rows)
+    if max_weight is not None and plan.released_rows > max_weight:
+        reason = _weight_refusal(max_weight)
+        metrics.update({**_privacy_metrics(plan, state.privacy), REFUSED: 1.0})
+        entry_hash_ = _log(ledger, server_round, plan, 0, metrics[EPSILON_SPENT], received,
+                           None, reason)
+        _remember_ledger(state, ledger)
+        return TrainReply(None, metrics, reason, entry_hash_)
+    decision = authorize_round(plan, state.privacy, requested_epochs=settings.epochs)
     if not decision.allowed:
         metrics.update({**_privacy_metrics(plan, state.privacy), REFUSED: 1.0})
         entry_hash_ = _log(ledger, server_round, plan, 0, decision.epsilon_before, received,
                            None, decision.reason)
         _remember_ledger(state, ledger)
         return TrainReply(None, metrics, decision.reason, entry_hash_)
-    outcome = train(model, data.train, settings, seed=seed, dp=decision.event)
+    if odometer is not None and not _reserve(odometer, partner, run_id, server_round,
+                                             RELEASE_DP_SGD, decision.event, [decision.event]):
+        metrics.update({**_privacy_metrics(plan, state.privacy), REFUSED: 1.0})
+        entry_hash_ = _log(ledger, server_round, plan, 0, decision.epsilon_before, received,
+                           None, LIFETIME_BUDGET_EXHAUSTED)
+        _remember_ledger(state, ledger)
+        return TrainReply(None, metrics, LIFETIME_BUDGET_EXHAUSTED, entry_hash_)
+    outcome = train(model, data.train, settings, seed=seed, dp=decision.event,
+                    expected_batch_size=plan.expected_batch_size)
     record_round(state.privacy, decision, outcome.steps)
     weights = get_weights(model)
     metrics.update(_privacy_metrics(plan, state.privacy))
@@ -238,6 +303,36 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     _remember_ledger(state, ledger)
     metrics.update({STEPS: float(outcome.steps), REFUSED: 0.0, TRAIN_LOSS: outcome.mean_loss})
     return TrainReply(weights, metrics, "", entry_hash_)
+
+
+def _reserve(odometer: PrivacyOdometer, partner: PartnerConfig, run_id: str, server_round: int,
+             release: str, event: SubsampledGaussianEvent,
+             planned: list[SubsampledGaussianEvent]) -> bool:
+    """Record `release` in the lifetime odometer before it happens, if `planned` (this release
+    and what it commits the partner to) fits what is left; False (logged) if not."""
+    decision = odometer.fits(planned)
+    try:
+        if not decision.allowed:
+            raise LifetimeBudgetExceeded(decision.reason)
+        odometer.record(run_id=run_id, server_round=server_round, release=release, event=event,
+                        ledger_path=partner.ledger_path)
+    except LifetimeBudgetExceeded as exc:
+        log.error("partner %s refuses to train: %s", partner.partner, exc)
+        return False
+    return True
+
+
+def signing_key_refusal(partner: PartnerConfig, error: CryptoError) -> TrainReply:
+    """The refusal of a partner whose signing key is unusable (it keys the ledger and the
+    train/test split); the details (paths, OS errors) stay in the partner's own log."""
+    log.error("partner %s refuses to train: %s", partner.partner, error)
+    return TrainReply(None, {REFUSED: 1.0}, SIGNING_KEY_UNUSABLE)
+
+
+def _weight_refusal(max_weight: float) -> str:
+    return (f"the training-set size exceeds secagg-max-weight={max_weight:g}: the weight would "
+            f"overflow the secure sum's quantized weighting (run config key "
+            f"'secagg-max-weight')")
 
 
 def _ledger_mismatch(ledger: PartnerLedger, state: PartnerState, partner: PartnerConfig,

@@ -67,8 +67,8 @@ def make_plans() -> dict[str, PrivacyPlan]:
     """Each partner's calibrated plan (σ from its budget over the planned rounds)."""
     return {name: calibrate_plan(epsilon=budget, delta=DELTA, num_train_rows=rows,
                                  batch_size=BATCH, local_epochs=epochs,
-                                 planned_rounds=PLANNED_ROUNDS, max_grad_norm=1.0)
-            for name, (rows, budget, epochs) in PARTNERS.items()}
+                                 planned_rounds=PLANNED_ROUNDS, max_grad_norm=1.0, seed=index)
+            for index, (name, (rows, budget, epochs)) in enumerate(PARTNERS.items())}
 
 
 def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
@@ -79,9 +79,10 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
                      refuse_after_budget: bool = True) -> Federation:
     """Write keys/, <partner>.jsonl ledgers and receipts.jsonl as honest partners would.
 
-    Each partner trains `rounds[partner]` rounds (default: the planned 3, then one more it
-    refuses because it would exceed the budget), claiming the honest RDP ε times
-    `claim_scale[partner]`. The coordinator receipts every trained round except `skip_receipts`.
+    Each partner logs its noisy count (before round 1), then trains `rounds[partner]` rounds
+    (default: the planned 3, then one more it refuses because it would exceed the budget),
+    claiming the honest RDP ε times `claim_scale[partner]`. The coordinator receipts every
+    trained round except `skip_receipts`.
     With `refuse_after_budget=False` a partner trains past its budget instead of refusing.
     """
     rounds = rounds or {}
@@ -95,6 +96,12 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
     ledgers = {name: PartnerLedger(root / f"{name}.jsonl", keys[name], name, run_id)
                for name in PARTNERS}
     events: dict[str, list[SubsampledGaussianEvent]] = {name: [] for name in PARTNERS}
+    for name, ledger in ledgers.items():
+        plan = plans[name]
+        events[name].append(plan.count_event)
+        ledger.append_count(server_round=1, plan=plan, model_received_sha256=sha256_hex(
+            f"{run_id}/global/1".encode()), epsilon_cumulative=rdp_epsilon(
+            events[name], delta=DELTA) * claim_scale.get(name, 1.0))
     total_rounds = max([PLANNED_ROUNDS + 1, *rounds.values()])
     for server_round in range(1, total_rounds + 1):
         model = sha256_hex(f"{run_id}/global/{server_round}".encode())
@@ -103,7 +110,7 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
                 continue
             plan = plans[name]
             event = plan.round_event
-            before = rdp_epsilon(events[name], delta=DELTA) if events[name] else 0.0
+            before = rdp_epsilon(events[name], delta=DELTA)
             after = rdp_epsilon([*events[name], event], delta=DELTA)
             if refuse_after_budget and after > plan.epsilon_budget * (1 + 1e-9):
                 ledger.append(server_round=server_round, plan=plan, steps=0,

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.data.schema import RawTable
 from common.data.tables import PartnerData, bundled_path, load_bundled, split_train_test, subset
+from common.privacy.randomness import split_key
 
 SPLITS = ("natural", "iid", "dirichlet")
 
@@ -125,7 +126,8 @@ def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: fl
         if only is not None and partner != only:
             continue
         train, test = split_train_test(subset(table, idx, partner), schema,
-                                       test_fraction=test_fraction, seed=seed)
+                                       test_fraction=test_fraction,
+                                       key=split_key(partner=partner, seed=seed))
         partners.append(PartnerData(partner=partner, train=train, test=test))
     return partners
 

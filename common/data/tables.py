@@ -1,8 +1,11 @@
-"""Partner data sets: load a CSV against its schema and split it into train/test, stratified and
-seeded (a deployed partner's own CSV, or a bundled data set that `scenarios` deals out)."""
+"""Partner data sets: load a CSV against its schema and split it into train/test by a keyed hash
+of each record, under a secret the partner holds (a deployed partner's own CSV, or a bundled data
+set that `scenarios` deals out)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from importlib import metadata
@@ -79,31 +82,45 @@ def load_bundled(dataset: str) -> tuple[RawTable, Schema]:
     return read_csv(csv_path), load_schema(schema_path)
 
 
+def record_in_test(key: bytes, header: tuple[str, ...], row: tuple[str, ...],
+                   test_fraction: float) -> bool:
+    """Whether this record belongs to the test split: HMAC-SHA256 of the record (its values by
+    column name, so column order does not matter) under the partner's secret `key`, read as a
+    uniform number in [0, 1), below `test_fraction`. It depends on this record and the key alone:
+    adding or removing a record moves no other record between train and test."""
+    record = json.dumps(dict(zip(header, row, strict=True)), sort_keys=True,
+                        ensure_ascii=True).encode("ascii")
+    digest = hmac.new(key, record, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction
+
+
 def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
-                     seed: int) -> tuple[Split, Split]:
-    """Encode `table` and split it into stratified train/test parts."""
-    features, labels = encode_table(table, schema)
+                     key: bytes) -> tuple[Split, Split]:
+    """Encode `table` and split it into train/test by `record_in_test` under `key` (the
+    partner's secret split key, see `common.privacy.randomness.split_key`)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
-    counts = np.bincount(labels.astype(int), minlength=2)
-    if counts.min() < 2:
-        raise DataValidationError(
-            f"{table.path}: needs at least 2 rows of each label for a stratified split, got "
-            f"{int(counts[0])} good and {int(counts[1])} bad")
-    from sklearn.model_selection import train_test_split  # on first use: a slow import
-
-    idx_train, idx_test = train_test_split(
-        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
-    return (Split(features[idx_train], labels[idx_train]),
-            Split(features[idx_test], labels[idx_test]))
+    features, labels = encode_table(table, schema)
+    in_test = np.array([record_in_test(key, table.header, row, test_fraction)
+                        for row in table.rows], dtype=bool)
+    train, test = (Split(features[~in_test], labels[~in_test]),
+                   Split(features[in_test], labels[in_test]))
+    for name, part in (("training", train), ("test", test)):
+        counts = np.bincount(part.labels.astype(int), minlength=2)
+        if counts.min() < 1:
+            raise DataValidationError(
+                f"{table.path}: the {name} split has {int(counts[0])} good and "
+                f"{int(counts[1])} bad rows; it needs both (more rows, or another test "
+                f"fraction)")
+    return train, test
 
 
 def load_partner_csv(partner: str, csv_path: str | Path, schema_path: str | Path, *,
-                     test_fraction: float, seed: int) -> PartnerData:
+                     test_fraction: float, split_key: bytes) -> PartnerData:
     """Load a partner's own CSV with its own schema (deployment: bring your own data)."""
     schema = load_schema(schema_path)
     train, test = split_train_test(read_csv(csv_path), schema,
-                                   test_fraction=test_fraction, seed=seed)
+                                   test_fraction=test_fraction, key=split_key)
     return PartnerData(partner=partner, train=train, test=test)
 
 

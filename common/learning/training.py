@@ -3,7 +3,8 @@
 With `dp` (a `SubsampledGaussianEvent`) training is DP-SGD via Opacus: each of its steps draws a
 Poisson sample of the training rows at rate q (every row independently), computes per-sample
 gradients, clips each to the norm C, sums, adds Gaussian noise N(0, σ²C²) and divides by the
-expected batch size q·n. Without `dp` it is ordinary minibatch training on shuffled data.
+expected batch size (q·n, or the public value the caller passes: a horizontal partner's q·ñ).
+Without `dp` it is ordinary minibatch training on shuffled data.
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ def _make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torc
 
 
 def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
-          dp: SubsampledGaussianEvent | None = None) -> TrainOutcome:
+          dp: SubsampledGaussianEvent | None = None,
+          expected_batch_size: int | None = None) -> TrainOutcome:
     """Train `model` in place on `data`; returns what was done.
 
     Without `dp`: `settings.epochs` epochs of shuffled minibatches. With `dp`: exactly `dp.steps`
     DP-SGD steps at its q, σ and clipping norm (the privacy layer's authorized mechanism);
-    `settings` then gives only the optimiser. Sampling and noise use two independent streams
+    `settings` then gives only the optimiser, and the noisy sum is divided by
+    `expected_batch_size` (default q·len(data); pass a public value when len(data) is private).
+    Sampling and noise use two independent streams
     derived from `seed`; whoever knows `seed` can reproduce both, so a deployed partner passes
     fresh OS randomness (see `common.partner.round_seed`).
     """
@@ -109,7 +113,8 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
         optimizer = DPOptimizer(
             _make_optimizer(list(private.parameters()), settings),
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clipping_norm,
-            expected_batch_size=max(1, round(dp.sample_rate * len(data))),
+            expected_batch_size=(expected_batch_size
+                                 or max(1, round(dp.sample_rate * len(data)))),
             loss_reduction="mean", generator=torch.Generator().manual_seed(noise_seed))
     losses = []
     try:

@@ -6,11 +6,14 @@ in `key_fingerprint`) over the canonical encoding of all its other fields, and w
 included); the first entry points to `GENESIS`. `seq` counts entries from 0. Flipping a byte,
 dropping, reordering, duplicating or splicing in entries breaks a signature, the chain or `seq`.
 
-A ledger entry records one round a partner trained in (or refused): the DP mechanism it ran
-(Poisson sample rate q, noise multiplier σ, steps, clipping norm), δ, its budget and its
-cumulative ε with the accountant named, plus hashes of the model it received and the update it
-sent. A receipt records one update the coordinator accepted, naming the partner's ledger entry by
-hash. `check_log` is the one integrity check, used by the partner at start-up and by the auditor.
+A ledger entry records one release: the partner's noisy training-set size (event `count`, a Gaussian
+mechanism logged as q = 1, one step, clipping norm = sensitivity 1; once per run, before its first
+round), or one round it trained in (or refused): the DP mechanism it ran (Poisson sample rate q,
+noise multiplier σ, steps, clipping norm), δ, its budget and its cumulative ε with the accountant
+named, the calibrated plan (including the released count ñ), plus hashes of the model it received
+and the update it sent. A receipt records one update the coordinator accepted, naming the partner's
+ledger entry by hash. `check_log` is the one integrity check, used by the partner at start-up and by
+the auditor.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.errors import CryptoError, LedgerError
 from common.privacy.accounting import ACCOUNTANT_NAME, CONVERSION, SubsampledGaussianEvent
-from common.privacy.budget import PrivacyPlan
+from common.privacy.budget import COUNT_SENSITIVITY, PrivacyPlan
 from common.privacy.crypto import fingerprint, sha256_hex, sign, verify
 
 GENESIS = "0" * 64
-LEDGER_KIND = "fedcredit-privacy-ledger/1"
+LEDGER_KIND = "fedcredit-privacy-ledger/2"
 RECEIPT_KIND = "fedcredit-receipt/1"
+COUNT_EVENT = "count"
+"""Event of the entry that releases the noisy training-set size."""
 MECHANISM = "subsampled_gaussian"
 SAMPLING = "poisson"
 LEDGER_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint", "timestamp",
@@ -142,6 +147,7 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
     fields = LEDGER_FIELDS if kind == LEDGER_KIND else RECEIPT_FIELDS
     findings: list[Finding] = []
     previous_hash, previous_round, run_id = GENESIS, 0, None
+    previous_was_count = False
     for position, (line, entry) in enumerate(entries):
         def problem(code: str, message: str, line: int = line) -> None:
             findings.append(Finding(str(path), line, code, message))
@@ -183,9 +189,19 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
         elif entry["run_id"] != run_id:
             problem("foreign-run", f"entry from run {entry['run_id']!r} in a log of run "
                                    f"{run_id!r} (replayed from another run)")
-        if kind == LEDGER_KIND and not entry["round"] > previous_round:
-            problem("round-order", f"round {entry['round']} does not follow round "
-                                   f"{previous_round}")
+        if kind == LEDGER_KIND:
+            is_count = entry["event"] == COUNT_EVENT
+            if is_count and position != 0:
+                problem("count-order", "a count entry that is not the ledger's first entry: a "
+                                       "partner releases its noisy count once, before its "
+                                       "first round")
+            # The first round's entry shares its round with the count released before it.
+            follows_count = position == 1 and previous_was_count
+            if not (entry["round"] >= previous_round if follows_count
+                    else entry["round"] > previous_round):
+                problem("round-order", f"round {entry['round']} does not follow round "
+                                       f"{previous_round}")
+            previous_was_count = is_count
         previous_round = max(previous_round, int(entry["round"]))
         previous_hash = entry_hash(entry)
     return findings
@@ -266,37 +282,77 @@ class PartnerLedger(SignedLog):
         super().__init__(path, key, run_id, signer=partner, expected_signer=None)
 
     def events(self) -> list[SubsampledGaussianEvent]:
-        """Every mechanism event that ran steps, in order (the partner's spent privacy); a round
-        whose training diverged is logged as a refusal but its steps still count."""
-        return [ledger_event(e) for e in self.entries if int(e["mechanism"]["steps"]) > 0]
+        """Every round's mechanism event that ran steps, in order; a round whose training
+        diverged is logged as a refusal but its steps still count. The count is `count_event`."""
+        return [ledger_event(e) for e in self.entries
+                if e["event"] != COUNT_EVENT and int(e["mechanism"]["steps"]) > 0]
+
+    def count_event(self) -> SubsampledGaussianEvent | None:
+        """The noisy count's release, once logged (None before it)."""
+        return next((ledger_event(e) for e in self.entries if e["event"] == COUNT_EVENT), None)
 
     def plan(self) -> PrivacyPlan | None:
         """The calibrated plan recorded in the ledger (None before the first entry)."""
         if not self.entries:
             return None
         last = self.entries[-1]
-        calibration = last["calibration"]
-        round_event = replace(ledger_event(last), steps=int(calibration["steps_per_round"]))
-        return PrivacyPlan(epsilon_budget=float(last["epsilon_budget"]),
-                           delta=float(last["delta"]), round_event=round_event,
-                           planned_rounds=int(calibration["planned_rounds"]))
+        return plan_from_calibration(last["calibration"], epsilon_budget=last["epsilon_budget"],
+                                     delta=last["delta"])
+
+    def append_count(self, *, server_round: int, plan: PrivacyPlan, epsilon_cumulative: float,
+                     model_received_sha256: str) -> dict[str, Any]:
+        """Sign and append the release of the noisy count (before the first round trains)."""
+        return self._entry(server_round, plan, COUNT_EVENT, plan.count_event,
+                           epsilon_cumulative, model_received_sha256, None, "")
 
     def append(self, *, server_round: int, plan: PrivacyPlan, steps: int,
                epsilon_cumulative: float, model_received_sha256: str,
                update_sent_sha256: str | None, refusal_reason: str = "") -> dict[str, Any]:
-        """Sign and append one entry (a round trained, or refused if `refusal_reason`)."""
+        """Sign and append one round (trained, or refused if `refusal_reason`)."""
+        return self._entry(server_round, plan, "refusal" if refusal_reason else "train",
+                           replace(plan.round_event, steps=int(steps)), epsilon_cumulative,
+                           model_received_sha256, update_sent_sha256, refusal_reason)
+
+    def _entry(self, server_round: int, plan: PrivacyPlan, event: str,
+               mechanism: SubsampledGaussianEvent, epsilon_cumulative: float,
+               model_received_sha256: str, update_sent_sha256: str | None,
+               refusal_reason: str) -> dict[str, Any]:
         return self._append({
-            "round": int(server_round), "partner": self.partner,
-            "event": "refusal" if refusal_reason else "train",
-            "mechanism": mechanism_fields(replace(plan.round_event, steps=int(steps))),
+            "round": int(server_round), "partner": self.partner, "event": event,
+            "mechanism": mechanism_fields(mechanism),
             "delta": plan.delta, "epsilon_budget": plan.epsilon_budget,
             "epsilon_cumulative": float(epsilon_cumulative),
             "accountant": ACCOUNTANT_NAME, "conversion": CONVERSION,
-            "calibration": {"planned_rounds": plan.planned_rounds,
-                            "steps_per_round": plan.round_event.steps},
+            "calibration": calibration_fields(plan),
             "model_received_sha256": model_received_sha256,
             "update_sent_sha256": update_sent_sha256, "refusal_reason": refusal_reason,
         })
+
+
+def calibration_fields(plan: PrivacyPlan) -> dict[str, Any]:
+    """An entry's `calibration`: the whole plan, so a restarted partner restores it exactly."""
+    planned, count = plan.round_event, plan.count_event
+    return {"planned_rounds": plan.planned_rounds, "steps_per_round": planned.steps,
+            "sample_rate": planned.sample_rate, "noise_multiplier": planned.noise_multiplier,
+            "clipping_norm": planned.clipping_norm, "released_rows": plan.released_rows,
+            "count_noise_multiplier": count.noise_multiplier}
+
+
+def plan_from_calibration(calibration: dict[str, Any], *, epsilon_budget: float,
+                          delta: float) -> PrivacyPlan:
+    """Inverse of `calibration_fields` (raises LedgerError when a field is missing)."""
+    try:
+        return PrivacyPlan(
+            epsilon_budget=float(epsilon_budget), delta=float(delta),
+            round_event=SubsampledGaussianEvent(
+                float(calibration["sample_rate"]), float(calibration["noise_multiplier"]),
+                int(calibration["steps_per_round"]), float(calibration["clipping_norm"])),
+            planned_rounds=int(calibration["planned_rounds"]),
+            count_event=SubsampledGaussianEvent(
+                1.0, float(calibration["count_noise_multiplier"]), 1, COUNT_SENSITIVITY),
+            released_rows=int(calibration["released_rows"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(f"the ledger's calibration does not describe a plan ({exc!r})") from exc
 
 
 class ReceiptLog(SignedLog):

@@ -1,8 +1,13 @@
-"""Where a partner's Poisson sampling and DP noise get their seed: one policy for every mode."""
+"""Where a partner's Poisson sampling, DP noise and train/test split get their randomness: one
+policy for every mode."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from pathlib import Path
+
+SPLIT_KEY_INFO = b"fedcredit train/test split key v1"
 
 
 def noise_seed(*, deployed: bool, simulated: int) -> int:
@@ -14,3 +19,25 @@ def noise_seed(*, deployed: bool, simulated: int) -> int:
     analyst holds all the data there anyway.
     """
     return secrets.randbits(63) if deployed else simulated
+
+
+def split_key(*, partner: str, signing_key: str | Path = "", seed: int = 0) -> bytes:
+    """The secret key of a partner's train/test split (`common.data.tables.record_in_test`).
+
+    A partner with a signing key derives it from that key with HKDF, so only the partner can
+    compute which of its records are test rows, and the split is stable across runs and restarts
+    whatever seed the coordinator sets. A simulated partner without one derives it from the run
+    seed and its name, so a simulation is reproducible and seeds vary the split.
+    """
+    if signing_key:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        from common.privacy.crypto import load_private_key
+
+        secret = load_private_key(Path(signing_key)).private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption())
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=SPLIT_KEY_INFO).derive(secret)
+    return hashlib.sha256(SPLIT_KEY_INFO + f"|{seed}|{partner}".encode()).digest()

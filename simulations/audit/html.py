@@ -78,9 +78,10 @@ def _epsilon_plot(partner: PartnerAudit, bad_lines: set[int]) -> str:
     figure = Figure(figsize=(7.2, 3.3))
     axes = figure.add_subplot()
     rounds = [e.round if e.round is not None else i for i, e in enumerate(partner.entries)]
-    series = [("recomputed PLD (dp_accounting)", "pld", [e.epsilon_pld for e in partner.entries],
+    series = [("PLD (dp_accounting, for information)", "pld",
+               [e.epsilon_pld for e in partner.entries],
                {"marker": "^", "linestyle": ":", "markersize": 4, "linewidth": 1.4}),
-              ("recomputed RDP (dp_accounting)", "rdp", [e.epsilon_rdp for e in partner.entries],
+              ("recomputed RDP (auditor)", "rdp", [e.epsilon_rdp for e in partner.entries],
                {"marker": "s", "linestyle": "-", "markersize": 4, "linewidth": 3, "alpha": 0.6}),
               ("claimed (ledger)", "claimed", [e.epsilon_claimed for e in partner.entries],
                {"marker": "o", "linestyle": "--", "markersize": 7, "linewidth": 1.2,
@@ -187,7 +188,8 @@ def _summary_table(result: AuditResult, counts: dict[str, int]) -> str:
                      for h in head)
     return (f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>'
             '<p class="meta">RDP ε and PLD ε are recomputed by the auditor from the logged '
-            "mechanisms; claimed ε is what the partner signed.</p>")
+            "mechanisms; claimed ε is what the partner signed. PLD / RDP may exceed 1: see "
+            "below.</p>")
 
 
 def _findings_table(result: AuditResult) -> str:
@@ -255,6 +257,42 @@ def _partner_section(partner: PartnerAudit, codes_by_line: dict[int, list[str]],
             f'<div class="scroll"><table><tr>{header}</tr>{rows}</table></div></section>')
 
 
+def _odometer_section(result: AuditResult, counts: dict[str, int]) -> str:
+    """The partners' lifetime odometers: lifetime budget vs spent, and which ledgers they cover."""
+    if not result.odometers:
+        return ""
+    head = ("partner", "odometer", "data set (sha256)", "runs", "releases", "lifetime ε", "δ",
+            "claimed ε", "RDP ε", "PLD ε", "ledgers covered", "status")
+    numeric = set(head[3:11])
+    rows = []
+    for o in result.odometers:
+        n = counts.get(o.path, 0)
+        status = ('<span class="tag ok">verified</span>' if n == 0 else
+                  f'<span class="tag bad">{n} finding(s)</span>')
+        covered = "<br>".join(f'<span class="path">{escape(p)}</span>'
+                              for p in o.ledgers_checked) or "none given"
+        cells = [escape(str(o.partner)), f'<span class="path">{escape(o.path)}</span>',
+                 f'<span class="code" title="{escape(str(o.dataset_sha256))}">'
+                 f"{escape(str(o.dataset_sha256 or 'n/a')[:16])}</span>",
+                 str(len(o.runs)), str(len(o.entries)),
+                 *(format_number(v, style="g") for v in (o.epsilon_lifetime_budget, o.delta)),
+                 *(format_number(v, infinity="∞")
+                   for v in (o.epsilon_claimed, o.epsilon_rdp, o.epsilon_pld)),
+                 covered, status]
+        rows.append("<tr>" + "".join(
+            f'<td class="num">{c}</td>' if h in numeric else f"<td>{c}</td>"
+            for h, c in zip(head, cells, strict=True)) + "</tr>")
+    header = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>"
+                     for h in head)
+    return (f'<h2>Lifetime privacy odometers</h2><div class="card"><div class="scroll"><table>'
+            f'<tr>{header}</tr>{"".join(rows)}</table></div><p class="meta">Each odometer is a '
+            "partner's signed record of every release of one data set, across runs and ledgers, "
+            "reserved before the release. Its lifetime ε is recomputed by the auditor; every "
+            "ledger entry that spent steps must be covered by a reservation (same run, round "
+            "and mechanism), else <span class=\"code\">release-not-in-odometer</span>.</p>"
+            "</div>")
+
+
 SCOPE = """
 <div class="cols">
 <div class="card"><h3>What this verifies</h3><ul>
@@ -266,7 +304,8 @@ entry was removed, inserted, duplicated or reordered inside the log without the 
 and no entry was replayed from another run.</li>
 <li><b>Recomputation</b> proves that the claimed ε follows from the logged mechanism
 (q, σ, steps, δ) of every round, composed over all rounds, by an independent implementation
-(Google's dp_accounting, RDP and PLD), and that no trained round went over the budget.</li>
+of the same RDP analysis (Google's dp_accounting at integer orders, the auditor's numerical
+integral at fractional ones), and that no trained round went over the budget.</li>
 <li><b>Receipts</b> tie each trained entry to an update the coordinator actually accepted (the
 receipt names the entry's hash and the update's hash): a partner cannot later re-write an entry,
 e.g. log a larger σ, nor drop one the coordinator received, without a mismatch.</li>
@@ -303,9 +342,12 @@ def render_audit_html(result: AuditResult) -> str:
               ("public keys", f'<span class="path">{escape(result.keys_dir)}</span>: '
                + ", ".join(escape(n) for n in sorted(result.key_names.values()))),
               ("run", f'<span class="code">{escape(str(result.run_id))}</span>')]
+    if result.odometers:
+        inputs.append(("odometers", "<br>".join(f'<span class="path">{escape(o.path)}</span>'
+                                                for o in result.odometers)))
     inputs += [(f"accountant: {k}", escape(str(v))) for k, v in result.accountant.items()]
     inputs.append(("tolerance", f"claimed ε may be at most {EPSILON_TOLERANCE:.0%} below the "
-                                f"recomputed RDP ε; PLD is reported for information (tighter)"))
+                                f"recomputed RDP ε; PLD is reported for information only"))
     input_rows = "".join(f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in inputs)
     partners = "".join(_partner_section(p, codes.get(p.ledger, {}), result.key_names,
                                         result.receipts is not None)
@@ -323,9 +365,13 @@ def render_audit_html(result: AuditResult) -> str:
 {_verdict(result)}
 <h2>Budgets and privacy spent</h2>
 <div class="card">{_summary_table(result, counts)}{overview}
-<p class="meta">RDP is the accountant the partners enforce with (same conversion, independently
-implemented); PLD (privacy loss distributions) gives a tighter ε for the same mechanism, so
-PLD &lt; RDP is expected and is not a finding.</p></div>
+<p class="meta">RDP is the accountant the partners enforce with, recomputed independently on
+the same orders and with the same conversion: claims are checked against it. PLD (privacy loss
+distributions, dp_accounting) is a second, pessimistic upper bound on ε for the same mechanism,
+shown for information and never a finding. It is usually below RDP, but its discretisation
+(stated under "accountant: pld") adds to ε, so PLD may lie above RDP when the per-step privacy
+loss is small against the discretisation interval.</p></div>
+{_odometer_section(result, counts)}
 <h2>Findings ({len(result.findings)})</h2>
 <div class="card">{_findings_table(result)}</div>
 <h2>Partners</h2>

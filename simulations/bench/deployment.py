@@ -70,6 +70,7 @@ def time_shares(timings: list[dict], rounds_seconds: float, nodes: int) -> dict[
 def run_federation(workspace: Path, options: DemoOptions) -> dict[str, float]:
     """One demo run with per-message timing; its round and wall figures."""
     started = time.monotonic()
+    workspace = workspace.resolve()  # the ClientApps run elsewhere: the timing log's path
     fed = LocalFederation(workspace, options)
     timing_log = workspace.parent / f"{workspace.name}-timing.jsonl"
     fed.env[TIMING_LOG_ENV] = str(timing_log)

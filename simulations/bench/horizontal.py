@@ -111,7 +111,7 @@ def epoch_times(run: RunConfig, repeats: int = 5) -> dict[str, float]:
     plan = calibrate_plan(epsilon=run.sim_epsilon, delta=run.sim_delta,
                           num_train_rows=len(partner.train), batch_size=run.batch_size,
                           local_epochs=run.local_epochs, planned_rounds=run.num_server_rounds,
-                          max_grad_norm=run.clip_norm)
+                          max_grad_norm=run.clip_norm, seed=run.seed)
     settings = replace(train_settings(run, {}), epochs=1.0)
     one_epoch = replace(plan.round_event, steps=num_steps(1.0, steps_per_epoch(
         len(partner.train), sample_rate=plan.round_event.sample_rate)))

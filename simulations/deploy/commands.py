@@ -8,9 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.outputs import COORDINATOR_RUN_DIR, RECEIPTS_FILE, SUPERLINK_DB, deployed_ledger_name
+from common.outputs import (
+    COORDINATOR_RUN_DIR,
+    RECEIPTS_FILE,
+    SUPERLINK_DB,
+    deployed_ledger_name,
+    deployed_odometer_name,
+)
 
 FEDERATION = "fedcredit"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+DEMO_LIFETIME_EPSILON = 10.0
+"""Lifetime budget of a demo partner's data set (its odometer spans the demo's runs)."""
 # Flower's own waits, set for a federation whose rounds take seconds (every process inherits them):
 # the SuperExec that starts a ClientApp or ServerApp process for each task polls for tasks every
 # second by default; the `flwr` CLI checks for updates in a thread each time it runs.
@@ -65,12 +73,16 @@ class FederationCommands:
                 f"{self.pki}/partners/{partner}/supernode-auth.pub", FEDERATION]
 
     def node_config(self, partner: str, epsilon: float, delta: float) -> str:
-        """The partner's own settings: who it is, its data, its budget, its ledger."""
+        """The partner's own settings: who it is, its data, its budget, its ledger, its
+        lifetime odometer (`DEMO_LIFETIME_EPSILON`, or the run budget if larger)."""
         d = self.partner_dir(partner)
+        lifetime = max(DEMO_LIFETIME_EPSILON, epsilon)
         return (f"partner='{partner}' epsilon={epsilon!r} delta={delta!r} "
                 f"data-path='{self.data}/{partner}.csv' schema-path='{self.data}/{partner}.toml' "
                 f"ledger-path='{d}/{deployed_ledger_name(partner)}' "
-                f"signing-key='{d}/{partner}.key'")
+                f"signing-key='{d}/{partner}.key' "
+                f"odometer-path='{d}/{deployed_odometer_name(partner)}' "
+                f"lifetime-epsilon={lifetime!r}")
 
     def supernode(self, partner: str, port: int, epsilon: float, delta: float) -> list[str]:
         """A partner's SuperNode: trusts only the federation CA, signs in with its auth key."""
@@ -94,11 +106,14 @@ class FederationCommands:
                 "--run-config", self.run_config(rounds, min_partners, extra)]
 
     def audit(self, partners: Sequence[str]) -> list[str]:
-        """The auditor's check of every ledger against the coordinator's receipts."""
+        """The auditor's check of every ledger against the coordinator's receipts and the
+        partners' lifetime odometers."""
         return ["fedcredit", "audit", "verify",
                 *(f"{self.partner_dir(p)}/{deployed_ledger_name(p)}" for p in partners),
                 "--keys", f"{self.pki}/auditor/keys", "--receipts",
-                f"{self.work}/{COORDINATOR_RUN_DIR}/{RECEIPTS_FILE}"]
+                f"{self.work}/{COORDINATOR_RUN_DIR}/{RECEIPTS_FILE}",
+                *(arg for p in partners for arg in (
+                    "--odometer", f"{self.partner_dir(p)}/{deployed_odometer_name(p)}"))]
 
 
 def shell_line(args: Sequence[str]) -> str:

@@ -15,6 +15,7 @@ from common.outputs import (
     RECEIPTS_FILE,
     REPORT_JSON,
     REPORT_MD,
+    format_number,
 )
 from common.privacy.audit import AuditResult
 from simulations.audit.html import render_audit_html
@@ -45,14 +46,15 @@ def run_demo(fed: LocalFederation, step: Callable[[str], None],
     history = fed.wait_run(fed.start_run(), progress)
     step("auditing the partners' ledgers against the coordinator's receipts")
     audit = fed.audit()
-    (fed.workspace / AUDIT_HTML).write_text(render_audit_html(audit))
+    if audit is not None:
+        (fed.workspace / AUDIT_HTML).write_text(render_audit_html(audit))
     report = demo_report(fed, history, audit, time.monotonic() - started)
     (fed.workspace / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True))
     (fed.workspace / REPORT_MD).write_text(render_demo_report(report))
     return report
 
 
-def demo_report(fed: LocalFederation, history: dict, audit: AuditResult,
+def demo_report(fed: LocalFederation, history: dict, audit: AuditResult | None,
                 wall_seconds: float) -> dict:
     """What the local federation produced, where, and whether it verifies."""
     run_dir = fed.run_dir
@@ -71,9 +73,11 @@ def demo_report(fed: LocalFederation, history: dict, audit: AuditResult,
                                 "epsilon_claimed": p.epsilon_claimed,
                                 "epsilon_rdp_recomputed": p.epsilon_rdp,
                                 "rounds_trained": p.rounds_trained, "refusals": p.refusals}
-                    for p in audit.partners},
-        "audit": {"ok": audit.ok, "findings": [str(f) for f in audit.findings],
-                  "receipts_checked": audit.receipts_checked, "report": AUDIT_HTML},
+                    for p in (audit.partners if audit else [])},
+        "audit": ({"ok": audit.ok, "findings": [str(f) for f in audit.findings],
+                   "receipts_checked": audit.receipts_checked, "report": AUDIT_HTML}
+                  if audit else {"ok": False, "findings": ["no partner wrote a ledger"],
+                                 "receipts_checked": 0, "report": ""}),
         "files": {"model": str(run_dir / MODEL_FILE),
                   "model_meta": str(run_dir / MODEL_META_FILE),
                   "history": str(run_dir / HISTORY_FILE),
@@ -112,7 +116,8 @@ def render_demo_report(report: dict) -> str:
               "|---|---|---|---|---|---|"]
     for partner, p in report["privacy"].items():
         lines.append(f"| {partner} | {p['epsilon_budget']} | {p['delta']} | "
-                     f"{p['epsilon_claimed']:.4f} | {p['epsilon_rdp_recomputed']:.4f} | "
+                     f"{format_number(p['epsilon_claimed'])} | "
+                     f"{format_number(p['epsilon_rdp_recomputed'])} | "
                      f"{p['rounds_trained']} |")
     audit = report["audit"]
     verdict = ("VERIFIED: no findings" if audit["ok"] else

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.outputs import RECEIPTS_FILE, deployed_ledger_name
+from common.outputs import RECEIPTS_FILE, deployed_ledger_name, deployed_odometer_name
 from common.privacy.crypto import generate_signing_key, write_key_pair
 from simulations.deploy.pki import (
     create_ca,
@@ -66,10 +66,12 @@ class FederationLayout:
                       f"--node-config \"partner='{p}' epsilon=3.0 delta=1e-5 "
                       f"data-path='/path/to/{p}.csv' schema-path='/path/to/{p}.toml' "
                       f"ledger-path='{d}/{deployed_ledger_name(p)}' "
-                      f"signing-key='{d}/{p}.key'\"", ""]
+                      f"signing-key='{d}/{p}.key' "
+                      f"odometer-path='{d}/{deployed_odometer_name(p)}' "
+                      f"lifetime-epsilon=10.0\"", ""]
         lines += ["Auditor:",
                   f"  fedcredit audit verify LEDGER... --keys {self.auditor_keys} "
-                  f"--receipts {RECEIPTS_FILE}",
+                  f"--receipts {RECEIPTS_FILE} --odometer ODOMETER...",
                   "", f"Keep {self.root}/ca/ca.key offline: it can issue certificates."]
         return "\n".join(lines)
 

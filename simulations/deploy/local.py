@@ -31,6 +31,7 @@ from common.outputs import (
     PKI_DIR,
     RECEIPTS_FILE,
     deployed_ledger_name,
+    deployed_odometer_name,
 )
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
@@ -306,11 +307,19 @@ class LocalFederation:
         return [self.pki_layout.partner_dir(p) / deployed_ledger_name(p)
                 for p in self.options.partners]
 
-    def audit(self) -> AuditResult:
-        """What the auditor's `fedcredit audit verify` finds on the ledgers and receipts."""
-        return verify([p for p in self.ledger_paths() if p.exists()],
-                      self.pki_layout.auditor_keys,
-                      self.run_dir / RECEIPTS_FILE)
+    def audit(self) -> AuditResult | None:
+        """What the auditor's `fedcredit audit verify` finds on the ledgers and receipts; None
+        when no partner wrote a ledger (a run that failed before any round). Receipts are
+        checked when the coordinator wrote any (a failed run may have accepted none)."""
+        ledgers = [p for p in self.ledger_paths() if p.exists()]
+        if not ledgers:
+            return None
+        receipts = self.run_dir / RECEIPTS_FILE
+        odometers = [self.pki_layout.partner_dir(p) / deployed_odometer_name(p)
+                     for p in self.options.partners]
+        return verify(ledgers, self.pki_layout.auditor_keys,
+                      receipts if receipts.exists() else None,
+                      odometer_paths=[p for p in odometers if p.exists()])
 
     # -- teardown ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,12 +10,15 @@ import numpy as np
 import pytest
 
 from clients.app import build_client_app
-from common.config import RunConfig
+from common.config import PartnerConfig, RunConfig
 from common.data.tables import bundled_path
+from common.partner import PartnerState, load_data
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.ledger import plan_from_calibration
 from common.protocol import (
     EVALUATE_METRIC_KEYS,
     LEDGER_UNTRUSTED,
+    LIFETIME_BUDGET_EXHAUSTED,
     PARTNER_STATE,
     SIGNING_KEY_UNUSABLE,
     TRAIN_METRIC_KEYS,
@@ -72,7 +76,10 @@ def test_epsilon_composes_over_rounds_across_rebuilt_client_apps() -> None:
         steps.append(int(metrics["steps"]))
         sample_rate, sigma = metrics["sample-rate"], metrics["noise-multiplier"]
     assert all(b > a for a, b in zip(spent, spent[1:], strict=False)), spent
-    single_run = rdp_epsilon([SubsampledGaussianEvent(sample_rate, sigma, sum(steps))],
+    state = PartnerState.from_dict(dict(context.state[PARTNER_STATE]))
+    assert state.plan is not None and state.plan.released_rows == metrics["num-examples"]
+    single_run = rdp_epsilon([state.plan.count_event,  # the noisy count, released once
+                              SubsampledGaussianEvent(sample_rate, sigma, sum(steps))],
                              delta=run.sim_delta)
     assert spent[-1] == pytest.approx(single_run, rel=1e-9)
     assert spent[-1] <= run.sim_epsilon
@@ -125,24 +132,74 @@ def _ledger_node(tmp_path: Path, partner: str = "bank") -> dict:
         write_key_pair(generate_signing_key(), tmp_path / "keys", partner)
     return {"partner": partner, "epsilon": 3.0, "delta": 1e-5, "data-path": str(csv_path),
             "schema-path": str(schema_path), "ledger-path": str(tmp_path / f"{partner}.jsonl"),
-            "signing-key": str(tmp_path / "keys" / f"{partner}.key")}
+            "signing-key": str(tmp_path / "keys" / f"{partner}.key"),
+            "odometer-path": str(tmp_path / f"{partner}.odometer.jsonl"),
+            "lifetime-epsilon": 10.0}
 
 
 def test_restarted_partner_resumes_with_exact_epsilon_from_its_ledger(tmp_path: Path) -> None:
     run = RunConfig(num_server_rounds=4)
-    steady = node_context(_ledger_node(tmp_path / "steady"), run)
-    uninterrupted = [_train(run, steady, r).content["metrics"]["epsilon-spent"]
-                     for r in range(1, 5)]
     node = _ledger_node(tmp_path / "restarted")
     before = node_context(node, run)
     spent = [_train(run, before, r).content["metrics"]["epsilon-spent"] for r in (1, 2)]
     after = node_context(node, run)  # process state dropped: only the ledger survives
     assert PARTNER_STATE not in after.state
     spent += [_train(run, after, r).content["metrics"]["epsilon-spent"] for r in (3, 4)]
+    lines = [json.loads(line) for line in
+             (tmp_path / "restarted" / "bank.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in lines] == ["count", "train", "train", "train", "train"]
+    plan = plan_from_calibration(lines[-1]["calibration"],
+                                 epsilon_budget=lines[-1]["epsilon_budget"],
+                                 delta=lines[-1]["delta"])
+    assert {e["calibration"]["released_rows"] for e in lines} == {plan.released_rows}
+    uninterrupted = [rdp_epsilon([plan.count_event, *[plan.round_event] * r],
+                                 delta=plan.delta) for r in range(1, 5)]
     assert spent == pytest.approx(uninterrupted, rel=1e-12)
     assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
-    lines = (tmp_path / "restarted" / "bank.jsonl").read_text().splitlines()
-    assert len(lines) == 4
+
+
+def test_reply_releases_the_noisy_count_never_the_exact_training_size(tmp_path: Path) -> None:
+    """Under add/remove-one adjacency an exact size alone tells whether a record is present: the
+    weight, q and the normaliser derive from the Gaussian count the ledger logs."""
+    run = RunConfig(num_server_rounds=2)
+    node = _ledger_node(tmp_path)
+    context = node_context(node, run)
+    first = _train(run, context, 1).content["metrics"]
+    second = _train(run, context, 2).content["metrics"]
+    data = load_data(PartnerConfig.from_node_config(node, run), run)
+    count = json.loads(Path(node["ledger-path"]).read_text().splitlines()[0])
+    released = count["calibration"]["released_rows"]
+    assert count["event"] == "count" and count["mechanism"]["sample_rate"] == 1.0
+    assert first["num-examples"] == second["num-examples"] == released
+    sigma = count["mechanism"]["noise_multiplier"]  # sensitivity 1: std sigma rows
+    assert sigma > 5 and abs(released - len(data.train)) < 6 * sigma
+    assert first["sample-rate"] == pytest.approx(run.batch_size / released)
+
+
+@pytest.mark.parametrize(("lifetime", "allowed"), [(1.0, False), (2.5, True)])
+def test_a_new_ledger_does_not_reset_the_lifetime_budget(tmp_path: Path, lifetime: float,
+                                                         allowed: bool) -> None:
+    """The issue's case: budget 1 spent over two rounds, then the SuperNode restarts with
+    another ledger file. Its odometer (same data set, any ledger) refuses the new plan unless
+    the lifetime budget still covers it."""
+    run = RunConfig(num_server_rounds=2)
+    node = {**_ledger_node(tmp_path), "epsilon": 1.0, "lifetime-epsilon": lifetime}
+    context = node_context(node, run)
+    for server_round in (1, 2):
+        assert _train(run, context, server_round).content["info"]["refusal-reason"] == ""
+    restarted = {**node, "ledger-path": str(tmp_path / "ledger-B.jsonl")}
+    reply = _train(run, node_context(restarted, run), 3)
+    reason = reply.content["info"]["refusal-reason"]
+    if allowed:
+        assert reason == "" and "arrays" in reply.content
+        return
+    assert reason == LIFETIME_BUDGET_EXHAUSTED and "arrays" not in reply.content
+    assert "num-examples" not in reply.content["metrics"]  # not even a noisy count released
+    assert not Path(restarted["ledger-path"]).exists()
+    _assert_no_local_detail(reason, tmp_path)
+    odometer = [json.loads(line) for line in Path(node["odometer-path"]).read_text().splitlines()]
+    assert [e["release"] for e in odometer] == ["count", "dp-sgd", "dp-sgd"]
+    assert odometer[-1]["epsilon_lifetime_cumulative"] <= 1.0
 
 
 def _assert_no_local_detail(reason: str, tmp_path: Path) -> None:
@@ -173,7 +230,7 @@ def test_tampered_ledger_makes_the_partner_refuse(tmp_path: Path,
     # The full detail (file, finding) stays in the partner's own log.
     assert any("bad-signature" in r.getMessage() and str(ledger) in r.getMessage()
                for r in caplog.records if r.levelname == "ERROR")
-    assert ledger.read_text().count("\n") == 2  # nothing appended to a ledger it cannot trust
+    assert ledger.read_text().count("\n") == 3  # nothing appended to a ledger it cannot trust
 
 
 def test_ledger_signed_by_another_key_is_refused(tmp_path: Path) -> None:

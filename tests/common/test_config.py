@@ -127,7 +127,8 @@ def test_hidden_layers() -> None:
 
 DEPLOYMENT = {"partner": "bank", "epsilon": 2.0, "delta": 1e-6,
               "data-path": "/data/bank.csv", "schema-path": "/data/bank.toml",
-              "ledger-path": "/data/bank.ledger.jsonl", "signing-key": "/keys/bank.key"}
+              "ledger-path": "/data/bank.ledger.jsonl", "signing-key": "/keys/bank.key",
+              "odometer-path": "/data/bank.odometer.jsonl", "lifetime-epsilon": 8.0}
 
 
 def test_deployment_node_config() -> None:
@@ -135,8 +136,28 @@ def test_deployment_node_config() -> None:
     assert partner == PartnerConfig(partner="bank", epsilon=2.0, delta=1e-6,
                                     data_path="/data/bank.csv", schema_path="/data/bank.toml",
                                     ledger_path="/data/bank.ledger.jsonl",
-                                    signing_key="/keys/bank.key")
+                                    signing_key="/keys/bank.key",
+                                    odometer_path="/data/bank.odometer.jsonl",
+                                    lifetime_epsilon=8.0)
     assert partner.private
+
+
+@pytest.mark.parametrize(("key", "value", "pattern"), [
+    ("lifetime-epsilon", 0.0, "'lifetime-epsilon'"), ("lifetime-epsilon", "inf", "finite"),
+    ("lifetime-epsilon", "many", "'lifetime-epsilon' must be a number"),
+    ("count-epsilon-share", 0.0, "'count-epsilon-share'"),
+    ("count-epsilon-share", 0.9, "'count-epsilon-share'"),
+])
+def test_deployment_rejects_bad_lifetime_and_count_settings(key: str, value: object,
+                                                            pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        PartnerConfig.from_node_config({**DEPLOYMENT, key: value}, RunConfig())
+
+
+def test_a_deployed_horizontal_partner_needs_an_odometer() -> None:
+    node = {k: v for k, v in DEPLOYMENT.items() if k != "odometer-path"}
+    with pytest.raises(ValueError, match=r"lacks \['odometer-path'\]"):
+        PartnerConfig.from_node_config(node, RunConfig())
 
 
 def test_deployment_budget_comes_from_node_not_run_config() -> None:

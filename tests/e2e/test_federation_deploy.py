@@ -62,7 +62,10 @@ def test_local_federation_trains_over_tls_and_its_ledgers_verify(federation) -> 
     assert (fed.workspace / "report.md").read_text().count("VERIFIED") == 1
     assert "VERIFIED" in (fed.workspace / "audit.html").read_text()
     for ledger in fed.ledger_paths():
-        assert len(read_lines(ledger)[0]) == 2
+        entries = [entry for _, entry in read_lines(ledger)[0]]
+        assert [e["event"] for e in entries] == ["count", "train", "train"]
+        odometer = ledger.with_name(ledger.name.replace(".ledger.", ".odometer."))
+        assert len(read_lines(odometer)[0]) == 3  # every release reserved before it happened
     # The auditor's own command line, as docs/partners.md gives it, agrees.
     done = subprocess.run(fed.commands.audit(fed.options.partners), capture_output=True,
                           text=True, env=fed.env, timeout=120)
@@ -83,7 +86,8 @@ def test_run_config_cannot_override_a_partners_budget_or_ledger(federation) -> N
     with pytest.raises(ValueError, match="unknown run config key"):
         RunConfig.from_flower({"data-path": "/tmp/other.csv"})
     node = {"partner": "bank", "epsilon": 3.0, "delta": 1e-5, "data-path": "/data/bank.csv",
-            "schema-path": "/data/bank.toml", "ledger-path": "/l.jsonl", "signing-key": "/k"}
+            "schema-path": "/data/bank.toml", "ledger-path": "/l.jsonl", "signing-key": "/k",
+            "odometer-path": "/o.jsonl", "lifetime-epsilon": 9.0}
     greedy = RunConfig.from_flower({"sim-epsilon": 50.0, "sim-budgets": "bank=50"})
     partner = PartnerConfig.from_node_config(node, greedy)
     assert (partner.epsilon, partner.data_path) == (3.0, "/data/bank.csv")
@@ -182,8 +186,9 @@ def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.P
     fed.wait_online(3)
     run = fed.start_run()
     bank_ledger = fed.ledger_paths()[2]
-    fed._wait("bank's first round", lambda: bank_ledger.exists() and len(
-        read_lines(bank_ledger)[0]) >= 1, 300, watch=["superlink", "bank"])
+    fed._wait("bank's first round", lambda: bank_ledger.exists() and any(
+        e["event"] == "train" for _, e in read_lines(bank_ledger)[0]), 300,
+        watch=["superlink", "bank"])
     fed.kill("bank", signal.SIGKILL)
     return run, bank_ledger
 
@@ -193,7 +198,7 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
     options = DemoOptions(rounds=4, min_partners=2, superlink_port=18400, supernode_port=18410)
     with LocalFederation(tmp_path / "fault", options) as fed:
         run, bank_ledger = _kill_bank_after_its_first_round(fed)
-        killed_after = len(read_lines(bank_ledger)[0])
+        killed_after = max(e["round"] for _, e in read_lines(bank_ledger)[0])
         history_so_far = fed.workspace / "run" / "receipts.jsonl"
         fed._wait("a round that completes without the bank", lambda: any(
             e["round"] > killed_after and e["partner"] != "bank"
@@ -219,7 +224,10 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
     assert 2 <= len(trained) < 4
     mechanisms = [e["mechanism"] for e in trained]
     steps = sum(m["steps"] for m in mechanisms)
-    expected = rdp_epsilon([SubsampledGaussianEvent(mechanisms[0]["sample_rate"],
+    count = entries[0]["mechanism"]  # the noisy count, released once before round 1
+    assert entries[0]["event"] == "count" and sum(e["event"] == "count" for e in entries) == 1
+    expected = rdp_epsilon([SubsampledGaussianEvent(1.0, count["noise_multiplier"], 1),
+                            SubsampledGaussianEvent(mechanisms[0]["sample_rate"],
                                                     mechanisms[0]["noise_multiplier"], steps)],
                            delta=trained[0]["delta"])
     assert math.isclose(trained[-1]["epsilon_cumulative"], expected, rel_tol=1e-9)

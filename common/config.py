@@ -208,6 +208,11 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
         raise ValueError(f"run config key '{key}' must be {annotation}, got {value!r}") from None
 
 
+def _optional_number(node: Mapping[str, Any], key: str, default: Any) -> Any:
+    """The node config number at `key`, or `default` when the key is absent."""
+    return _node_number(node, key) if key in node else default
+
+
 def _node_number(node: Mapping[str, Any], key: str) -> float:
     value = node[key]
     try:
@@ -242,7 +247,8 @@ class PartnerConfig:
 
     In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path`, `ledger-path`,
     `signing-key`, `odometer-path` and `lifetime-epsilon` (optionally `count-epsilon-share`,
-    `allow-evaluate`) are node config keys the partner's SuperNode sets. In
+    `test-fraction`, `allow-evaluate`) are node config keys the partner's SuperNode sets; the
+    coordinator's run config cannot change any of them. In
     simulation the partner is taken from `partition-id` via the scenario, its budget from the
     `sim-*` run config keys, and its ledger from `sim-ledger-dir` / `sim-keys-dir`.
     """
@@ -259,6 +265,7 @@ class PartnerConfig:
     count_epsilon_share: float = COUNT_EPSILON_SHARE
     odometer_path: str = ""
     lifetime_epsilon: float | None = None
+    test_fraction: float | None = None
 
     @property
     def deployed(self) -> bool:
@@ -272,36 +279,48 @@ class PartnerConfig:
         return self.epsilon is not None
 
     @classmethod
+    def _deployed(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:
+        """A deployed partner from its own node config; no run config key changes it."""
+        # A vertical party's releases are not (yet) composed into a lifetime odometer.
+        lifetime_keys = () if run.vertical else ("odometer-path", "lifetime-epsilon")
+        paths = ("data-path", "schema-path", "ledger-path", "signing-key",
+                 *lifetime_keys[:1])
+        missing = [k for k in ("epsilon", "delta", *paths, *lifetime_keys[1:]) if k not in node]
+        if missing:
+            raise ValueError(f"node config of partner {node['partner']!r} lacks {missing} "
+                             f"(a deployed partner keeps a signed ledger of each run and a "
+                             f"lifetime odometer of its data set)")
+        empty = [k for k in paths if not str(node[k]).strip()]
+        if empty:
+            raise ValueError(f"node config of partner {node['partner']!r} sets {empty} to an "
+                             f"empty value (its data, ledger, signing key and odometer must be "
+                             f"real files)")
+        epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
+        check_budget(epsilon, delta, source="node config")
+        share = _optional_number(node, "count-epsilon-share", COUNT_EPSILON_SHARE)
+        if not 0.0 < share <= 0.5:
+            raise ValueError(f"count-epsilon-share must be in (0, 0.5], got {share} (node "
+                             f"config key 'count-epsilon-share')")
+        lifetime = _optional_number(node, "lifetime-epsilon", None)
+        if lifetime is not None and (not lifetime > 0 or math.isinf(lifetime)):
+            raise ValueError(f"lifetime-epsilon must be a finite number > 0, got {lifetime} "
+                             f"(node config key 'lifetime-epsilon')")
+        test_fraction = _optional_number(node, "test-fraction", RunConfig.test_fraction)
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test-fraction must be in (0, 1), got {test_fraction} (node "
+                             f"config key 'test-fraction')")
+        return cls(partner=str(node["partner"]), epsilon=epsilon, delta=delta,
+                   data_path=str(node["data-path"]), schema_path=str(node["schema-path"]),
+                   ledger_path=str(node["ledger-path"]), signing_key=str(node["signing-key"]),
+                   count_epsilon_share=share, odometer_path=str(node.get("odometer-path", "")),
+                   lifetime_epsilon=lifetime, test_fraction=test_fraction,
+                   allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false")
+
+    @classmethod
     def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:
         """Resolve the partner from its node config (deployment) or partition id (simulation)."""
         if "partner" in node:
-            # A vertical party's releases are not (yet) composed into a lifetime odometer.
-            lifetime_keys = () if run.vertical else ("odometer-path", "lifetime-epsilon")
-            missing = [k for k in ("epsilon", "delta", "data-path", "schema-path", "ledger-path",
-                                   "signing-key", *lifetime_keys) if k not in node]
-            if missing:
-                raise ValueError(f"node config of partner {node['partner']!r} lacks {missing} "
-                                 f"(a deployed partner keeps a signed ledger of each run and a "
-                                 f"lifetime odometer of its data set)")
-            epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
-            check_budget(epsilon, delta, source="node config")
-            share = (_node_number(node, "count-epsilon-share") if "count-epsilon-share" in node
-                     else COUNT_EPSILON_SHARE)
-            if not 0.0 < share <= 0.5:
-                raise ValueError(f"count-epsilon-share must be in (0, 0.5], got {share} (node "
-                                 f"config key 'count-epsilon-share')")
-            lifetime = (_node_number(node, "lifetime-epsilon") if "lifetime-epsilon" in node
-                        else None)
-            if lifetime is not None and (not lifetime > 0 or math.isinf(lifetime)):
-                raise ValueError(f"lifetime-epsilon must be a finite number > 0, got {lifetime} "
-                                 f"(node config key 'lifetime-epsilon')")
-            return cls(partner=str(node["partner"]), epsilon=epsilon, delta=delta,
-                       data_path=str(node["data-path"]), schema_path=str(node["schema-path"]),
-                       ledger_path=str(node["ledger-path"]),
-                       signing_key=str(node["signing-key"]), count_epsilon_share=share,
-                       odometer_path=str(node.get("odometer-path", "")),
-                       lifetime_epsilon=lifetime,
-                       allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false")
+            return cls._deployed(node, run)
         if "partition-id" not in node:
             raise ValueError("node config has neither 'partner' (deployment) nor "
                              "'partition-id' (simulation)")

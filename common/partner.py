@@ -19,17 +19,18 @@ from common.data.tables import PartnerData, load_partner_csv
 from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
 from common.learning.training import TrainSettings, evaluate, train
-from common.privacy.accounting import SubsampledGaussianEvent
+from common.privacy.accounting import SubsampledGaussianEvent, within_budget
 from common.privacy.budget import (
     COUNT_SENSITIVITY,
     PrivacyPlan,
     PrivacyState,
     authorize_round,
     calibrate_plan,
+    count_release,
     record_round,
 )
 from common.privacy.crypto import hash_weights, load_private_key
-from common.privacy.ledger import PartnerLedger, entry_hash
+from common.privacy.ledger import COUNT_EVENT, PartnerLedger, entry_hash, ledger_event
 from common.privacy.odometer import (
     RELEASE_COUNT,
     RELEASE_DP_SGD,
@@ -63,9 +64,13 @@ log = logging.getLogger(__name__)
 def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
     """The partner's private train/test splits: its own CSV, or its simulated share."""
     if partner.data_path:
-        key = split_key(partner=partner.partner, signing_key=partner.signing_key, seed=run.seed)
+        key = split_key(partner=partner.partner, signing_key=partner.signing_key, seed=run.seed,
+                        deployed=partner.deployed)
+        # A deployed partner's own test fraction: the coordinator must not choose which share
+        # of the records DP-SGD protects.
+        fraction = partner.test_fraction if partner.test_fraction is not None else run.test_fraction
         return load_partner_csv(partner.partner, partner.data_path, partner.schema_path,
-                                test_fraction=run.test_fraction, split_key=key)
+                                test_fraction=fraction, split_key=key)
     return load_scenario_partner(run.scenario, partner.partition_id, split=run.split,
                                  seed=run.seed, alpha=run.dirichlet_alpha,
                                  test_fraction=run.test_fraction)
@@ -238,32 +243,16 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
             return TrainReply(None, {**metrics, REFUSED: 1.0}, reason)
         state.plan = ledger.plan()
         state.privacy = PrivacyState(ledger.events(), count=ledger.count_event())
+        if odometer is not None:  # reserved, then lost to a crash before the ledger entry
+            state.privacy.events += _unlogged_releases(odometer, ledger, run_id)
     received = hash_weights(global_weights)
     if state.plan is None:
-        plan = calibrate_plan(
-            epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
-            batch_size=run.batch_size, local_epochs=run.local_epochs,
-            planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
-            seed=round_seed(run.seed, partner, 0),
-            count_epsilon_share=partner.count_epsilon_share)
-        # The whole plan must fit what is left of the lifetime budget, whatever ledger this is.
-        if odometer is not None and not _reserve(odometer, partner, run_id, server_round,
-                                                 RELEASE_COUNT, plan.count_event,
-                                                 plan.planned_events()):
-            return TrainReply(None, {REFUSED: 1.0}, LIFETIME_BUDGET_EXHAUSTED)
-        state.plan = plan
-        state.privacy = PrivacyState(count=plan.count_event)
-        if ledger is not None:
-            ledger.append_count(server_round=server_round, plan=state.plan,
-                                epsilon_cumulative=state.privacy.epsilon(partner.delta),
-                                model_received_sha256=received)
-            _remember_ledger(state, ledger)
-        planned = state.plan.round_event
-        log.info("partner %s released its noisy count %d, calibrated sigma=%.4f for q=%.4f, "
-                 "%d steps/round, %d rounds, budget eps=%g delta=%g", partner.partner,
-                 state.plan.released_rows, planned.noise_multiplier, planned.sample_rate,
-                 planned.steps, state.plan.planned_rounds, partner.epsilon, partner.delta)
+        reason = _begin_run(partner, run, state, data, ledger, odometer, run_id, server_round,
+                            received)
+        if reason:
+            return TrainReply(None, {REFUSED: 1.0}, reason)
     plan = state.plan
+    assert plan is not None
     metrics[NUM_EXAMPLES] = float(plan.released_rows)
     if max_weight is not None and plan.released_rows > max_weight:
         reason = _weight_refusal(max_weight)
@@ -280,7 +269,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         _remember_ledger(state, ledger)
         return TrainReply(None, metrics, decision.reason, entry_hash_)
     if odometer is not None and not _reserve(odometer, partner, run_id, server_round,
-                                             RELEASE_DP_SGD, decision.event, [decision.event]):
+                                             RELEASE_DP_SGD, decision.event):
         metrics.update({**_privacy_metrics(plan, state.privacy), REFUSED: 1.0})
         entry_hash_ = _log(ledger, server_round, plan, 0, decision.epsilon_before, received,
                            None, LIFETIME_BUDGET_EXHAUSTED)
@@ -305,15 +294,70 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
     return TrainReply(weights, metrics, "", entry_hash_)
 
 
+def _begin_run(partner: PartnerConfig, run: RunConfig, state: PartnerState, data: PartnerData,
+               ledger: PartnerLedger | None, odometer: PrivacyOdometer | None, run_id: str,
+               server_round: int, received: str) -> str:
+    """A run's first round: reserve and release the noisy count, calibrate the plan into
+    `state`. '' when the partner may go on, else the refusal it replies (nothing released).
+
+    With an odometer, the run starts only if what the data set has spent plus this run's whole
+    budget fits the lifetime budget (ε added: a data-independent, conservative test), and never
+    twice in one run (a run that already reserved its count lost its ledger). The count's
+    mechanism depends on the budget only, so it is reserved before the data is looked at.
+    """
+    assert partner.epsilon is not None and partner.delta is not None
+    count = count_release(epsilon=partner.epsilon, delta=partner.delta,
+                          count_epsilon_share=partner.count_epsilon_share)
+    if odometer is not None:
+        if any(e["run_id"] == run_id and e["release"] == RELEASE_COUNT
+               for e in odometer.entries):
+            log.error("partner %s refuses to train: its odometer shows run %s already released "
+                      "a count, but the ledger %s holds none (lost or replaced)",
+                      partner.partner, run_id, partner.ledger_path)
+            return LEDGER_UNTRUSTED
+        spent, lifetime = odometer.spent(), odometer.lifetime_epsilon
+        if not within_budget(spent + partner.epsilon, lifetime):
+            log.error("partner %s refuses to train: lifetime epsilon spent %.4f plus this run's "
+                      "budget %g exceeds the lifetime budget %g", partner.partner, spent,
+                      partner.epsilon, lifetime)
+            return LIFETIME_BUDGET_EXHAUSTED
+        if not _reserve(odometer, partner, run_id, server_round, RELEASE_COUNT, count):
+            return LIFETIME_BUDGET_EXHAUSTED
+    plan = calibrate_plan(
+        epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
+        batch_size=run.batch_size, local_epochs=run.local_epochs,
+        planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
+        seed=round_seed(run.seed, partner, 0), count_epsilon_share=partner.count_epsilon_share)
+    state.plan, state.privacy = plan, PrivacyState(count=plan.count_event)
+    if ledger is not None:
+        ledger.append_count(server_round=server_round, plan=plan,
+                            epsilon_cumulative=state.privacy.epsilon(partner.delta),
+                            model_received_sha256=received)
+        _remember_ledger(state, ledger)
+    planned = plan.round_event
+    log.info("partner %s released its noisy count %d, calibrated sigma=%.4f for q=%.4f, "
+             "%d steps/round, %d rounds, budget eps=%g delta=%g", partner.partner,
+             plan.released_rows, planned.noise_multiplier, planned.sample_rate, planned.steps,
+             plan.planned_rounds, partner.epsilon, partner.delta)
+    return ""
+
+
+def _unlogged_releases(odometer: PrivacyOdometer, ledger: PartnerLedger,
+                       run_id: str) -> list[SubsampledGaussianEvent]:
+    """Rounds of this run reserved in the odometer but absent from the ledger (a crash between
+    the two, or a ledger cut short): counted as spent, at their reserved steps."""
+    logged = {e["round"] for e in ledger.entries
+              if e["event"] != COUNT_EVENT and int(e["mechanism"]["steps"]) > 0}
+    return [ledger_event(e) for e in odometer.entries
+            if e["run_id"] == run_id and e["release"] == RELEASE_DP_SGD
+            and e["round"] not in logged]
+
+
 def _reserve(odometer: PrivacyOdometer, partner: PartnerConfig, run_id: str, server_round: int,
-             release: str, event: SubsampledGaussianEvent,
-             planned: list[SubsampledGaussianEvent]) -> bool:
-    """Record `release` in the lifetime odometer before it happens, if `planned` (this release
-    and what it commits the partner to) fits what is left; False (logged) if not."""
-    decision = odometer.fits(planned)
+             release: str, event: SubsampledGaussianEvent) -> bool:
+    """Record `release` in the lifetime odometer before it happens; False (logged) if it would
+    take the lifetime ε over the lifetime budget."""
     try:
-        if not decision.allowed:
-            raise LifetimeBudgetExceeded(decision.reason)
         odometer.record(run_id=run_id, server_round=server_round, release=release, event=event,
                         ledger_path=partner.ledger_path)
     except LifetimeBudgetExceeded as exc:
@@ -344,6 +388,9 @@ def _ledger_mismatch(ledger: PartnerLedger, state: PartnerState, partner: Partne
         return (f"the partner's ledger holds {len(ledger.entries)} entries but this node wrote "
                 f"{state.ledger_entries} in this run: it was truncated or replaced; refusing "
                 f"rather than under-count privacy spent")
+    if ledger.entries and ledger.count_event() is None:
+        return ("the partner's ledger holds no count entry: a ledger of this run opens with the "
+                "release of its noisy count; refusing rather than under-count privacy spent")
     plan = ledger.plan()
     if plan is not None and (plan.epsilon_budget, plan.delta) != (partner.epsilon,
                                                                    partner.delta):

@@ -54,9 +54,9 @@ def evaluate_message(weights: dict[str, np.ndarray]) -> Message:
                    dst_node_id=1, message_type=MessageType.EVALUATE)
 
 
-def node_context(node_config: dict, run: RunConfig) -> Context:
+def node_context(node_config: dict, run: RunConfig, run_id: int = 1) -> Context:
     """A node's Context, which Flower keeps across rounds while rebuilding the ClientApp."""
-    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
+    return Context(run_id=run_id, node_id=1, node_config=node_config, state=RecordDict(),
                    run_config=run.to_flower())
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.privacy.crypto import sha256_hex
 from common.privacy.ledger import ledger_event
-from common.privacy.odometer import RELEASE_DP_SGD, PrivacyOdometer
+from common.privacy.odometer import RELEASE_COUNT, RELEASE_DP_SGD, PrivacyOdometer
 from tests.audit_fixtures import DELTA, PARTNERS, Federation
 
 LIFETIME_SCALE = 2.0
@@ -39,6 +39,7 @@ def write_odometers(fed: Federation, *,
         for entry in entries:
             if entry["mechanism"]["steps"] > 0 and (name, entry["round"]) not in skip:
                 odometer.record(run_id=entry["run_id"], server_round=entry["round"],
-                                release=RELEASE_DP_SGD, event=ledger_event(entry),
+                                release=(RELEASE_COUNT if entry["event"] == "count"
+                                         else RELEASE_DP_SGD), event=ledger_event(entry),
                                 ledger_path=str(fed.ledgers[name]))
     return odometer_paths(fed)

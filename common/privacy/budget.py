@@ -72,6 +72,18 @@ def noisy_count(count: int, noise_multiplier: float, seed: int) -> int:
     return max(1, round(count + COUNT_SENSITIVITY * noise_multiplier * rng.standard_normal()))
 
 
+def count_release(*, epsilon: float, delta: float,
+                  count_epsilon_share: float = COUNT_EPSILON_SHARE) -> SubsampledGaussianEvent:
+    """The noisy count's mechanism: one Gaussian release of sensitivity 1 whose σ makes it
+    spend `count_epsilon_share` of the budget on its own. It depends on the budget only, so a
+    partner can reserve it before looking at its data."""
+    if not 0.0 < count_epsilon_share < 1.0:
+        raise ValueError(f"count epsilon share must be in (0, 1), got {count_epsilon_share}")
+    sigma = calibrate_noise_multiplier(target_epsilon=count_epsilon_share * epsilon, delta=delta,
+                                       sample_rate=1.0, steps=1, conversion=CONVERSION)
+    return SubsampledGaussianEvent(1.0, sigma, 1, COUNT_SENSITIVITY)
+
+
 def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_size: int,
                    local_epochs: float, planned_rounds: int, max_grad_norm: float, seed: int,
                    count_epsilon_share: float = COUNT_EPSILON_SHARE) -> PrivacyPlan:
@@ -81,13 +93,9 @@ def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_s
     check_budget(epsilon, delta)
     if planned_rounds < 1:
         raise ValueError(f"planned rounds must be >= 1, got {planned_rounds}")
-    if not 0.0 < count_epsilon_share < 1.0:
-        raise ValueError(f"count epsilon share must be in (0, 1), got {count_epsilon_share}")
-    count_sigma = calibrate_noise_multiplier(target_epsilon=count_epsilon_share * epsilon,
-                                             delta=delta, sample_rate=1.0, steps=1,
-                                             conversion=CONVERSION)
-    count_event = SubsampledGaussianEvent(1.0, count_sigma, 1, COUNT_SENSITIVITY)
-    released_rows = noisy_count(num_train_rows, count_sigma, seed)
+    count_event = count_release(epsilon=epsilon, delta=delta,
+                                count_epsilon_share=count_epsilon_share)
+    released_rows = noisy_count(num_train_rows, count_event.noise_multiplier, seed)
     sample_rate = min(1.0, batch_size / released_rows)
     per_round = num_steps(local_epochs, steps_per_epoch(released_rows, sample_rate=sample_rate))
     sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,

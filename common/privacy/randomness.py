@@ -21,14 +21,19 @@ def noise_seed(*, deployed: bool, simulated: int) -> int:
     return secrets.randbits(63) if deployed else simulated
 
 
-def split_key(*, partner: str, signing_key: str | Path = "", seed: int = 0) -> bytes:
+def split_key(*, partner: str, signing_key: str | Path = "", seed: int = 0,
+              deployed: bool = False) -> bytes:
     """The secret key of a partner's train/test split (`common.data.tables.record_in_test`).
 
     A partner with a signing key derives it from that key with HKDF, so only the partner can
     compute which of its records are test rows, and the split is stable across runs and restarts
     whatever seed the coordinator sets. A simulated partner without one derives it from the run
-    seed and its name, so a simulation is reproducible and seeds vary the split.
+    seed and its name, so a simulation is reproducible and seeds vary the split. A deployed
+    partner must have a signing key: the coordinator sets the seed.
     """
+    if deployed and not signing_key:
+        raise ValueError("a deployed partner's split key derives from its signing key, and none "
+                         "is configured (node config key 'signing-key')")
     if signing_key:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF

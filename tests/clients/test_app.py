@@ -180,26 +180,52 @@ def test_reply_releases_the_noisy_count_never_the_exact_training_size(tmp_path: 
 def test_a_new_ledger_does_not_reset_the_lifetime_budget(tmp_path: Path, lifetime: float,
                                                          allowed: bool) -> None:
     """The issue's case: budget 1 spent over two rounds, then the SuperNode restarts with
-    another ledger file. Its odometer (same data set, any ledger) refuses the new plan unless
-    the lifetime budget still covers it."""
+    another ledger file. In the same run it is refused outright (its count was released
+    already); in a new run its odometer (same data set, any ledger) refuses unless the lifetime
+    budget still covers the run's whole budget, and then nothing is released, not even a count."""
     run = RunConfig(num_server_rounds=2)
     node = {**_ledger_node(tmp_path), "epsilon": 1.0, "lifetime-epsilon": lifetime}
     context = node_context(node, run)
     for server_round in (1, 2):
         assert _train(run, context, server_round).content["info"]["refusal-reason"] == ""
-    restarted = {**node, "ledger-path": str(tmp_path / "ledger-B.jsonl")}
-    reply = _train(run, node_context(restarted, run), 3)
+    same_run = {**node, "ledger-path": str(tmp_path / "ledger-B.jsonl")}
+    reply = _train(run, node_context(same_run, run), 3)
+    assert reply.content["info"]["refusal-reason"] == LEDGER_UNTRUSTED
+    assert not Path(same_run["ledger-path"]).exists()
+    new_run = {**node, "ledger-path": str(tmp_path / "ledger-C.jsonl")}
+    reply = _train(run, node_context(new_run, run, run_id=2), 1)
     reason = reply.content["info"]["refusal-reason"]
+    odometer = [json.loads(line) for line in Path(node["odometer-path"]).read_text().splitlines()]
     if allowed:
         assert reason == "" and "arrays" in reply.content
+        assert [e["release"] for e in odometer] == ["count", "dp-sgd", "dp-sgd", "count",
+                                                    "dp-sgd"]
         return
     assert reason == LIFETIME_BUDGET_EXHAUSTED and "arrays" not in reply.content
     assert "num-examples" not in reply.content["metrics"]  # not even a noisy count released
-    assert not Path(restarted["ledger-path"]).exists()
+    assert not Path(new_run["ledger-path"]).exists()
     _assert_no_local_detail(reason, tmp_path)
-    odometer = [json.loads(line) for line in Path(node["odometer-path"]).read_text().splitlines()]
     assert [e["release"] for e in odometer] == ["count", "dp-sgd", "dp-sgd"]
     assert odometer[-1]["epsilon_lifetime_cumulative"] <= 1.0
+
+
+def test_a_round_reserved_but_never_logged_still_counts(tmp_path: Path) -> None:
+    """A crash between the odometer's reservation and the ledger entry (or a ledger cut short):
+    the restarted partner counts the reserved round as spent."""
+    run = RunConfig(num_server_rounds=4)
+    node = _ledger_node(tmp_path)
+    _train(run, node_context(node, run), 1)
+    ledger = Path(node["ledger-path"])
+    lines = ledger.read_text().splitlines(keepends=True)
+    _train(run, node_context(node, run), 2)
+    ledger.write_text("".join(lines))  # round 2's entry lost; its reservation stays
+    metrics = _train(run, node_context(node, run), 3).content["metrics"]
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    plan = plan_from_calibration(entries[-1]["calibration"],
+                                 epsilon_budget=entries[-1]["epsilon_budget"],
+                                 delta=entries[-1]["delta"])
+    three_rounds = rdp_epsilon([plan.count_event, *[plan.round_event] * 3], delta=plan.delta)
+    assert metrics["epsilon-spent"] == pytest.approx(three_rounds, rel=1e-9)
 
 
 def _assert_no_local_detail(reason: str, tmp_path: Path) -> None:

@@ -138,8 +138,10 @@ def test_deployment_node_config() -> None:
                                     ledger_path="/data/bank.ledger.jsonl",
                                     signing_key="/keys/bank.key",
                                     odometer_path="/data/bank.odometer.jsonl",
-                                    lifetime_epsilon=8.0)
+                                    lifetime_epsilon=8.0, test_fraction=0.25)
     assert partner.private
+    # The test fraction is the partner's: a coordinator's run config cannot move it.
+    assert PartnerConfig.from_node_config(DEPLOYMENT, RunConfig(test_fraction=0.9)) == partner
 
 
 @pytest.mark.parametrize(("key", "value", "pattern"), [
@@ -147,6 +149,8 @@ def test_deployment_node_config() -> None:
     ("lifetime-epsilon", "many", "'lifetime-epsilon' must be a number"),
     ("count-epsilon-share", 0.0, "'count-epsilon-share'"),
     ("count-epsilon-share", 0.9, "'count-epsilon-share'"),
+    ("test-fraction", 1.0, "'test-fraction'"), ("ledger-path", "", "empty value"),
+    ("signing-key", " ", "empty value"), ("odometer-path", "", "empty value"),
 ])
 def test_deployment_rejects_bad_lifetime_and_count_settings(key: str, value: object,
                                                             pattern: str) -> None:

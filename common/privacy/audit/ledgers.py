@@ -155,6 +155,30 @@ def _parse_entry(path: Path, line: int, entry: dict[str, Any],
     return audit, (sample_rate, sigma, steps)
 
 
+def _count_findings(path: Path, entries: list[tuple[int, dict[str, Any]]]) -> list[Finding]:
+    """A ledger whose plan includes a noisy count must open with that count's entry, at the σ
+    and released size every entry's calibration names (leaving it out would understate ε)."""
+    planned = [(line, e["calibration"]) for line, e in entries
+               if isinstance(e["calibration"], dict)
+               and "count_noise_multiplier" in e["calibration"]]
+    if not planned:
+        return []  # a vertical ledger: one-shot releases, no count
+    first_line, first = entries[0]
+    if first["event"] != COUNT_EVENT:
+        return [Finding(str(path), first_line, "missing-count",
+                        "the plan includes a noisy count but the ledger does not open with its "
+                        "count entry: epsilon would be understated by the count's share")]
+    logged = {"count_noise_multiplier": first["mechanism"].get("noise_multiplier")
+              if isinstance(first["mechanism"], dict) else None,
+              "released_rows": first["calibration"].get("released_rows")}
+    return [Finding(str(path), line, "count-mismatch",
+                    f"calibration names count sigma {calibration.get('count_noise_multiplier')!r} "
+                    f"and size {calibration.get('released_rows')!r}, the count entry "
+                    f"{logged['count_noise_multiplier']!r} and {logged['released_rows']!r}")
+            for line, calibration in planned
+            if {k: calibration.get(k) for k in logged} != logged]
+
+
 def audit_ledger(path: Path, lines: list[tuple[int, dict[str, Any]]],
                   accountant: IndependentAccountant) -> tuple[PartnerAudit, list[Finding]]:
     """Consistency of one ledger's entries and their recomputed ε; integrity is check_log's."""
@@ -165,6 +189,7 @@ def audit_ledger(path: Path, lines: list[tuple[int, dict[str, Any]]],
     budget, delta = _number(first.get("epsilon_budget")), _number(first.get("delta"))
     if not entries:
         findings.append(Finding(str(path), 0, "empty-ledger", "no valid ledger entry"))
+    findings += _count_findings(path, entries)
     audits: list[EntryAudit] = []
     rounds: list[MechanismRound] = []
     deltas: list[float] = []

@@ -22,7 +22,7 @@ from common.privacy.audit.accountant import IndependentAccountant, MechanismRoun
 from common.privacy.audit.ledgers import BUDGET_SLACK, EPSILON_TOLERANCE, PartnerAudit
 from common.privacy.audit.receipts import Keys
 from common.privacy.ledger import MECHANISM, SAMPLING, Finding, read_lines
-from common.privacy.odometer import check_odometer, well_formed
+from common.privacy.odometer import RELEASE_COUNT, check_odometer, well_formed
 
 
 @dataclass
@@ -118,6 +118,15 @@ def audit_odometer(path: Path, keys: Keys,
             sample_rate=q, noise_multiplier=sigma, steps=steps, clipping_norm=clip,
             epsilon_claimed=float(entry["epsilon_lifetime_cumulative"]),
             ledger_path=entry["ledger_path"]))
+    counted_runs: set[str] = set()
+    for audit in summary.entries:
+        if audit.release == RELEASE_COUNT:
+            if audit.run_id in counted_runs:
+                findings.append(Finding(str(path), audit.line, "second-count",
+                                        f"a second count reserved for run {audit.run_id!r}: a "
+                                        f"partner releases its noisy count once per run (its "
+                                        f"ledger of that run was lost or replaced)"))
+            counted_runs.add(audit.run_id)
     recomputed = accountant.cumulative(rounds, [delta] * len(rounds))
     for audit, (eps_rdp, eps_pld) in zip(summary.entries, recomputed, strict=True):
         audit.epsilon_rdp, audit.epsilon_pld = eps_rdp, eps_pld

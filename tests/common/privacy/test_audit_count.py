@@ -67,3 +67,27 @@ def test_a_count_logged_as_anything_but_one_gaussian_step_is_reported(
     fixed = resign_and_rechain(entries, [fed.keys["lender"]] * len(entries), 0)
     path.write_bytes(b"".join(line + b"\n" for line in dump(fixed)))
     assert (1, "bad-mechanism") in _codes(path, fed.keys_dir)
+
+
+def test_a_ledger_that_leaves_out_its_count_is_reported(federation, tmp_path: Path) -> None:
+    """Dropping the count (and re-chaining) would understate ε by the count's share."""
+    fed = federation.copy_to(tmp_path / "fed")
+    path = fed.ledgers["ecommerce"]
+    entries = [json.loads(line) for line in read_entries(path)][1:]
+    for seq, entry in enumerate(entries):
+        entry["seq"] = seq
+    fixed = resign_and_rechain(entries, [fed.keys["ecommerce"]] * len(entries), 0)
+    path.write_bytes(b"".join(line + b"\n" for line in dump(fixed)))
+    assert (1, "missing-count") in _codes(path, fed.keys_dir)
+
+
+def test_a_count_whose_sigma_differs_from_the_plan_is_reported(federation,
+                                                               tmp_path: Path) -> None:
+    fed = federation.copy_to(tmp_path / "fed")
+    path = fed.ledgers["bank"]
+    entries = [json.loads(line) for line in read_entries(path)]
+    entries[0]["mechanism"]["noise_multiplier"] *= 10  # a count made to look cheaper
+    fixed = resign_and_rechain(entries, [fed.keys["bank"]] * len(entries), 0)
+    path.write_bytes(b"".join(line + b"\n" for line in dump(fixed)))
+    assert {(line, "count-mismatch") for line in range(1, len(entries) + 1)} <= _codes(
+        path, fed.keys_dir)

@@ -219,3 +219,19 @@ def test_odometer_inputs_are_checked(fed: Federation, accountant: IndependentAcc
         audit(fed, accountant, odometers=[fed.root / "missing.jsonl"])
     twice = [odometer_path(fed, "bank")] * 2
     assert found(audit(fed, accountant, odometers=twice), twice[0], "duplicate-odometer")
+
+
+def test_a_second_count_in_one_run_is_reported(fed: Federation,
+                                               accountant: IndependentAccountant) -> None:
+    """An honest partner releases its count once per run: a second count reserved for the
+    same run means its ledger of that run was lost or replaced."""
+    plan = fed.plans["lender"]
+    odometer = PrivacyOdometer(odometer_path(fed, "lender"), fed.keys["lender"], "lender",
+                               dataset_of("lender"), plan.epsilon_budget * LIFETIME_SCALE, DELTA)
+    entry = odometer.record(run_id=fed.run_id, server_round=9, release="count",
+                            event=plan.count_event, ledger_path="elsewhere.jsonl")
+    lines = read_entries(odometer_path(fed, "lender"))
+    assert json.loads(lines[-1])["seq"] == entry["seq"]
+    codes = [f.line for f in found(audit(fed, accountant), odometer_path(fed, "lender"),
+                                   "second-count")]
+    assert codes == [len(lines)]

@@ -10,6 +10,8 @@ never spell the strings themselves (`tests/common/test_protocol.py` checks that)
 
 from __future__ import annotations
 
+import re
+
 # ---------------------------------------------------------------------------- every message
 
 # Records of a message's RecordDict: the arrays (weights, embeddings), the numbers, the partner's
@@ -77,6 +79,12 @@ LEDGER_UNTRUSTED = ("the partner's ledger failed verification; refusing rather t
                     "reset it (details in the partner's log)")
 SIGNING_KEY_UNUSABLE = ("the partner's ledger signing key is unreadable or invalid (details in "
                         "the partner's log)")
+# A partner-side failure reaches the coordinator as an error reply whose reason ends with this
+# text (no data values, no paths): the partner's name, so a partner that failed every round is
+# still named, and the exception type.
+PARTNER_FAILURE_TEXT = ("partner {name!r} failed ({kind}); details are in the partner's own "
+                        "log")
+PARTNER_FAILURE_NAME = re.compile(r"partner '(?P<name>[^'\n]{1,100})' failed \(")
 LIFETIME_BUDGET_EXHAUSTED = ("the partner's lifetime privacy budget for this data set (its "
                              "odometer, across runs and ledgers) cannot cover this run's plan "
                              "or round (details in the partner's log)")

@@ -27,7 +27,13 @@ from common.privacy.ledger import ReceiptLog
 from common.protocol import EPSILON_SPENT
 from server.grid import PromptGrid
 from server.secure import run_secure_rounds
-from server.strategy import RoundRecord, ValidatingFedAvg, train_config
+from server.strategy import (
+    RoundRecord,
+    ValidatingFedAvg,
+    never_contributed,
+    partner_outcomes,
+    train_config,
+)
 from server.vertical import Observer, run_vertical
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,10 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
         log.exception("run failed")
         _save(out_dir, model, final, schema, run, strategy, status, message, run_id, started)
         raise
+    missing = never_contributed(partner_outcomes(strategy.history))
+    if status == "completed" and missing:
+        status, message = "incomplete", missing
+        log.error("run incomplete: %s", missing)
     _save(out_dir, model, final, schema, run, strategy, status, message, run_id, started)
 
 
@@ -113,6 +123,7 @@ def _save(out_dir: Path, model, final: ArrayRecord, schema, run: RunConfig,
     write_json(out_dir / HISTORY_FILE, {
         "status": status, "message": message, "run_id": run_id,
         "wall_seconds": time.perf_counter() - started,
+        "partners": partner_outcomes(strategy.history),
         "rounds": [dataclasses.asdict(r) for r in strategy.history],
     })
     log.info("run %s; outputs in %s", status, out_dir)

@@ -33,6 +33,7 @@ from common.protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTNER,
+    PARTNER_FAILURE_NAME,
     REFUSAL_REASON,
     TRAIN_METRIC_KEYS,
 )
@@ -54,6 +55,34 @@ class RoundRecord:
     pooled: dict[str, float] = field(default_factory=dict)
     aggregate_sha256: str = ""
     seconds: float = 0.0  # wall time since the previous round ended (round 1: since the start)
+
+
+def partner_outcomes(history: list[RoundRecord]) -> dict[str, dict[str, int | str]]:
+    """Per partner over the whole run: rounds accepted, refused, rejected and failed, and the
+    last reason it was not accepted (for the run's status and the operator)."""
+    outcomes: dict[str, dict[str, int | str]] = {}
+    for record in history:
+        kinds = {"accepted": dict.fromkeys(record.accepted, ""), "refused": record.refused,
+                 "rejected": record.rejected, "failed": record.failed}
+        for kind, partners in kinds.items():
+            for partner, reason in partners.items():
+                outcome = outcomes.setdefault(partner, {"accepted": 0, "refused": 0,
+                                                        "rejected": 0, "failed": 0,
+                                                        "last_reason": ""})
+                outcome[kind] = int(outcome[kind]) + 1
+                if reason:
+                    outcome["last_reason"] = f"round {record.round} {kind}: {reason}"
+    return outcomes
+
+
+def never_contributed(outcomes: dict[str, dict[str, int | str]]) -> str:
+    """Why the run is incomplete ('' if every partner that took part contributed at least one
+    accepted update): each such partner by name, how often it failed, refused or was rejected,
+    and its last reason."""
+    missing = {name: o for name, o in outcomes.items() if not o["accepted"]}
+    return "; ".join(
+        f"{name} never contributed (failed {o['failed']}, refused {o['refused']}, rejected "
+        f"{o['rejected']} round(s); {o['last_reason']})" for name, o in sorted(missing.items()))
 
 
 def error_summary(reason: str) -> str:
@@ -186,7 +215,8 @@ class ValidatingFedAvg(FedAvg):
         its `reply_to_message_id` still leads to the node the instruction went to."""
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        return self.node_names.get(node, f"node-{node}")
+        named = PARTNER_FAILURE_NAME.search(str(reply.error.reason)) if reply.has_error() else None
+        return self.node_names.get(node) or (named.group("name") if named else f"node-{node}")
 
     def record_for(self, server_round: int) -> RoundRecord:
         """The record of `server_round`, this round's or an earlier one (created on first use)."""

@@ -264,7 +264,8 @@ def federation_init(
         layout = init_federation(out, names, superlink_host)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    Console().print(layout.instructions())
+    # Plain text: commands hold [brackets] (TOML) and must stay on one line to be copied.
+    Console().print(layout.instructions(), markup=False, highlight=False, soft_wrap=True)
 
 
 @federation_app.command("demo")

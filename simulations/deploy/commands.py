@@ -31,7 +31,9 @@ class FederationCommands:
 
     `pki` is the `fedcredit federation init` directory as the coordinator keeps it, `partners`
     where each partner's folder of it lies on the partner's machine (default `pki/partners`),
-    `data` holds `<partner>.csv/.toml`, `work` the coordinator's run directory. The SuperLink
+    `data` holds `<partner>.csv/.toml`, `work` the coordinator's run directory, `schema` (when
+    set) the schema every partner's data follows, which the coordinator builds the model for
+    (default: the bundled scenario's). The SuperLink
     listens on `listen_host` and partners reach it at `superlink_host`.
     """
 
@@ -42,6 +44,7 @@ class FederationCommands:
     superlink_port: int = 8000
     listen_host: str = "127.0.0.1"
     partners: str = ""
+    schema: str = ""
 
     def partner_dir(self, partner: str) -> str:
         """A partner's own folder: its CA certificate, auth key, ledger key and ledger."""
@@ -98,6 +101,8 @@ class FederationCommands:
         text = (f"num-server-rounds={rounds} min-partners={min_partners} "
                 f"out-dir='{run}' receipts-path='{run}/{RECEIPTS_FILE}' "
                 f"receipt-key='{self.pki}/coordinator/coordinator.key'")
+        if self.schema:
+            text += f" schema-path='{self.schema}'"
         return f"{text} {extra}".strip()
 
     def run(self, app: str, rounds: int, min_partners: int, extra: str = "") -> list[str]:

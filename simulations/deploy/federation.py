@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.outputs import RECEIPTS_FILE, deployed_ledger_name, deployed_odometer_name
 from common.privacy.crypto import generate_signing_key, write_key_pair
+from simulations.deploy.commands import FederationCommands, shell_line
 from simulations.deploy.pki import (
     create_ca,
     create_server_certificate,
@@ -17,7 +17,6 @@ from simulations.deploy.pki import (
     write_tls_key,
 )
 
-SUPERLINK_PORT = 8000  # Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTPS here
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -43,36 +42,36 @@ class FederationLayout:
         """Public keys an auditor needs for `fedcredit audit verify --keys`."""
         return self.root / "auditor" / "keys"
 
+    def commands(self) -> FederationCommands:
+        """The deployment's command lines for this federation's files: the same ones
+        docs/partners.md explains and the demo runs, with `$DATA` (each party's CSVs and
+        schemas, and the shared `schema.toml`) and `$WORK` (the coordinator's working folder)
+        left for each party to set."""
+        return FederationCommands(pki=str(self.root), data="$DATA", work="$WORK",
+                                  superlink_host=self.superlink_host, listen_host="0.0.0.0",
+                                  schema="$DATA/schema.toml")
+
     def instructions(self) -> str:
-        """The next command each party runs."""
-        s, host = self.superlink, self.superlink_host
+        """The next commands each party runs (docs/partners.md explains each)."""
+        c = self.commands()
         lines = [f"Federation files written to {self.root}", "",
-                 "Coordinator (SuperLink host):",
-                 f"  flower-superlink --host 0.0.0.0 --port {SUPERLINK_PORT} --ssl-ca-certfile "
-                 f"{s}/ca.crt --ssl-certfile {s}/server.crt --ssl-keyfile {s}/server.key "
-                 "--enable-supernode-auth",
-                 "  then register each partner's SuperNode key (a SuperNode whose key is not "
-                 "registered is refused):"]
-        lines += [f"  flwr supernode register {self.partner_dir(p)}/supernode-auth.pub"
-                  for p in self.partners]
-        lines += ["  receipts key for the ServerApp: --run-config "
-                  f"\"receipts-path='{RECEIPTS_FILE}'"
-                  f" receipt-key='{self.root}/coordinator/coordinator.key'\"", ""]
+                 "Set $DATA (your CSV and schema folder) and $WORK (the coordinator's working "
+                 "folder) first; docs/partners.md explains every step.", "",
+                 "Coordinator (SuperLink host):", "  " + shell_line(c.superlink()),
+                 "  $FLWR_HOME/config.toml of its flwr CLI (write the real host and path):",
+                 *(f"    {line}" for line in c.flwr_config().splitlines()),
+                 "  admit each partner's SuperNode key (any other key is refused):",
+                 *(f"  {shell_line(c.register(p))}" for p in self.partners),
+                 "  when the SuperNodes are online, from the fedcredit checkout (the global model "
+                 "is built for $DATA/schema.toml, the schema every partner's data follows):",
+                 "  " + shell_line(c.run(".", 3, 2)), ""]
         for p in self.partners:
-            d = self.partner_dir(p)
-            lines += [f"Partner {p} (copy {d} to its machine; keep the .key files private):",
-                      f"  flower-supernode --superlink {host}:{SUPERLINK_PORT} --root-certificates "
-                      f"{d}/ca.crt --auth-supernode-private-key {d}/supernode-auth "
-                      f"--node-config \"partner='{p}' epsilon=3.0 delta=1e-5 "
-                      f"data-path='/path/to/{p}.csv' schema-path='/path/to/{p}.toml' "
-                      f"ledger-path='{d}/{deployed_ledger_name(p)}' "
-                      f"signing-key='{d}/{p}.key' "
-                      f"odometer-path='{d}/{deployed_odometer_name(p)}' "
-                      f"lifetime-epsilon=10.0\"", ""]
-        lines += ["Auditor:",
-                  f"  fedcredit audit verify LEDGER... --keys {self.auditor_keys} "
-                  f"--receipts {RECEIPTS_FILE} --odometer ODOMETER...",
-                  "", f"Keep {self.root}/ca/ca.key offline: it can issue certificates."]
+            lines += [f"Partner {p} (copy {c.partner_dir(p)} to its machine; keep the .key files "
+                      f"private; set your own budget, lifetime budget and paths):",
+                      f"  fedcredit schema check $DATA/{p}.csv $DATA/{p}.toml",
+                      "  " + shell_line(c.supernode(p, 9094, 3.0, 1e-5)), ""]
+        lines += ["Auditor:", "  " + shell_line(c.audit(self.partners)), "",
+                  f"Keep {self.root}/ca/ca.key offline: it can issue certificates."]
         return "\n".join(lines)
 
 

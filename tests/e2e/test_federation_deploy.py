@@ -166,7 +166,7 @@ def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
                       (PROJECT / "docs" / "partners.md").read_text().splitlines())
     commands = FederationCommands(pki="$FED", data="$DATA", work="$WORK",
                                   superlink_host="$SUPERLINK_HOST", listen_host="0.0.0.0",
-                                  partners="$PARTNER_HOME")
+                                  partners="$PARTNER_HOME", schema="$DATA/schema.toml")
     expected = [commands.superlink(), commands.register("lender"),
                 commands.supernode("lender", 9094, 3.0, 1e-5), commands.run(".", 3, 2),
                 commands.audit(["lender", "ecommerce", "bank"])]

@@ -20,10 +20,17 @@ from common.protocol import (
     EVALUATION_PREFIX,
     FOLDED_EVALUATE_METRIC_KEYS,
     METRICS,
+    PARTNER_FAILURE_TEXT,
     SERVER_ROUND,
 )
 from server.app import run_federation
-from server.strategy import ValidatingFedAvg, check_train_metrics, check_train_reply
+from server.strategy import (
+    ValidatingFedAvg,
+    check_train_metrics,
+    check_train_reply,
+    never_contributed,
+    partner_outcomes,
+)
 from tests.flower_helpers import (
     arrays_record,
     initial_weights,
@@ -262,3 +269,25 @@ def test_a_partner_evaluates_the_received_model_only_when_asked(weights) -> None
     expected = {EVALUATION_PREFIX + k: v for k, v in evaluate_round(run, weights, data).items()}
     assert {k: v for k, v in replies[True].items() if k in expected} == expected
     assert check_train_metrics(replies[True]) == ""
+
+
+def test_a_partner_that_failed_every_round_is_named_and_makes_the_run_incomplete(
+        weights) -> None:
+    """Before, such a run said "completed" with an empty message and named the partner only as
+    node-<id>: the name now comes from the failure text (never from data), and the run's status
+    says who never contributed and why."""
+    strategy = _strategy(weights)
+    for server_round in (1, 2):
+        to_bank = Message(content=RecordDict(), dst_node_id=7, message_type=MessageType.TRAIN)
+        reason = ("Traceback ...\ncommon.errors.PartnerError: "
+                  + PARTNER_FAILURE_TEXT.format(name="bank", kind="ValueError"))
+        failure = Message(Error(code=0, reason=reason), reply_to=to_bank)
+        strategy.aggregate_train(server_round, [
+            reply_message("lender", _shifted(weights, 1.0), _metrics(), node_id=1), failure])
+    outcomes = partner_outcomes(strategy.history)
+    assert outcomes["bank"]["failed"] == 2 and outcomes["bank"]["accepted"] == 0
+    assert outcomes["lender"]["accepted"] == 2
+    missing = never_contributed(outcomes)
+    assert missing.startswith("bank never contributed (failed 2, refused 0, rejected 0")
+    assert "ValueError" in missing and "lender" not in missing
+    assert never_contributed(partner_outcomes(strategy.history[:0])) == ""

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from common.privacy.crypto import load_private_key, load_public_keys
 from simulations.cli import app
+from simulations.deploy.commands import FederationCommands, shell_line
 
 RUNNER = CliRunner(env={"COLUMNS": "240"})
 
@@ -60,3 +61,26 @@ def test_init_refuses_bad_names_and_an_existing_directory(tmp_path: Path) -> Non
     assert _init(tmp_path / "c").exit_code == 0
     again = _init(tmp_path / "c")
     assert again.exit_code != 0 and "refusing to overwrite" in again.output
+
+
+def test_init_prints_the_commands_the_guide_and_the_demo_use(tmp_path: Path) -> None:
+    """One source for every command: before, `federation init` printed its own variants (no
+    --database, no connection name on register, no --port, no schema-path on `flwr run`)."""
+    out = tmp_path / "fed"
+    result = RUNNER.invoke(app, ["federation", "init", "--out", str(out), "--partners",
+                                 "lender,bank", "--superlink-host", "10.1.2.3"],
+                           env={"COLUMNS": "2000"})
+    assert result.exit_code == 0, result.output
+    commands = FederationCommands(pki=str(out), data="$DATA", work="$WORK",
+                                  superlink_host="10.1.2.3", listen_host="0.0.0.0",
+                                  schema="$DATA/schema.toml")
+    printed = "\n".join(line.strip() for line in result.output.splitlines())
+    expected = [commands.superlink(), commands.register("lender"), commands.register("bank"),
+                commands.run(".", 3, 2), commands.supernode("lender", 9094, 3.0, 1e-5),
+                commands.supernode("bank", 9094, 3.0, 1e-5),
+                commands.audit(["lender", "bank"])]
+    for args in expected:
+        assert shell_line(args) in printed, shell_line(args)
+    assert "schema-path='$DATA/schema.toml'" in shell_line(commands.run(".", 3, 2))
+    for line in commands.flwr_config().splitlines():
+        assert line.strip() in printed

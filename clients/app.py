@@ -2,8 +2,10 @@
 
 A reply carries only an ArrayRecord (the DP update), a MetricRecord (numbers listed in
 `common.protocol.TRAIN_METRIC_KEYS` / `EVALUATE_METRIC_KEYS`) and a ConfigRecord `info` with the
-partner's name, the refusal reason if it refused, and the hash of the ledger entry it wrote for
-the round. Raw rows never leave this process.
+partner's name, the refusal reason if it refused, the hash of the ledger entry it wrote for
+the round, and the hash of its schema's encoded feature layout (it refuses, before reading its
+data, an instruction whose announced layout is not identical to its own). Raw rows never leave
+this process.
 
 Under secure aggregation (run config `secure-aggregation`) train instructions come through Flower's
 SecAgg+ in the legacy format (`fitins.*`); `secure_aggregation_mod` applies Flower's
@@ -51,7 +53,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from clients.context import read_config, read_run_config
 from clients.timing import timing_mod
 from clients.vertical.routing import register_vertical
-from common.config import RunConfig
+from common.config import NODE_PARTITION, NODE_PARTNER, RunConfig
 from common.errors import CryptoError, PartnerError
 from common.privacy.crypto import hash_weights
 from common.protocol import (
@@ -61,14 +63,17 @@ from common.protocol import (
     CONFIG,
     EVALUATE_RECEIVED,
     EVALUATION_PREFIX,
+    FEATURE_LAYOUT_SHA256,
     INFO,
     LEDGER_ENTRY_SHA256,
     METRICS,
     NUM_EXAMPLES,
     PARTNER,
+    PARTNER_FAILURE_TEXT,
     PARTNER_STATE,
     REFUSAL_PREFIX,
     REFUSAL_REASON,
+    REFUSED,
     SECURE_PARAMETERS,
     SECURE_REFUSAL_CODE,
     SERVER_ROUND,
@@ -87,18 +92,30 @@ def _weights(msg: Message) -> dict:
     return {k: a.numpy() for k, a in msg.content[ARRAYS].items()}
 
 
-def _guarded(handler):
-    """Log a failure in full on the partner's side; send the coordinator only its kind.
+def failure_text(context: Context, overrides: dict | None, exc: Exception) -> str:
+    """What the coordinator learns of a partner-side failure. A deployed partner sends its name
+    and the exception's kind only (`PARTNER_FAILURE_TEXT`): data validation errors quote cell
+    values and file paths, which must not leave it. A simulated partner (no node config
+    `partner`) adds the exception's own message: the analyst holds every partner's data there,
+    and there is no partner log to read."""
+    node, kind = context.node_config, type(exc).__name__
+    if NODE_PARTNER in node or NODE_PARTITION not in node:
+        return PARTNER_FAILURE_TEXT.format(name=str(node.get(NODE_PARTNER, "?")), kind=kind)
+    try:
+        name = read_config(context, overrides or {})[1].partner
+    except Exception:  # noqa: BLE001 - the config may be what failed
+        name = f"partition-{node[NODE_PARTITION]}"
+    return f"partner {name!r} failed ({kind}): {' '.join(str(exc).split())[:200]}"
 
-    Data validation errors quote cell values and file paths: they must not leave the partner.
-    """
+
+def _guarded(handler):
+    """Log a failure in full on the partner's side; send the coordinator `failure_text`."""
     def run(msg: Message, context: Context, overrides: dict | None = None) -> Message:
         try:
             return handler(msg, context, overrides)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none leaks
             log.exception("partner-side failure in %s", handler.__name__)
-            raise PartnerError(f"partner failed ({type(exc).__name__}); details are in the "
-                               f"partner's own log") from None
+            raise PartnerError(failure_text(context, overrides, exc)) from None
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
     return run
@@ -122,7 +139,14 @@ def _secure_instruction(msg: Message) -> tuple[dict, dict, list[str]]:
 def train(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Train one round under the partner's own DP budget, or refuse with a reason."""
     run, partner = read_config(context, overrides or {})
-    from common.partner import PartnerState, load_data, signing_key_refusal, train_round
+    from common.partner import (
+        PartnerState,
+        TrainReply,
+        check_layout,
+        load_data,
+        signing_key_refusal,
+        train_round,
+    )
 
     state = PartnerState.from_dict(dict(context.state.get(PARTNER_STATE, ConfigRecord())))
     secure = SECURE_PARAMETERS in msg.content.array_records
@@ -133,19 +157,23 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
     server_round = requested.get(SERVER_ROUND)
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
         raise ValueError(f"train request without a valid {SERVER_ROUND!r} (got {server_round!r})")
-    try:
-        data = load_data(partner, run)
-    except CryptoError as exc:  # a deployed partner's split key derives from its signing key
-        reply, evaluation = signing_key_refusal(partner, exc), {}
+    layout, refusal = check_layout(partner, run, requested)  # before its data is even read
+    if refusal:
+        reply, evaluation = TrainReply(None, {REFUSED: 1.0}, refusal), {}
     else:
-        evaluation = _evaluation_of_received(run, partner, weights, requested, data)  # first
-        reply = train_round(partner, run, state, weights, requested, server_round, data,
-                            run_id=str(context.run_id),
-                            value_bound=run.secagg_clipping_range if secure else None,
-                            max_weight=run.secagg_max_weight if secure else None)
+        try:
+            data = load_data(partner, run)
+        except CryptoError as exc:  # a deployed partner's split key derives from its signing key
+            reply, evaluation = signing_key_refusal(partner, exc), {}
+        else:
+            evaluation = _evaluation_of_received(run, partner, weights, requested, data)  # first
+            reply = train_round(partner, run, state, weights, requested, server_round, data,
+                                run_id=str(context.run_id),
+                                value_bound=run.secagg_clipping_range if secure else None,
+                                max_weight=run.secagg_max_weight if secure else None)
     context.state[PARTNER_STATE] = ConfigRecord(state.to_dict())
     info = {PARTNER: partner.partner, REFUSAL_REASON: reply.refusal,
-            LEDGER_ENTRY_SHA256: reply.ledger_entry_sha256}
+            LEDGER_ENTRY_SHA256: reply.ledger_entry_sha256, FEATURE_LAYOUT_SHA256: layout}
     if secure:
         return _secure_reply(msg, reply, info, keys)
     metrics = {**reply.metrics, **evaluation}
@@ -243,13 +271,14 @@ def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> M
     run, partner = read_config(context, overrides or {})
     if not partner.allow_evaluate:
         raise ValueError("this partner does not release evaluation metrics")
-    from common.partner import evaluate_round, load_data
+    from common.partner import check_layout, evaluate_round, load_data
 
-    metrics = evaluate_round(run, _weights(msg), load_data(partner, run))
+    layout, refusal = check_layout(partner, run, dict(msg.content.get(CONFIG, ConfigRecord())))
+    metrics = {} if refusal else evaluate_round(run, _weights(msg), load_data(partner, run))
     return Message(content=RecordDict({
         METRICS: MetricRecord(metrics),
-        INFO: ConfigRecord({PARTNER: partner.partner, REFUSAL_REASON: "",
-                            LEDGER_ENTRY_SHA256: ""}),
+        INFO: ConfigRecord({PARTNER: partner.partner, REFUSAL_REASON: refusal,
+                            LEDGER_ENTRY_SHA256: "", FEATURE_LAYOUT_SHA256: layout}),
     }), reply_to=msg)
 
 

@@ -23,6 +23,8 @@ ConfigValue = bool | int | float | str
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 MODES = ("horizontal", "vertical")
+MAX_SERVER_ROUNDS = 100_000  # a sanity bound; the simulation also bounds the steps
+MAX_LOCAL_EPOCHS = 10_000
 
 
 def _hidden_layers(text: str) -> tuple[int, ...]:
@@ -131,16 +133,19 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.num_server_rounds >= 1, "num-server-rounds", "must be >= 1"),
-            (self.local_epochs > 0, "local-epochs", "must be > 0"),
+            (1 <= self.num_server_rounds <= MAX_SERVER_ROUNDS, "num-server-rounds",
+             f"must be in [1, {MAX_SERVER_ROUNDS}]"),
+            (0 < self.local_epochs <= MAX_LOCAL_EPOCHS, "local-epochs",
+             f"must be a number in (0, {MAX_LOCAL_EPOCHS}]"),
             (self.batch_size >= 1, "batch-size", "must be >= 1"),
-            (self.learning_rate > 0, "learning-rate", "must be > 0"),
+            (0 < self.learning_rate < math.inf, "learning-rate", "must be a finite number > 0"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}"),
             (self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {LR_SCHEDULES}"),
-            (self.clip_norm > 0, "clip-norm", "must be > 0"),
+            (0 < self.clip_norm < math.inf, "clip-norm", "must be a finite number > 0"),
             (self.min_partners >= 1, "min-partners", "must be >= 1"),
             (self.wait_for_partners > 0, "wait-for-partners", "must be > 0 (seconds)"),
             (self.evaluate_every >= 1, "evaluate-every", "must be >= 1"),
+            (self.seed >= 0, "seed", "must be >= 0"),
             (0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)"),
             (self.scenario in SCENARIOS or self.scenario == VERTICAL_SCENARIO, "scenario",
              f"must be one of {sorted([*SCENARIOS, VERTICAL_SCENARIO])}"),
@@ -153,7 +158,8 @@ class RunConfig:
             (0 < self.vertical_embedding_clip < math.inf, "vertical-embedding-clip",
              "must be a finite number > 0"),
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
-            (self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0"),
+            (0 < self.dirichlet_alpha < math.inf, "dirichlet-alpha",
+             "must be a finite number > 0"),
             (bool(self.out_dir), "out-dir", "must not be empty"),
             (0 < self.secagg_clipping_range < math.inf, "secagg-clipping-range",
              "must be a finite number > 0"),
@@ -176,6 +182,7 @@ class RunConfig:
         if self.sim_dp:
             check_budget(self.sim_epsilon, self.sim_delta, source="run config",
                          keys=("sim-epsilon", "sim-delta"))
+            _check_finite(self.sim_epsilon, "sim-epsilon")
         partners = self.partners
         for name, (eps, delta) in parse_budgets(self.sim_budgets, self.sim_delta).items():
             if name not in partners:
@@ -184,6 +191,15 @@ class RunConfig:
                                  f"(run config key 'sim-budgets')")
             check_budget(eps, delta, source="run config",
                          keys=(f"sim-budgets[{name}]", f"sim-budgets[{name}]"))
+            _check_finite(eps, "sim-budgets", f"[{name}]")
+
+
+def _check_finite(epsilon: float, key: str, which: str = "") -> None:
+    """A privacy budget must be finite: ε = inf promises nothing and no noise can be calibrated
+    to it."""
+    if math.isinf(epsilon):
+        raise ValueError(f"epsilon{which} must be a finite number > 0, got {epsilon} (run config "
+                         f"key '{key}')")
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:
@@ -239,6 +255,12 @@ def parse_budgets(text: str, default_delta: float) -> dict[str, tuple[float, flo
             raise ValueError(f"sim-budgets entry {item!r}: epsilon and delta must be numbers "
                              f"(run config key 'sim-budgets')") from None
     return budgets
+
+
+NODE_PARTNER = "partner"
+"""Node config key naming a deployed partner (its presence marks one)."""
+NODE_PARTITION = "partition-id"
+"""Node config key of a simulated partner: its partition of the scenario."""
 
 
 @dataclass(frozen=True)
@@ -319,12 +341,12 @@ class PartnerConfig:
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:
         """Resolve the partner from its node config (deployment) or partition id (simulation)."""
-        if "partner" in node:
+        if NODE_PARTNER in node:
             return cls._deployed(node, run)
-        if "partition-id" not in node:
+        if NODE_PARTITION not in node:
             raise ValueError("node config has neither 'partner' (deployment) nor "
                              "'partition-id' (simulation)")
-        partition_id = int(node["partition-id"])
+        partition_id = int(node[NODE_PARTITION])
         partners = run.partners
         if not 0 <= partition_id < len(partners):
             raise ValueError(f"partition-id {partition_id} out of range: scenario "

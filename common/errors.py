@@ -78,3 +78,16 @@ class Refusal(FedcreditError):
 
 class FederationError(FedcreditError, RuntimeError):
     """A step of the local federation failed; the message says which and where its log is."""
+
+
+# ---------------------------------------------------------------------------- simulation runs
+
+
+class OutputDirError(FedcreditError, ValueError):
+    """A run's --out cannot be used: it is a file, cannot be written, or holds files that no
+    fedcredit run wrote (which fedcredit neither writes over nor deletes)."""
+
+
+class SimulationFailed(FedcreditError, RuntimeError):
+    """A simulated federation produced nothing to compare (every partner failed); the message
+    carries the partners' own errors (in simulation the analyst holds all the data)."""

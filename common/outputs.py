@@ -51,15 +51,26 @@ COORDINATOR_RUN_DIR = "run"  # the coordinator's out-dir
 FLWR_HOME_DIR = "flwr-home"  # $FLWR_HOME of the `flwr` CLI
 SUPERLINK_DB = "superlink.db"
 
-RUN_MARKERS = (REPORT_JSON, KEYS_DIR, FEDERATED_DP_DIR, FEDERATED_DIR, VERTICAL_LEDGER_DIR,
-               AUDIT_HTML)
-"""What shows that a `fedcredit simulate` run directory already holds a run: the `--overwrite`
-guard refuses these, or removes them (a new run rewrites everything else)."""
+RUN_MANIFEST = "fedcredit-run.json"
+"""Written by `fedcredit simulate` into its --out before anything else: what the run is, its
+status (`running`, `completed`, `failed`, `interrupted`) and, once it ended, every file it wrote.
+Only a directory holding one is recognised as an earlier run that `--overwrite` may replace."""
+RUN_OUTPUTS = (REPORT_JSON, REPORT_MD, AUDIT_HTML, AUC_PLOT, EPSILON_PLOT, KEYS_DIR,
+               FEDERATED_DP_DIR, FEDERATED_DIR, VERTICAL_LEDGER_DIR, FLOWER_RUN_DIR)
+"""Every name a `fedcredit simulate` run writes at the top of its --out (besides the manifest):
+a run starts only where none of them exists, or where they belong to an earlier run's manifest."""
+MANIFEST_WRITER = "fedcredit simulate"
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
 
 
 def ledger_file(directory: Path | str, party: str) -> Path:
     """A simulated party's signed privacy ledger in `directory`."""
     return Path(directory) / f"{party}.jsonl"
+
+
+PARTNER_OUTCOMES = ("accepted", "refused", "rejected", "failed")
+"""How a partner's reply in a round can end (history.json: each round's lists, and the run's
+per-partner counts)."""
 
 
 def deployed_ledger_name(partner: str) -> str:
@@ -128,9 +139,49 @@ class RunLayout:
         """The auditor's report on the ledgers (and receipts)."""
         return self.root / AUDIT_HTML
 
-    def earlier_run(self) -> list[Path]:
-        """The `RUN_MARKERS` present: an earlier run that a new one would mix with."""
-        return [self.root / name for name in RUN_MARKERS if (self.root / name).exists()]
+    @property
+    def manifest(self) -> Path:
+        """The run's manifest (`RUN_MANIFEST`): status and the files the run wrote."""
+        return self.root / RUN_MANIFEST
+
+    def outputs_present(self) -> list[str]:
+        """The `RUN_OUTPUTS` names that exist in the directory."""
+        return [name for name in RUN_OUTPUTS
+                if (self.root / name).exists() or (self.root / name).is_symlink()]
+
+    def output_files(self) -> list[str]:
+        """Every file (or link) under the `RUN_OUTPUTS` names, relative to the root, sorted."""
+        files = []
+        for name in self.outputs_present():
+            top = self.root / name
+            if top.is_dir() and not top.is_symlink():
+                files += [p.relative_to(self.root).as_posix() for p in top.rglob("*")
+                          if not p.is_dir() or p.is_symlink()]
+            else:
+                files.append(name)
+        return sorted(files)
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The run manifest in `root`, or None when there is none; ValueError when the file is not
+    one fedcredit wrote (not JSON, another writer, an unknown status)."""
+    path = Path(root) / RUN_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a fedcredit run manifest ({exc})") from None
+    if (not isinstance(manifest, dict) or manifest.get("written_by") != MANIFEST_WRITER
+            or manifest.get("status") not in RUN_STATUSES
+            or not isinstance(manifest.get("files", []), list)):
+        raise ValueError(f"{path} is not a fedcredit run manifest")
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write the run manifest of `root` atomically (`write_json`)."""
+    write_json(Path(root) / RUN_MANIFEST, {"written_by": MANIFEST_WRITER, **manifest})
 
 
 def format_number(value: float | None, digits: int = 4, *, style: Literal["f", "g"] = "f",

@@ -8,14 +8,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.config import PartnerConfig, RunConfig
-from common.data.scenarios import load_scenario_partner
-from common.data.tables import PartnerData, load_partner_csv
+from common.data.layout import refusal as layout_refusal
+from common.data.scenarios import get_scenario, load_scenario_partner
+from common.data.schema import load_schema
+from common.data.tables import PartnerData, bundled_path, load_partner_csv
 from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
 from common.learning.training import TrainSettings, evaluate, train
@@ -74,6 +78,21 @@ def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
     return load_scenario_partner(run.scenario, partner.partition_id, split=run.split,
                                  seed=run.seed, alpha=run.dirichlet_alpha,
                                  test_fraction=run.test_fraction)
+
+
+def check_layout(partner: PartnerConfig, run: RunConfig,
+                 requested: Mapping[str, Any]) -> tuple[str, str]:
+    """(the SHA-256 of this partner's encoded feature layout, why it refuses the instruction
+    whose config is `requested`, or ''). It takes part only when the instruction announces a
+    layout identical to its own schema's (a deployed partner also refuses one that announces
+    none). Reads its schema only: nothing is loaded, released or spent before this check."""
+    path = (partner.schema_path if partner.data_path
+            else bundled_path(get_scenario(run.scenario).dataset)[1])
+    own = load_schema(path).layout()
+    reason = layout_refusal(own, dict(requested), required=partner.deployed)
+    if reason:
+        log.error("partner %s refuses: %s", partner.partner, reason)
+    return own.sha256, reason
 
 
 def train_settings(run: RunConfig, requested: dict[str, float | int | str | bool]) -> TrainSettings:

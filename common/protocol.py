@@ -10,8 +10,6 @@ never spell the strings themselves (`tests/common/test_protocol.py` checks that)
 
 from __future__ import annotations
 
-import re
-
 # ---------------------------------------------------------------------------- every message
 
 # Records of a message's RecordDict: the arrays (weights, embeddings), the numbers, the partner's
@@ -32,6 +30,12 @@ LEARNING_RATE = "learning-rate"
 # `EVALUATION_PREFIX`: one message per round instead of a separate evaluate message. The last
 # round, and every round under secure aggregation, still evaluates with an evaluate message.
 EVALUATE_RECEIVED = "evaluate-received"
+# The run's encoded feature layout (`common.data.layout`: canonical JSON of schema metadata,
+# never data) and its SHA-256, in the config of every train and evaluate instruction; a partner
+# refuses unless its own schema's layout is identical, and echoes its layout's hash in every
+# reply (`info`; under secure aggregation inside the metrics, see `SECURE_INFO_KEYS`).
+FEATURE_LAYOUT = "feature-layout"
+FEATURE_LAYOUT_SHA256 = "feature-layout-sha256"
 
 # Records a partner's reply may hold; the coordinator rejects a reply with any other.
 ALLOWED_RECORDS = frozenset({ARRAYS, METRICS, INFO})
@@ -64,7 +68,8 @@ LEDGER_ENTRY_SHA256 = "ledger-entry-sha256"
 # Under secure aggregation the partner's info travels inside its train reply's metrics, with the
 # hash of the update it masked.
 UPDATE_SHA256 = "update-sha256"
-SECURE_INFO_KEYS = (PARTNER, REFUSAL_REASON, LEDGER_ENTRY_SHA256, UPDATE_SHA256)
+SECURE_INFO_KEYS = (PARTNER, REFUSAL_REASON, LEDGER_ENTRY_SHA256, UPDATE_SHA256,
+                    FEATURE_LAYOUT_SHA256)
 
 # A partner that refuses a secure-aggregation round drops out of it with an error whose reason is
 # this prefix followed by a JSON object: its info (`PARTNER`, `REFUSAL_REASON`,
@@ -84,10 +89,14 @@ SIGNING_KEY_UNUSABLE = ("the partner's ledger signing key is unreadable or inval
 # still named, and the exception type.
 PARTNER_FAILURE_TEXT = ("partner {name!r} failed ({kind}); details are in the partner's own "
                         "log")
-PARTNER_FAILURE_NAME = re.compile(r"partner '(?P<name>[^'\n]{1,100})' failed \(")
+PARTNER_FAILURE_PATTERN = r"partner '(?P<name>[^'\n]{1,100})' failed \("
+"""A regular expression that finds the partner's name in that text."""
 LIFETIME_BUDGET_EXHAUSTED = ("the partner's lifetime privacy budget for this data set (its "
                              "odometer, across runs and ledgers) cannot cover this run's plan "
                              "or round (details in the partner's log)")
+# Refusal of a deployed partner whose instruction announces no feature layout.
+LAYOUT_NOT_ANNOUNCED = ("the coordinator announced no feature layout for this run; a partner "
+                        "trains and evaluates only on a layout identical to its own schema's")
 # Coordinator round-config keys a partner never lets change its calibrated mechanism.
 IGNORED_MECHANISM_KEYS = (NOISE_MULTIPLIER, SAMPLE_RATE, "batch-size", "max-grad-norm",
                           "clip-norm")

@@ -66,7 +66,8 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
                                 evaluate_every=run.evaluate_every,
                                 learning_rate_at=run.learning_rate_at, receipts=receipts,
                                 wait_seconds=run.wait_for_partners,
-                                fold_evaluation=not run.secure_aggregation)
+                                fold_evaluation=not run.secure_aggregation,
+                                feature_layout=schema.layout())
     strategy.num_rounds = run.num_server_rounds
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -115,7 +116,8 @@ def _save(out_dir: Path, model, final: ArrayRecord, schema, run: RunConfig,
     privacy = _last_privacy(strategy)
     save_model(out_dir, model, {
         "status": status, "message": message, "schema": schema.name,
-        "schema_sha256": schema.source_hash, "feature_names": schema.feature_names,
+        "schema_sha256": schema.source_hash, "feature_layout_sha256": schema.layout_sha256,
+        "feature_names": schema.feature_names,
         "hidden_layers": list(run.hidden), MODEL_META_CONFIG: run.to_flower(),
         "rounds_completed": sum(1 for r in strategy.history if r.accepted),
         "privacy": privacy,

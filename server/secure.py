@@ -53,6 +53,7 @@ from common.errors import TooFewPartners
 from common.protocol import (
     ARRAY_KEYS,
     ARRAY_KEYS_SEPARATOR,
+    FEATURE_LAYOUT_SHA256,
     LEDGER_ENTRY_SHA256,
     METRICS,
     NUM_EXAMPLES,
@@ -70,6 +71,7 @@ from server.strategy import (
     check_arrays,
     check_train_metrics,
     error_summary,
+    layout_echo_problem,
     train_config,
     wait_for_partners,
 )
@@ -248,6 +250,9 @@ class SecureFit(Strategy):
                        f"{self.max_weight:g}: its weight overflowed the quantized weighting")
         if not problem and info.get(REFUSAL_REASON):
             problem = "declares a refusal but put an update into the sum"
+        if not problem and self.fedavg.layout_sha256 is not None:
+            problem = layout_echo_problem(info.get(FEATURE_LAYOUT_SHA256, ""),
+                                          self.fedavg.layout_sha256)
         if not problem and name in seen:
             problem = "a second update under the same partner name in this round"
         if not problem and self.fedavg.receipts is not None and not (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.config import RunConfig
+from common.data.layout import FeatureLayout, announcement
 from common.errors import TooFewPartners
+from common.outputs import PARTNER_OUTCOMES
 from common.privacy.crypto import hash_weights
 from common.privacy.ledger import ReceiptLog
 from common.protocol import (
@@ -25,6 +28,7 @@ from common.protocol import (
     EVALUATE_METRIC_KEYS,
     EVALUATE_RECEIVED,
     EVALUATION_PREFIX,
+    FEATURE_LAYOUT_SHA256,
     FOLDED_EVALUATE_METRIC_KEYS,
     INFO,
     LEARNING_RATE,
@@ -33,12 +37,13 @@ from common.protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTNER,
-    PARTNER_FAILURE_NAME,
+    PARTNER_FAILURE_PATTERN,
     REFUSAL_REASON,
     TRAIN_METRIC_KEYS,
 )
 
 log = logging.getLogger(__name__)
+_PARTNER_FAILURE = re.compile(PARTNER_FAILURE_PATTERN)
 
 
 @dataclass
@@ -57,21 +62,23 @@ class RoundRecord:
     seconds: float = 0.0  # wall time since the previous round ended (round 1: since the start)
 
 
+LAST_REASON = "last_reason"
+
+
 def partner_outcomes(history: list[RoundRecord]) -> dict[str, dict[str, int | str]]:
     """Per partner over the whole run: rounds accepted, refused, rejected and failed, and the
     last reason it was not accepted (for the run's status and the operator)."""
     outcomes: dict[str, dict[str, int | str]] = {}
     for record in history:
-        kinds = {"accepted": dict.fromkeys(record.accepted, ""), "refused": record.refused,
-                 "rejected": record.rejected, "failed": record.failed}
-        for kind, partners in kinds.items():
-            for partner, reason in partners.items():
-                outcome = outcomes.setdefault(partner, {"accepted": 0, "refused": 0,
-                                                        "rejected": 0, "failed": 0,
-                                                        "last_reason": ""})
+        for kind in PARTNER_OUTCOMES:
+            partners = getattr(record, kind)
+            reasons = partners if isinstance(partners, dict) else dict.fromkeys(partners, "")
+            for partner, reason in reasons.items():
+                outcome = outcomes.setdefault(
+                    partner, {**dict.fromkeys(PARTNER_OUTCOMES, 0), LAST_REASON: ""})
                 outcome[kind] = int(outcome[kind]) + 1
                 if reason:
-                    outcome["last_reason"] = f"round {record.round} {kind}: {reason}"
+                    outcome[LAST_REASON] = f"round {record.round} {kind}: {reason}"
     return outcomes
 
 
@@ -79,10 +86,12 @@ def never_contributed(outcomes: dict[str, dict[str, int | str]]) -> str:
     """Why the run is incomplete ('' if every partner that took part contributed at least one
     accepted update): each such partner by name, how often it failed, refused or was rejected,
     and its last reason."""
-    missing = {name: o for name, o in outcomes.items() if not o["accepted"]}
+    accepted, *others = PARTNER_OUTCOMES
+    missing = {name: o for name, o in outcomes.items() if not o[accepted]}
     return "; ".join(
-        f"{name} never contributed (failed {o['failed']}, refused {o['refused']}, rejected "
-        f"{o['rejected']} round(s); {o['last_reason']})" for name, o in sorted(missing.items()))
+        f"{name} never contributed ("
+        + ", ".join(f"{kind} {o[kind]}" for kind in reversed(others))
+        + f" round(s); {o[LAST_REASON]})" for name, o in sorted(missing.items()))
 
 
 def error_summary(reason: str) -> str:
@@ -136,12 +145,32 @@ def check_arrays(arrays: Mapping[str, np.ndarray], reference: dict[str, np.ndarr
     return ""
 
 
-def check_train_reply(msg: Message, reference: dict[str, np.ndarray]) -> str:
-    """Why this train reply must not be aggregated ('' if it is fine)."""
+def layout_echo_problem(echoed: object, expected: str) -> str:
+    """Why a reply is unusable whose partner echoed the feature layout hash `echoed` in a run
+    whose layout hash is `expected` ('' if they are equal)."""
+    if echoed == expected:
+        return ""
+    return (f"feature layout {str(echoed)[:12] if echoed else 'none'} is not the run's "
+            f"{expected[:12]}: the partner's schema encodes its features differently (they "
+            f"would be permuted relative to the model)")
+
+
+def _echoed_layout(msg: Message) -> str:
+    info = msg.content.config_records.get(INFO)
+    return str(info.get(FEATURE_LAYOUT_SHA256, "")) if info is not None else ""
+
+
+def check_train_reply(msg: Message, reference: dict[str, np.ndarray],
+                      layout_sha256: str | None = None) -> str:
+    """Why this train reply must not be aggregated ('' if it is fine); with `layout_sha256`,
+    the run's feature layout hash, which the partner must echo."""
     content = msg.content
     extra = set(content.keys()) - ALLOWED_RECORDS
     if extra:
         return f"unexpected records {sorted(extra)}"
+    if layout_sha256 is not None and (problem := layout_echo_problem(_echoed_layout(msg),
+                                                                     layout_sha256)):
+        return problem
     metrics = content.metric_records.get(METRICS)
     if metrics is None:
         return f"no {METRICS!r} record"
@@ -180,7 +209,8 @@ class ValidatingFedAvg(FedAvg):
                  learning_rate_at: Callable[[int], float] | None = None,
                  on_round_end: Callable[[RoundRecord], None] | None = None,
                  receipts: ReceiptLog | None = None, wait_seconds: float = 300.0,
-                 fold_evaluation: bool = False) -> None:
+                 fold_evaluation: bool = False,
+                 feature_layout: FeatureLayout | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
                          min_train_nodes=min_partners, min_evaluate_nodes=min_partners,
                          min_available_nodes=min_partners)
@@ -201,6 +231,21 @@ class ValidatingFedAvg(FedAvg):
         # on the next round's train message; this is the round whose evaluation is pending.
         self.fold_evaluation = fold_evaluation
         self.evaluation_pending: int | None = None
+        # The run's encoded feature layout: announced in every instruction, echoed in replies.
+        self.feature_layout = feature_layout
+        self.layout_sha256 = None if feature_layout is None else feature_layout.sha256
+
+    def announce_layout(self, config: ConfigRecord) -> ConfigRecord:
+        """`config` with the run's feature layout and its hash (when the run has one)."""
+        if self.feature_layout is not None:
+            config = ConfigRecord({**dict(config), **announcement(self.feature_layout)})
+        return config
+
+    def layout_problem(self, msg: Message) -> str:
+        """Why a reply's echoed feature layout hash makes it unusable ('' if it is the run's)."""
+        if self.layout_sha256 is None:
+            return ""
+        return layout_echo_problem(_echoed_layout(msg), self.layout_sha256)
 
     def _remember(self, messages: Iterable[Message]) -> list[Message]:
         """Keep the instructions so a failed reply can be traced to its node (the Grid sets
@@ -215,7 +260,7 @@ class ValidatingFedAvg(FedAvg):
         its `reply_to_message_id` still leads to the node the instruction went to."""
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        named = PARTNER_FAILURE_NAME.search(str(reply.error.reason)) if reply.has_error() else None
+        named = _PARTNER_FAILURE.search(str(reply.error.reason)) if reply.has_error() else None
         return self.node_names.get(node) or (named.group("name") if named else f"node-{node}")
 
     def record_for(self, server_round: int) -> RoundRecord:
@@ -228,7 +273,7 @@ class ValidatingFedAvg(FedAvg):
 
     def round_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """The train config of `server_round`: `config` with the round's learning rate."""
-        config = ConfigRecord(dict(config))
+        config = self.announce_layout(ConfigRecord(dict(config)))
         if self.learning_rate_at is not None:
             config[LEARNING_RATE] = float(self.learning_rate_at(server_round))
         if self.evaluation_pending == server_round - 1:
@@ -262,7 +307,7 @@ class ValidatingFedAvg(FedAvg):
             name = _partner_name(msg)
             self.node_names[msg.metadata.src_node_id] = name
             metrics = msg.content.metric_records.get(METRICS)
-            if self.evaluation_pending == server_round - 1:
+            if self.evaluation_pending == server_round - 1 and not self.layout_problem(msg):
                 self.record_evaluation(server_round - 1, name, {
                     key[len(EVALUATION_PREFIX):]: value for key, value in (metrics or {}).items()
                     if key in FOLDED_EVALUATE_METRIC_KEYS}, folded=True)
@@ -275,7 +320,7 @@ class ValidatingFedAvg(FedAvg):
                 record.refused[name] = reason
                 log.warning("round %d: partner %s refused: %s", server_round, name, reason)
                 continue
-            problem = check_train_reply(msg, self.current_weights)
+            problem = check_train_reply(msg, self.current_weights, self.layout_sha256)
             if not problem and name in record.accepted:
                 problem = "a second update under the same partner name in this round"
             if not problem and self.receipts is not None and not _ledger_hash(msg):
@@ -344,7 +389,8 @@ class ValidatingFedAvg(FedAvg):
             return []
         wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
                           self.wait_seconds, server_round)
-        return self._remember(super().configure_evaluate(server_round, arrays, config, grid))
+        return self._remember(super().configure_evaluate(server_round, arrays,
+                                                         self.announce_layout(config), grid))
 
     def record_evaluation(self, server_round: int, partner: str,
                           metrics: Mapping[str, Any] | None, *, folded: bool = False) -> bool:
@@ -373,6 +419,14 @@ class ValidatingFedAvg(FedAvg):
                 record.failed[self.failed_name(msg)] = _error_summary(msg)
                 continue
             metrics = msg.content.metric_records.get(METRICS)
+            if problem := self.layout_problem(msg):  # a refusing partner says what differs
+                info = msg.content.config_records.get(INFO)
+                refusal = str(info.get(REFUSAL_REASON, "")) if info is not None else ""
+                if refusal:
+                    record.refused.setdefault(_partner_name(msg), refusal)
+                else:
+                    record.rejected[_partner_name(msg)] = problem
+                continue
             if self.record_evaluation(server_round, _partner_name(msg), metrics):
                 valid.append(metrics)
         if not valid:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import time
@@ -14,15 +13,26 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.status import Status
 from rich.table import Table
 
 from common.config import RunConfig
-from common.outputs import AUDIT_HTML, REPORT_MD, RunLayout
+from common.errors import OutputDirError
+from common.outputs import AUDIT_HTML, REPORT_MD
 from simulations.audit.cli import audit_app
+from simulations.schema_cli import schema_app
+from simulations.simulate.rundir import finish_run_dir, prepare_run_dir
+from simulations.simulate.terminal import (
+    console,
+    guard_run,
+    quiet_libraries,
+    settings_progress,
+    show_summary,
+    show_vertical_summary,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedcredit: federated credit-risk modelling with partner-owned DP budgets.")
-console = Console(stderr=True)
 
 
 @app.callback()
@@ -30,28 +40,21 @@ def _commands() -> None:
     """fedcredit: federated credit-risk modelling with partner-owned DP budgets."""
 
 
-def quiet_libraries(verbose: bool) -> None:
-    """Keep Flower's and Ray's per-round logging out of the progress display."""
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("flwr", "ray", "opacus"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    if not verbose:  # Opacus installs a root handler at import; Flower re-levels its logger
-        for handler in logging.getLogger().handlers:
-            handler.setLevel(level)
-            handler.addFilter(lambda record: record.levelno >= logging.ERROR
-                              or not record.name.startswith(("flwr", "ray")))
-
-
 def build_run_config(*, scenario: str, epsilon: float, delta: float, rounds: int, seed: int,
-                     out: Path, split: str, alpha: float, budgets: str,
+                     out: Path, split: str, alpha: float, budgets: str, check: bool = True,
                      **overrides: object) -> RunConfig:
-    """Validate CLI options into a RunConfig before anything trains; errors name the key."""
+    """Validate CLI options into a RunConfig before anything trains, and (`check`) that every
+    simulated partner can carry out its plan; errors name the option and the config key."""
     try:
         run = RunConfig(scenario=scenario, sim_epsilon=epsilon, sim_delta=delta,
                         num_server_rounds=rounds, seed=seed, out_dir=str(out), split=split,
                         dirichlet_alpha=alpha, sim_budgets=budgets)
-        return replace(run, **{k: v for k, v in overrides.items() if v is not None})
+        run = replace(run, **{k: v for k, v in overrides.items() if v is not None})
+        if check:
+            from simulations.simulate.plan import check_plan
+
+            check_plan(run)
+        return run
     except ValueError as exc:
         key = re.search(r"key '([a-z-]+)", str(exc))
         option = CLI_OPTIONS.get(key.group(1)) if key else None
@@ -64,7 +67,9 @@ CLI_OPTIONS = {"sim-epsilon": "--epsilon", "sim-delta": "--delta", "num-server-r
                "batch-size": "--batch-size", "learning-rate": "--learning-rate",
                "hidden-layers": "--hidden-layers", "seed": "--seed", "out-dir": "--out"}
 ScenarioOpt = Annotated[str, typer.Option(
-    help="Bundled scenario: credit_data, lending_club, or credit_data_vertical (simulate only).")]
+    help="Bundled scenario: credit_data, lending_club, or credit_data_vertical.")]
+BenchScenarioOpt = Annotated[str, typer.Option(
+    "--scenario", help="Bundled horizontal scenario: credit_data or lending_club.")]
 EpsilonOpt = Annotated[float, typer.Option(help="Privacy budget epsilon of every partner.")]
 DeltaOpt = Annotated[float, typer.Option(help="Privacy budget delta of every partner.")]
 RoundsOpt = Annotated[int, typer.Option(help="Federated rounds (num-server-rounds).")]
@@ -96,12 +101,14 @@ def simulate(
              "sum).")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="Replace an earlier run in --out (its keys, ledgers and reports).")] = False,
+        help="Replace an earlier fedcredit run in --out: only the files its manifest lists "
+             "(fedcredit-run.json); never a file fedcredit did not write.")] = False,
 ) -> None:
     """Simulate lender, e-commerce and bank: federated+DP vs federated, local-only, centralized.
 
     With --scenario credit_data_vertical: the same customers seen from three sides (vertical
-    mode), every party combination with and without DP."""
+    mode), every party combination with and without DP. Ctrl-C stops the run within seconds
+    (exit 130) and marks --out interrupted."""
     if scenario == "credit_data_vertical":
         unused = [option for option, value, default in (
             ("--rounds", rounds, 20), ("--split", split, "natural"), ("--alpha", alpha, 0.5),
@@ -122,16 +129,31 @@ def simulate(
                            learning_rate=learning_rate, hidden_layers=hidden_layers,
                            secure_aggregation=secure_aggregation or None)
     prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo
+    displays: list[Progress] = []
+    report = guard_run(out, lambda: run_horizontal(run, out, verbose, displays),
+                       lambda: [display.stop() for display in displays])
+    stopped = {name: history["message"] for name, history in report["history"].items()
+               if history and history["status"] != "completed"}
+    show_summary(report, out)
+    for name, message in stopped.items():
+        console.print(f"[red]{name} ended before its last round:[/red] {message}",
+                      soft_wrap=True)
+    if stopped:
+        raise typer.Exit(code=2)
+
+
+def run_horizontal(run: RunConfig, out: Path, verbose: bool, displays: list[Progress]) -> dict:
+    """Every setting of `run` with a progress bar (kept in `displays`), the report written and
+    the run directory marked completed; returns the report."""
+    started = time.perf_counter()
     quiet_libraries(verbose)
     from simulations.simulate.horizontal import SETTINGS, run_all
     from simulations.simulate.reports import write_report
 
-    started = time.perf_counter()
-    with Progress(TextColumn("{task.description:<14}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=console) as progress:
-        tasks = {name: progress.add_task(name[:14], total=run.num_server_rounds
-                                         if name.startswith("federated") else 1)
+    with settings_progress(SETTINGS) as progress:
+        displays.append(progress)
+        tasks = {name: progress.add_task(name, total=run.num_server_rounds
+                                         if name in ("federated_dp", "federated") else 1)
                  for name in SETTINGS}
 
         def advance(label: str, done: int, total: int) -> None:
@@ -140,85 +162,63 @@ def simulate(
         body = run_all(run, advance)
     report = {"scenario": run.scenario, "split": run.split, "seed": run.seed,
               "epsilon": run.sim_epsilon, "delta": run.sim_delta,
-              "rounds": run.num_server_rounds, "config": run.to_flower(), **body}
+              "rounds": run.num_server_rounds, **body}
     report["timing"]["wall_seconds"] = time.perf_counter() - started
     write_report(out, report)
-    show_summary(report, out)
-    stopped = {name: history["message"] for name, history in report["history"].items()
-               if history and history["status"] != "completed"}
-    for name, message in stopped.items():
-        console.print(f"[red]{name} ended before its last round:[/red] {message}")
-    if stopped:
-        raise typer.Exit(code=2)
+    finish_run_dir(out, "completed", "; ".join(
+        f"{name} ended before its last round: {history['message']}"
+        for name, history in report["history"].items()
+        if history and history["status"] != "completed"))
+    return report
 
 
 def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
                           overwrite: bool, verbose: bool) -> None:
     """The vertical scenario: validate, run, print the summary (report.md in `out`)."""
     from common.vertical.settings import VerticalSettings
-    from simulations.simulate.vertical import simulate_vertical
 
     try:
+        RunConfig(scenario="credit_data_vertical", mode="vertical", seed=seed,
+                  sim_epsilon=epsilon, sim_delta=delta, out_dir=str(out))
         settings = VerticalSettings(epsilon=epsilon, delta=delta)
+        from simulations.simulate.plan import check_vertical_plan
+
+        check_vertical_plan(settings, seed)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--epsilon/--delta") from exc
+        key = re.search(r"key '([a-z-]+)", str(exc))
+        raise typer.BadParameter(str(exc), param_hint=CLI_OPTIONS.get(
+            key.group(1) if key else "", "--epsilon/--delta")) from exc
     prepare_out_dir(out, overwrite)
-    quiet_libraries(verbose)
-    with console.status("vertical credit_data: PSI, DP releases, top models, scoring "
-                        "(about a minute)"):
+
+    def work(status: Status) -> dict:
+        quiet_libraries(verbose)
+        from simulations.simulate.vertical import simulate_vertical
+
         report = simulate_vertical(out, seed=seed, settings=settings)
-    table = Table(title="credit_data_vertical: lender's pooled test metrics")
-    for column in ("setting", "AUC (DP)", "KS (DP)", "AUC (no DP)", "KS (no DP)"):
-        table.add_column(column)
-    for name, modes in report["results"].items():
-        table.add_row(name, *(f"{modes[m][k]:.4f}" for m in ("dp", "non_private")
-                              for k in ("auc", "ks")))
-    Console().print(table)
-    Console().print("eps spent: " + ", ".join(f"{p} {f['epsilon_spent']:.4f}/"
-                                              f"{f['epsilon_budget']:g}"
-                                              for p, f in report["privacy"].items())
-                    + f"; audit {'verified' if report['audit']['ok'] else 'FAILED'}; "
-                    f"report {RunLayout(out).report_md}")
+        status.stop()
+        finish_run_dir(out, "completed", "" if report["audit"]["ok"] else "audit failed")
+        return report
+
+    with console.status("vertical credit_data: PSI, DP releases, top models, scoring "
+                        "(about a minute)") as status:
+        report = guard_run(out, lambda: work(status), status.stop)
+    show_vertical_summary(report, out)
     if not report["audit"]["ok"]:
         raise typer.Exit(code=2)
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory unless told to replace the earlier one."""
-    earlier = RunLayout(out).earlier_run()
-    if earlier and not overwrite:
-        raise typer.BadParameter(f"{out} already holds a run ({', '.join(p.name for p in earlier)}"
-                                 f"); choose another --out or pass --overwrite", param_hint="--out")
-    for path in earlier:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def show_summary(report: dict, out: Path) -> None:
-    """Print the pooled comparison and privacy spent as tables."""
-    table = Table(title=f"{report['scenario']}: pooled test metrics")
-    for column in ("setting", "AUC", "KS", "Gini", "Brier"):
-        table.add_column(column)
-    for setting, result in report["results"].items():
-        m = result["pooled"]
-        table.add_row(setting, *(f"{m[k]:.4f}" for k in ("auc", "ks", "gini", "brier")))
-    Console().print(table)
-    privacy = Table(title="privacy spent (federated_dp)")
-    for column in ("partner", "eps spent", "eps budget", "delta", "sigma", "rounds"):
-        privacy.add_column(column)
-    for partner, f in report["privacy"].items():
-        privacy.add_row(partner, f"{f['epsilon_spent']:.4f}", f"{f['epsilon_budget']:g}",
-                        f"{f['delta']:g}", f"{f['noise_multiplier']:.3f}",
-                        str(f["rounds_trained"]))
-    Console().print(privacy)
-    layout = RunLayout(out)
-    Console().print(f"report: {layout.report_md}  (json: {layout.report_json}), "
-                    f"{report['timing']['wall_seconds']:.1f} s")
+    """Claim `out` for a new run (see `simulations.simulate.rundir`): refuse a file, a directory
+    that cannot be written, files fedcredit did not write, and an earlier run unless
+    `overwrite`, which then removes exactly that run's files."""
+    try:
+        prepare_run_dir(out, overwrite=overwrite, command="simulate")
+    except OutputDirError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
 
 
 app.add_typer(audit_app, name="audit")
+app.add_typer(schema_app, name="schema")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for ledgers and receipts.")
 app.add_typer(keys_app, name="keys")
 
@@ -233,11 +233,16 @@ def keys_new(
 
     if not partner or "/" in partner or partner.startswith("."):
         raise typer.BadParameter(f"invalid partner name {partner!r}", param_hint="--partner")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     key = generate_signing_key()
     try:
         private_path, public_path = write_key_pair(key, out, partner)
     except CryptoError as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write into {out} ({exc.filename or out}: "
+                                 f"{exc.strerror or exc})", param_hint="--out") from exc
     Console().print(f"private key: {private_path} (mode 0600, keep it on the partner's machine)\n"
                     f"public key:  {public_path} (give it to the auditor)\n"
                     f"fingerprint: {fingerprint(key.public_key())}")
@@ -343,7 +348,7 @@ def federation_demo(
 
 @app.command()
 def bench(
-    scenario: ScenarioOpt = "credit_data",
+    scenario: BenchScenarioOpt = "credit_data",
     epsilon: EpsilonOpt = 3.0,
     rounds: RoundsOpt = 20,
     seed: SeedOpt = 0,

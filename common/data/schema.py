@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common.errors import DataValidationError, SchemaError
+from common.data.layout import FeatureLayout
+from common.errors import DataValidationError, FedcreditError, SchemaError
 
 COLUMN_TYPES = ("numeric", "categorical", "ordinal")
 TRANSFORMS = ("none", "log1p")
 MISSING_POLICIES = ("error", "fill", "category")
 UNKNOWN_POLICIES = ("error", "bucket")
-
-
+COLUMN_KEYS = ("name", "type", "clip", "transform", "fill", "missing_indicator", "categories",
+               "missing", "unknown", "feature")
+DATASET_KEYS = ("name", "label", "label_values", "bad_value", "missing_values")
+TOP_LEVEL_KEYS = ("dataset", "columns")
 
 
 @dataclass(frozen=True)
@@ -95,11 +100,54 @@ class Schema:
                 return spec
         raise KeyError(f"schema {self.name!r} has no column {name!r}")
 
+    def layout(self) -> FeatureLayout:
+        """The encoded feature layout: what each model input unit means (schema metadata)."""
+        return FeatureLayout.of(self.columns)
 
-def _require(table: dict, key: str, where: str) -> object:
+    @property
+    def layout_sha256(self) -> str:
+        """SHA-256 of `layout()`: equal for two schemas exactly when their layouts are."""
+        return self.layout().sha256
+
+
+def _require(table: dict, key: str, where: str) -> Any:
     if key not in table:
         raise SchemaError(f"{where}: missing required key {key!r}")
     return table[key]
+
+
+def _table(value: object, key: str, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise SchemaError(f"{where}: {key!r} must be a table")
+    return value
+
+
+def _no_unknown_keys(table: dict, known: tuple[str, ...], where: str) -> None:
+    extra = sorted(set(table) - set(known))
+    if extra:
+        raise SchemaError(f"{where}: unknown keys {extra} (known keys: {', '.join(known)})")
+
+
+def _number(value: object, key: str, where: str) -> float:
+    """A finite TOML number (not a boolean), else SchemaError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SchemaError(f"{where}: {key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _strings(value: object, key: str, where: str) -> tuple[str, ...]:
+    """A TOML list of strings or numbers, as strings, else SchemaError naming the key."""
+    if not isinstance(value, list) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in value):
+        raise SchemaError(f"{where}: {key} must be a list of strings, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _flag(raw: dict, key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise SchemaError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _parse_column(raw: dict, where: str) -> ColumnSpec:
@@ -108,11 +156,7 @@ def _parse_column(raw: dict, where: str) -> ColumnSpec:
     col_type = str(_require(raw, "type", where))
     if col_type not in COLUMN_TYPES:
         raise SchemaError(f"{where}: type must be one of {COLUMN_TYPES}, got {col_type!r}")
-    known = {"name", "type", "clip", "transform", "fill", "missing_indicator", "categories",
-             "missing", "unknown", "feature"}
-    extra = set(raw) - known
-    if extra:
-        raise SchemaError(f"{where}: unknown keys {sorted(extra)}")
+    _no_unknown_keys(raw, COLUMN_KEYS, where)
     transform = str(raw.get("transform", "none"))
     if transform not in TRANSFORMS:
         raise SchemaError(f"{where}: transform must be one of {TRANSFORMS}, got {transform!r}")
@@ -121,17 +165,20 @@ def _parse_column(raw: dict, where: str) -> ColumnSpec:
     if col_type == "numeric":
         raw_clip = _require(raw, "clip", where)
         if not (isinstance(raw_clip, list) and len(raw_clip) == 2):
-            raise SchemaError(f"{where}: clip must be [low, high]")
-        clip = (float(raw_clip[0]), float(raw_clip[1]))
-        if not clip[0] < clip[1]:
+            raise SchemaError(f"{where}: clip must be [low, high], got {raw_clip!r}")
+        clip = (_number(raw_clip[0], "clip low", where), _number(raw_clip[1], "clip high", where))
+        if not (clip[0] < clip[1] and math.isfinite(clip[1] - clip[0])):
             raise SchemaError(f"{where}: clip low must be < high, got {list(clip)}")
         if transform == "log1p" and clip[0] <= -1:
             raise SchemaError(f"{where}: log1p needs clip low > -1")
     else:
-        categories = tuple(str(c) for c in _require(raw, "categories", where))
+        categories = _strings(_require(raw, "categories", where), "categories", where)
         if not categories or len(set(categories)) != len(categories):
             raise SchemaError(f"{where}: categories must be a non-empty list without repeats")
-    fill = raw.get("fill")
+    fill = None if raw.get("fill") is None else _number(raw["fill"], "fill", where)
+    if fill is not None and clip is not None and not clip[0] <= fill <= clip[1]:
+        raise SchemaError(f"{where}: fill {fill:g} lies outside clip {list(clip)}: a filled "
+                          f"value would not be the declared one")
     missing = str(raw.get("missing", "fill" if fill is not None else "error"))
     if missing not in MISSING_POLICIES:
         raise SchemaError(f"{where}: missing must be one of {MISSING_POLICIES}, got {missing!r}")
@@ -146,11 +193,10 @@ def _parse_column(raw: dict, where: str) -> ColumnSpec:
     if col_type == "ordinal" and unknown == "bucket":
         raise SchemaError(f"{where}: an ordinal column cannot bucket unknown values")
     return ColumnSpec(
-        name=name, type=col_type, clip=clip, transform=transform,
-        fill=None if fill is None else float(fill),
-        missing_indicator=bool(raw.get("missing_indicator", False)),
+        name=name, type=col_type, clip=clip, transform=transform, fill=fill,
+        missing_indicator=_flag(raw, "missing_indicator", False, where),
         categories=categories, missing=missing, unknown=unknown,
-        feature=bool(raw.get("feature", True)),
+        feature=_flag(raw, "feature", True, where),
     )
 
 
@@ -162,30 +208,49 @@ def load_schema(path: str | Path) -> Schema:
     except OSError as exc:
         raise SchemaError(f"cannot read schema file {path}: {exc}") from exc
     try:
-        raw = tomllib.loads(text.decode("utf-8"))
+        raw = tomllib.loads(_decode(text, str(path), SchemaError))
     except tomllib.TOMLDecodeError as exc:
         raise SchemaError(f"{path}: invalid TOML: {exc}") from exc
     where = str(path)
-    dataset = _require(raw, "dataset", where)
-    label_values = tuple(str(v) for v in _require(dataset, "label_values", f"{where} [dataset]"))
-    bad_value = str(_require(dataset, "bad_value", f"{where} [dataset]"))
+    _no_unknown_keys(raw, TOP_LEVEL_KEYS, where)
+    dataset = _table(_require(raw, "dataset", where), "dataset", where)
+    in_dataset = f"{where} [dataset]"
+    _no_unknown_keys(dataset, DATASET_KEYS, in_dataset)
+    label_values = _strings(_require(dataset, "label_values", in_dataset), "label_values",
+                            in_dataset)
+    bad_value = str(_require(dataset, "bad_value", in_dataset))
     if len(label_values) != 2 or bad_value not in label_values:
         raise SchemaError(f"{where} [dataset]: label_values must be two values including bad_value")
     raw_columns = _require(raw, "columns", where)
+    if not isinstance(raw_columns, list) or not all(isinstance(c, dict) for c in raw_columns):
+        raise SchemaError(f"{where}: 'columns' must be an array of tables ([[columns]] entries)")
     columns = tuple(_parse_column(c, f"{where} [[columns]] #{i + 1}")
                     for i, c in enumerate(raw_columns))
     names = [c.name for c in columns]
-    if len(set(names)) != len(names):
-        raise SchemaError(f"{where}: duplicate column names")
-    label = str(_require(dataset, "label", f"{where} [dataset]"))
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SchemaError(f"{where}: duplicate column names {repeated}")
+    label = str(_require(dataset, "label", in_dataset))
     if label in names:
         raise SchemaError(f"{where}: label column {label!r} must not also be a feature column")
+    missing_values = _strings(dataset.get("missing_values", ["", "NA"]), "missing_values",
+                              in_dataset)
     return Schema(
         name=str(dataset.get("name", path.stem)), label=label, label_values=label_values,
-        bad_value=bad_value, columns=columns,
-        missing_values=tuple(str(v) for v in dataset.get("missing_values", ["", "NA"])),
+        bad_value=bad_value, columns=columns, missing_values=missing_values,
         source_hash=hashlib.sha256(text).hexdigest(),
     )
+
+
+def _decode(data: bytes, path: str, error: type[FedcreditError]) -> str:
+    """UTF-8 text (a leading byte-order mark, as spreadsheet software writes, is dropped); a
+    file in another encoding raises `error` naming the file and the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: line {line} is not UTF-8 text (byte {exc.start}); save the file "
+                    f"as UTF-8") from None
 
 
 @dataclass(frozen=True)
@@ -208,24 +273,33 @@ class RawTable:
 
 
 def read_csv(path: str | Path) -> RawTable:
-    """Read a CSV file into strings, checking that every row has the header's width."""
+    """Read a UTF-8 CSV file (with or without a byte-order mark) into strings, checking that
+    header names are unique and every row has the header's width."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = tuple(h.strip() for h in next(reader, []))
-            rows, lines = [], []
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataValidationError(
-                        f"{path}: row {reader.line_num} has {len(row)} fields, header has "
-                        f"{len(header)}")
-                rows.append(tuple(v.strip() for v in row))
-                lines.append(reader.line_num)
+        data = path.read_bytes()
     except OSError as exc:
         raise DataValidationError(f"cannot read data file {path}: {exc}") from exc
+    reader = csv.reader(io.StringIO(_decode(data, str(path), DataValidationError), newline=""))
+    try:
+        header = tuple(h.strip() for h in next(reader, []))
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DataValidationError(f"{path}: line 1 (header) names column(s) {repeated} more "
+                                      f"than once")
+        rows, lines = [], []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataValidationError(
+                    f"{path}: row {reader.line_num} has {len(row)} fields, header has "
+                    f"{len(header)}")
+            rows.append(tuple(v.strip() for v in row))
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise DataValidationError(f"{path}: line {reader.line_num} is not valid CSV: "
+                                  f"{exc}") from None
     if not header:
         raise DataValidationError(f"{path}: file is empty (no header row)")
     return RawTable(path=str(path), header=header, rows=rows, lines=lines)

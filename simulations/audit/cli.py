@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich import box
@@ -53,6 +53,12 @@ def _run(ledgers: list[Path], keys: Path, receipts: Path | None,
     except AuditInputError as exc:
         Console(stderr=True).print(Text(f"error: {exc}", style="red"))
         raise typer.Exit(code=2) from exc
+
+
+def _usage_error(message: str) -> NoReturn:
+    """Print `message` (no traceback) and exit with status 2."""
+    Console(stderr=True).print(Text(f"error: {message}", style="red"), soft_wrap=True)
+    raise typer.Exit(code=2)
 
 
 def show_result(result: AuditResult, console: Console) -> None:
@@ -156,9 +162,15 @@ def report_command(
     """Verify, then write a self-contained HTML report an auditor can read."""
     from simulations.audit.html import render_audit_html
 
+    if out.parent.exists() and not out.parent.is_dir():
+        _usage_error(f"--out {out}: {out.parent} is a file, not a directory")
     result = _run(ledgers, keys, receipts, odometers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_audit_html(result), encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_audit_html(result), encoding="utf-8")
+    except OSError as exc:
+        _usage_error(f"--out {out}: cannot write the report ({exc.filename or out}: "
+                     f"{exc.strerror or exc})")
     console = Console()
     show_result(result, console)
     console.print(Text(f"report: {out}"), soft_wrap=True)

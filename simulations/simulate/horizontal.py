@@ -25,6 +25,7 @@ import torch
 from common.config import RunConfig
 from common.data.scenarios import load_scenario
 from common.data.tables import PartnerData, Split
+from common.errors import SimulationFailed
 from common.learning.metrics import credit_metrics
 from common.learning.model import build_model, set_weights
 from common.learning.personalize import personalize
@@ -123,29 +124,49 @@ def create_run_keys(keys_dir: Path | str, partners: list[str]) -> None:
         write_key_pair(generate_signing_key(), Path(keys_dir), name)
 
 
+def federation_runs(run: RunConfig, layout: RunLayout) -> dict[str, RunConfig]:
+    """The run config each federation of `run_all` runs under: the DP one with the partners'
+    ledgers and keys and the coordinator's receipts in `layout`, both scoring the pooled test
+    splits (`sim-pooled-eval`). What report.json records as `config` / `configs`."""
+    return {
+        "federated_dp": replace(run, sim_dp=True, sim_pooled_eval=True,
+                                out_dir=str(layout.federated_dp),
+                                sim_ledger_dir=str(layout.dp_ledgers),
+                                sim_keys_dir=str(layout.keys),
+                                receipts_path=str(layout.dp_receipts),
+                                receipt_key=str(layout.keys / f"{COORDINATOR}.key")),
+        "federated": replace(run, sim_dp=False, sim_pooled_eval=True,
+                             out_dir=str(layout.federated)),
+    }
+
+
+def check_trained(label: str, history: dict[str, Any] | None) -> None:
+    """Raise SimulationFailed when a federation ended without accepting a single update: there
+    is nothing to compare, and its record says why (the partners' own errors in simulation)."""
+    history = history or {}
+    if history.get("status") == "completed" or any(
+            record.get("accepted") for record in history.get("rounds", [])):
+        return
+    raise SimulationFailed(f"{label} trained nothing: {history.get('message') or 'no reason'}")
+
+
 def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Every setting on one scenario; returns metrics, privacy and timing (report.json body)."""
     started = time.perf_counter()
     partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
                              alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
     layout = RunLayout(Path(run.out_dir))
+    configs = federation_runs(run, layout)
     timings: dict[str, float] = {}
     results: dict[str, SettingResult] = {}
 
     t0 = time.perf_counter()
     create_run_keys(layout.keys, [p.partner for p in partners])
-    results["federated_dp"] = run_federation(
-        replace(run, sim_dp=True, sim_pooled_eval=True, out_dir=str(layout.federated_dp),
-                sim_ledger_dir=str(layout.dp_ledgers), sim_keys_dir=str(layout.keys),
-                receipts_path=str(layout.dp_receipts),
-                receipt_key=str(layout.keys / f"{COORDINATOR}.key")),
-        partners, progress, "federated_dp")
-    timings["federated_dp"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results["federated"] = run_federation(
-        replace(run, sim_dp=False, sim_pooled_eval=True, out_dir=str(layout.federated)),
-        partners, progress, "federated")
-    timings["federated"] = time.perf_counter() - t0
+    for name, config in configs.items():
+        results[name] = run_federation(config, partners, progress, name)
+        check_trained(name, results[name].history)
+        timings[name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
     for name, fn in (("local_only", run_local_only), ("centralized", run_centralized)):
         t0 = time.perf_counter()
         results[name] = fn(run, partners)
@@ -162,6 +183,8 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
     dp_history = results["federated_dp"].history or {}
     audit = audit_run(layout, [p.partner for p in partners])
     return {
+        "config": configs["federated_dp"].to_flower(),
+        "configs": {name: config.to_flower() for name, config in configs.items()},
         "audit": audit,
         "partners": {p.partner: {"train_rows": len(p.train), "test_rows": len(p.test),
                                  "train_bad_rate": p.train.bad_rate} for p in partners},
@@ -178,8 +201,12 @@ def audit_run(layout: RunLayout, partners: list[str]) -> dict[str, Any]:
     """Verify the DP run's ledgers and receipts as an auditor would; write `audit.html`."""
     from simulations.audit.html import render_audit_html
 
-    ledgers = [ledger_file(layout.dp_ledgers, name) for name in partners]
-    result = verify([p for p in ledgers if p.exists()], layout.keys, layout.dp_receipts)
+    ledgers = [p for p in (ledger_file(layout.dp_ledgers, name) for name in partners)
+               if p.exists()]
+    if not ledgers:
+        return {"ok": False, "findings": ["no partner wrote a privacy ledger: nothing to audit"],
+                "report": None, "partners": {}}
+    result = verify(ledgers, layout.keys, layout.dp_receipts)
     layout.audit_html.write_text(render_audit_html(result))
     return {"ok": result.ok, "findings": [str(f) for f in result.findings],
             "report": AUDIT_HTML,

@@ -10,6 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.outputs import (  # noqa: E402
     AUC_PLOT,
@@ -52,43 +55,77 @@ def _round_series(history: dict[str, Any] | None, key: str) -> tuple[list[int], 
     return rounds, values
 
 
-def plot_pooled_auc(path: Path, report: dict[str, Any]) -> None:
+PARTNER_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"))
+"""Marker and line style per partner: their ε curves nearly coincide (each partner calibrates to
+spend its budget by the last round), so colour alone would hide all but the last one drawn."""
+
+
+def _integer_rounds(ax: Axes) -> None:
+    """Round numbers on the x axis: whole rounds only."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def auc_figure(report: dict[str, Any]) -> Figure:
     """Pooled test AUC of the global model after each round, with the baselines as lines."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for setting in ("federated_dp", "federated"):
+    for setting, (marker, style) in zip(("federated_dp", "federated"), PARTNER_STYLES,
+                                        strict=False):
         rounds, aucs = _round_series(report["history"].get(setting), "auc")
-        ax.plot(rounds, aucs, marker="o", markersize=3, label=SETTING_TITLES[setting])
+        ax.plot(rounds, aucs, marker=marker, linestyle=style, markersize=4,
+                label=SETTING_TITLES[setting])
     for setting, style in (("centralized", "--"), ("local_only", ":")):
         ax.axhline(report["results"][setting]["pooled"]["auc"], linestyle=style, color="grey",
                    label=SETTING_TITLES[setting])
-    ax.set_xlabel("round")
+    _integer_rounds(ax)
     ax.set_ylabel("pooled test AUC")
     ax.set_title(f"{report['scenario']}: pooled AUC per round (eps={report['epsilon']:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
-    """ε spent after each round per partner, against each partner's budget."""
+def epsilon_figure(report: dict[str, Any]) -> Figure:
+    """ε spent after each round per partner (its own marker and line style, drawn half
+    transparent so coinciding curves stay visible), against each partner's budget (one line when
+    every partner has the same)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (partner, figures) in enumerate(report["privacy"].items()):
+    privacy = report["privacy"]
+    budgets = {figures["epsilon_budget"] for figures in privacy.values()}
+    for i, (partner, figures) in enumerate(privacy.items()):
         color = f"C{i}"
+        marker, style = PARTNER_STYLES[i % len(PARTNER_STYLES)]
         series = figures["epsilon_per_round"]
-        ax.plot(range(1, len(series) + 1), series, marker="o", markersize=3, color=color,
-                label=f"{partner} spent")
-        ax.axhline(figures["epsilon_budget"], color=color, linestyle="--", linewidth=1,
-                   label=f"{partner} budget")
-    ax.set_xlabel("round")
+        ax.plot(range(1, len(series) + 1), series, marker=marker, linestyle=style,
+                markersize=7 - 1.5 * (i % 3), alpha=0.75, color=color, label=f"{partner} spent")
+        if len(budgets) > 1:
+            ax.axhline(figures["epsilon_budget"], color=color, linestyle="--", linewidth=1,
+                       label=f"{partner} budget")
+    if len(budgets) == 1:
+        ax.axhline(next(iter(budgets)), color="grey", linestyle="--", linewidth=1,
+                   label="budget (every partner)")
+    _integer_rounds(ax)
     ax.set_ylabel("epsilon spent (RDP, composed over rounds)")
     ax.set_title(f"Privacy spent per partner (delta={report['delta']:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_pooled_auc(path: Path, report: dict[str, Any]) -> None:
+    """Write `auc_figure` to `path`."""
+    _save(auc_figure(report), path)
+
+
+def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
+    """Write `epsilon_figure` to `path`."""
+    _save(epsilon_figure(report), path)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -145,7 +182,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     audit = report.get("audit")
-    if audit:
+    if audit and audit.get("report"):
         verdict = ("verified: every signature, hash chain and receipt checks out and every "
                    "claimed epsilon matches an independent recomputation (dp-accounting RDP)"
                    if audit["ok"] else f"FAILED with {len(audit['findings'])} finding(s)")

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord
 
 from clients.app import build_client_app
 from common.config import PartnerConfig, RunConfig
+from common.data.layout import announcement
+from common.data.schema import load_schema
 from common.data.tables import bundled_path
 from common.partner import PartnerState, load_data
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
 from common.privacy.ledger import plan_from_calibration
 from common.protocol import (
     EVALUATE_METRIC_KEYS,
+    LAYOUT_NOT_ANNOUNCED,
     LEDGER_UNTRUSTED,
     LIFETIME_BUDGET_EXHAUSTED,
     PARTNER_STATE,
@@ -39,12 +43,17 @@ def _identity() -> None:
     set_task_identity()
 
 
+def _run_layout() -> dict[str, str]:
+    """The config entries a coordinator running the bundled credit_data schema announces."""
+    return announcement(load_schema(bundled_path("credit_data")[1]).layout())
+
+
 def _train(run: RunConfig, context, server_round: int, **config):
     """One round through a freshly built ClientApp, as Flower rebuilds it every round."""
     client_app = build_client_app(run.to_flower())
     weights = initial_weights(run)
     msg = train_message(weights, {"server-round": server_round,
-                                  "local-epochs": run.local_epochs, **config})
+                                  "local-epochs": run.local_epochs, **_run_layout(), **config})
     return client_app(msg, context)
 
 
@@ -55,7 +64,8 @@ def test_reply_carries_only_arrays_metrics_and_info() -> None:
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics", "info"}
     assert set(content["metrics"].keys()) <= set(TRAIN_METRIC_KEYS)
-    assert set(content["info"].keys()) == {"partner", "refusal-reason", "ledger-entry-sha256"}
+    assert set(content["info"].keys()) == {"partner", "refusal-reason", "ledger-entry-sha256",
+                                           "feature-layout-sha256"}
     assert content["info"]["partner"] == "lender"
     assert set(content["arrays"].keys()) == set(initial_weights(run))
     for key, array in content["arrays"].items():
@@ -349,3 +359,51 @@ def test_train_request_without_a_round_is_refused_before_logging(tmp_path: Path)
     with pytest.raises(PartnerError):
         build_client_app(run.to_flower())(msg, node_context(node, run))
     assert not Path(node["ledger-path"]).exists()
+
+
+def test_a_partner_whose_schema_permutes_the_runs_layout_refuses_before_reading_its_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 2: the same categories in another order (same feature count) used to train
+    and be accepted every round, its features permuted relative to the model. Now it refuses,
+    before reading its data or releasing anything, saying what differs (schema metadata only),
+    and echoes its own layout's hash; so does its evaluation."""
+    import common.partner as partner_module
+
+    schema_path = bundled_path("credit_data")[1]
+    permuted = tmp_path / "bank.toml"
+    permuted.write_text(schema_path.read_text().replace('["rent", "owner",', '["owner", "rent",'))
+    node = {**_ledger_node(tmp_path), "schema-path": str(permuted)}
+    monkeypatch.setattr(partner_module, "load_data",
+                        lambda *args: pytest.fail("the partner read its data"))
+    run = RunConfig(num_server_rounds=2)
+    context = node_context(node, run)
+    reply = _train(run, context, 1)
+    assert "arrays" not in reply.content
+    assert dict(reply.content["metrics"]) == {"refused": 1.0}  # not even a noisy count
+    reason = reply.content["info"]["refusal-reason"]
+    assert ("column 'Home': categories ['owner', 'rent', 'priv', 'ignore', 'parents', 'other'] "
+            "vs ['rent', 'owner', 'priv', 'ignore', 'parents', 'other']") in reason
+    _assert_no_local_detail(reason, tmp_path)
+    own = load_schema(permuted).layout_sha256
+    assert reply.content["info"]["feature-layout-sha256"] == own != _run_layout()[
+        "feature-layout-sha256"]
+    assert not Path(node["ledger-path"]).exists() and not Path(node["odometer-path"]).exists()
+    request = evaluate_message(initial_weights(run))
+    request.content["config"] = ConfigRecord(_run_layout())
+    evaluation = build_client_app(run.to_flower())(request, context).content
+    assert dict(evaluation["metrics"]) == {}
+    assert evaluation["info"]["refusal-reason"] == reason
+    assert evaluation["info"]["feature-layout-sha256"] == own
+
+
+def test_a_deployed_partner_refuses_an_instruction_that_announces_no_layout(
+        tmp_path: Path) -> None:
+    run = RunConfig(num_server_rounds=2)
+    node = _ledger_node(tmp_path)
+    msg = train_message(initial_weights(run), {"server-round": 1, "local-epochs": 1.0})
+    reply = build_client_app(run.to_flower())(msg, node_context(node, run))
+    assert reply.content["info"]["refusal-reason"] == LAYOUT_NOT_ANNOUNCED
+    assert "arrays" not in reply.content and not Path(node["ledger-path"]).exists()
+    matching = _train(run, node_context(node, run), 1).content["info"]
+    assert matching["refusal-reason"] == ""
+    assert matching["feature-layout-sha256"] == _run_layout()["feature-layout-sha256"]

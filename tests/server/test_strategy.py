@@ -288,6 +288,115 @@ def test_a_partner_that_failed_every_round_is_named_and_makes_the_run_incomplete
     assert outcomes["bank"]["failed"] == 2 and outcomes["bank"]["accepted"] == 0
     assert outcomes["lender"]["accepted"] == 2
     missing = never_contributed(outcomes)
-    assert missing.startswith("bank never contributed (failed 2, refused 0, rejected 0")
+    assert missing.startswith("bank never contributed (failed 2, rejected 0, refused 0")
     assert "ValueError" in missing and "lender" not in missing
     assert never_contributed(partner_outcomes(strategy.history[:0])) == ""
+
+
+def _run_layout():
+    from common.data.schema import load_schema
+    from common.data.tables import bundled_path
+
+    return load_schema(bundled_path("credit_data")[1]).layout()
+
+
+def _echoing(reply: Message, layout_sha256: str | None) -> Message:
+    if layout_sha256 is not None:
+        reply.content["info"]["feature-layout-sha256"] = layout_sha256
+    return reply
+
+
+def test_an_update_whose_echoed_layout_is_not_the_runs_is_rejected(weights) -> None:
+    """Issue 12 item 2: the coordinator used to accept a partner whose features were permuted
+    relative to the model; its reply now must echo the run's feature layout hash."""
+    layout = _run_layout()
+    strategy = ValidatingFedAvg(min_partners=1, feature_layout=layout)
+    strategy.current_weights = weights
+    good = _echoing(reply_message("lender", _shifted(weights, 1.0), _metrics(), node_id=1),
+                    layout.sha256)
+    permuted = _echoing(reply_message("bank", _shifted(weights, 9.0), _metrics(), node_id=2),
+                        "f" * 64)
+    silent = reply_message("ecommerce", _shifted(weights, 9.0), _metrics(), node_id=3)
+    assert check_train_reply(good, weights, layout.sha256) == ""
+    assert check_train_reply(permuted, weights, layout.sha256).startswith(
+        "feature layout ffffffffffff is not the run's")
+    arrays, _ = strategy.aggregate_train(1, [good, permuted, silent])
+    record = strategy.history[-1]
+    assert record.accepted == ["lender"] and set(record.rejected) == {"bank", "ecommerce"}
+    assert "feature layout none" in record.rejected["ecommerce"]
+    for array in arrays.values():
+        np.testing.assert_allclose(array.numpy(), 1.0)
+
+
+def test_an_evaluation_whose_echoed_layout_is_not_the_runs_is_not_kept(weights) -> None:
+    layout = _run_layout()
+    strategy = ValidatingFedAvg(min_partners=1, feature_layout=layout)
+    metrics = {"num-examples": 50.0, "auc": 0.7}
+    replies = [_echoing(reply_message("lender", None, metrics, node_id=1), layout.sha256),
+               _echoing(reply_message("bank", None, metrics, node_id=2), "f" * 64),
+               _echoing(reply_message("ecommerce", None, {}, refusal="column 'Home': ...",
+                                      node_id=3), "e" * 64)]
+    assert strategy.aggregate_evaluate(1, replies)["auc"] == pytest.approx(0.7)
+    record = strategy.history[-1]
+    assert list(record.evaluation) == ["lender"]
+    assert "feature layout ffff" in record.rejected["bank"]
+    assert record.refused == {"ecommerce": "column 'Home': ..."}
+
+
+def test_every_instruction_announces_the_runs_layout(weights) -> None:
+    from common.protocol import FEATURE_LAYOUT, FEATURE_LAYOUT_SHA256
+
+    layout = _run_layout()
+    run = RunConfig(num_server_rounds=1)
+    strategy = ValidatingFedAvg(min_partners=1, feature_layout=layout)
+    strategy.num_rounds = 1
+    grid = InProcessGrid(build_client_app(run.to_flower()), run)
+    sent = [*strategy.configure_train(1, arrays_record(weights), ConfigRecord({}), grid),
+            *strategy.configure_evaluate(1, arrays_record(weights), ConfigRecord({}), grid)]
+    assert len(sent) == 2 * len(PARTNERS)
+    for message in sent:
+        assert message.content[CONFIG][FEATURE_LAYOUT] == layout.text
+        assert message.content[CONFIG][FEATURE_LAYOUT_SHA256] == layout.sha256
+
+
+def test_partners_refuse_a_run_whose_schema_permutes_their_layout(tmp_path) -> None:
+    """End to end in process: a coordinator running a schema that lists `Home`'s categories in
+    another order (same width) gets a refusal from every partner, naming the column, and no
+    update; model.json names the run's layout hash."""
+    from common.data.schema import load_schema
+    from common.data.tables import bundled_path
+
+    permuted = tmp_path / "run.toml"
+    permuted.write_text(bundled_path("credit_data")[1].read_text().replace(
+        '["rent", "owner",', '["owner", "rent",'))
+    run = RunConfig(num_server_rounds=1, schema_path=str(permuted), out_dir=str(tmp_path / "out"))
+    grid = InProcessGrid(build_client_app(run.to_flower()), run)
+    run_federation(grid, run, run_id="1")
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["status"] == "stopped"
+    (record,) = history["rounds"]
+    assert record["accepted"] == [] and sorted(record["refused"]) == sorted(PARTNERS)
+    for reason in record["refused"].values():
+        assert "column 'Home': categories ['rent', 'owner'," in reason
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["feature_layout_sha256"] == load_schema(permuted).layout_sha256
+
+
+def test_a_secure_contribution_with_another_layout_discards_the_aggregate(weights) -> None:
+    from server.secure import SecureFit
+    from tests.server.test_secure import _fit_results
+
+    layout = _run_layout()
+    fedavg = ValidatingFedAvg(min_partners=2, feature_layout=layout)
+    fedavg.current_weights = weights
+    fit = SecureFit(fedavg, list(weights), ConfigRecord({}), clipping_range=8.0,
+                    max_weight=10000.0)
+    aggregate = [w + 0.1 for w in weights.values()]
+    results = _fit_results(weights, aggregate, **{"feature-layout-sha256": layout.sha256})
+    results[0][1].metrics["feature-layout-sha256"] = "f" * 64
+    with pytest.raises(TooFewPartners, match="secure aggregate discarded"):
+        fit.aggregate_fit(1, results, [])
+    assert "feature layout ffff" in fedavg.history[-1].rejected[PARTNERS[0]]
+    results[0][1].metrics["feature-layout-sha256"] = layout.sha256
+    fit.aggregate_fit(2, results, [])
+    assert sorted(fedavg.history[-1].accepted) == sorted(PARTNERS)

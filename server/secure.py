@@ -73,6 +73,7 @@ from server.strategy import (
     error_summary,
     layout_echo_problem,
     train_config,
+    unnamed,
     wait_for_partners,
 )
 
@@ -240,7 +241,7 @@ class SecureFit(Strategy):
                            seen: list[str]) -> tuple[str, dict[str, str], str]:
         """(partner name, info, why its contribution must not be used or '')."""
         metrics, info = _split_metrics(dict(fitres.metrics))
-        name = info.get(PARTNER) or f"node-{proxy.node_id}"
+        name = info.get(PARTNER) or unnamed(proxy.node_id)
         record.privacy[name] = _privacy_figures(metrics)
         problem = check_train_metrics(metrics)
         if not problem and float(metrics[NUM_EXAMPLES]) != float(fitres.num_examples):
@@ -297,7 +298,7 @@ class SecureFit(Strategy):
         for failure in failures:
             if isinstance(failure, tuple):
                 proxy, fitres = failure
-                record.failed[f"node-{proxy.node_id}"] = error_summary(fitres.status.message)
+                record.failed[unnamed(proxy.node_id)] = error_summary(fitres.status.message)
                 continue
             error = failure.args[0] if failure.args else failure
             if id(error) in seen:  # Flower lists a failed reply of the collect stage twice
@@ -324,7 +325,7 @@ class SecureFit(Strategy):
         self._note_failures(record, list(state.failures))
         for proxy, fitres in state.legacy_results:
             metrics, info = _split_metrics(dict(fitres.metrics))
-            name = info.get(PARTNER) or f"node-{proxy.node_id}"
+            name = info.get(PARTNER) or unnamed(proxy.node_id)
             record.privacy[name] = _privacy_figures(metrics)
             record.rejected[name] = "update never unmasked: secure aggregation halted"
         raise TooFewPartners(

@@ -63,6 +63,7 @@ class RoundRecord:
 
 
 LAST_REASON = "last_reason"
+UNNAMED_NODE = "node-"
 
 
 def partner_outcomes(history: list[RoundRecord]) -> dict[str, dict[str, int | str]]:
@@ -82,12 +83,20 @@ def partner_outcomes(history: list[RoundRecord]) -> dict[str, dict[str, int | st
     return outcomes
 
 
+def unnamed(node_id: int) -> str:
+    """How history names a node that never told the coordinator its partner's name."""
+    return f"{UNNAMED_NODE}{node_id}"
+
+
 def never_contributed(outcomes: dict[str, dict[str, int | str]]) -> str:
-    """Why the run is incomplete ('' if every partner that took part contributed at least one
-    accepted update): each such partner by name, how often it failed, refused or was rejected,
-    and its last reason."""
+    """Why the run is incomplete ('' if every named partner that took part contributed at least
+    one accepted update): each such partner, how often it failed, refused or was rejected, and
+    its last reason. A node that never named itself (down before its first reply, e.g. a
+    SuperNode killed and restarted under a new node id) is listed in `partner_outcomes` but does
+    not make the run incomplete: it may be a partner that contributed under its new id."""
     accepted, *others = PARTNER_OUTCOMES
-    missing = {name: o for name, o in outcomes.items() if not o[accepted]}
+    missing = {name: o for name, o in outcomes.items()
+               if not o[accepted] and not name.startswith(UNNAMED_NODE)}
     return "; ".join(
         f"{name} never contributed ("
         + ", ".join(f"{kind} {o[kind]}" for kind in reversed(others))
@@ -112,7 +121,7 @@ def _ledger_hash(msg: Message) -> str:
 def _partner_name(msg: Message) -> str:
     info = msg.content.config_records.get(INFO)
     name = info.get(PARTNER) if info is not None else None
-    return str(name) if name else f"node-{msg.metadata.src_node_id}"
+    return str(name) if name else unnamed(msg.metadata.src_node_id)
 
 
 def check_train_metrics(metrics: Mapping[str, Any]) -> str:
@@ -261,7 +270,7 @@ class ValidatingFedAvg(FedAvg):
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
         node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         named = _PARTNER_FAILURE.search(str(reply.error.reason)) if reply.has_error() else None
-        return self.node_names.get(node) or (named.group("name") if named else f"node-{node}")
+        return self.node_names.get(node) or (named.group("name") if named else unnamed(node))
 
     def record_for(self, server_round: int) -> RoundRecord:
         """The record of `server_round`, this round's or an earlier one (created on first use)."""

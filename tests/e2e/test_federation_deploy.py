@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from common.config import PartnerConfig, RunConfig
+from common.outputs import RECEIPTS_FILE
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
 from common.privacy.ledger import read_lines
 from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line
@@ -177,7 +178,10 @@ def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
 
 def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.Popen, Path]:
     """Start the federation and the run; SIGKILL the bank's SuperNode (and its ClientApp)
-    once its ledger holds a round. Returns the `flwr run` process and the bank's ledger."""
+    once the coordinator has accepted its first update (its reply has fully arrived, so the kill
+    does not cut an upload short: Flower would then wait minutes for the half-pushed objects to
+    expire, instead of one missed heartbeat). Returns the `flwr run` process and the bank's
+    ledger."""
     fed.prepare()
     fed.start_superlink()
     for partner in fed.options.partners:
@@ -186,8 +190,9 @@ def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.P
     fed.wait_online(3)
     run = fed.start_run()
     bank_ledger = fed.ledger_paths()[2]
-    fed._wait("bank's first round", lambda: bank_ledger.exists() and any(
-        e["event"] == "train" for _, e in read_lines(bank_ledger)[0]), 300,
+    receipts = fed.run_dir / RECEIPTS_FILE
+    fed._wait("bank's first accepted round", lambda: receipts.exists() and any(
+        e["partner"] == "bank" for _, e in read_lines(receipts)[0]), 300,
         watch=["superlink", "bank"])
     fed.kill("bank", signal.SIGKILL)
     return run, bank_ledger

@@ -59,7 +59,8 @@ def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypat
     for kind, described in seen:
         assert described["other"] == set()
         assert described["configs"] == ["info"]
-        assert described["config_keys"] == {"partner", "refusal-reason", "ledger-entry-sha256"}
+        assert described["config_keys"] == {"partner", "refusal-reason", "ledger-entry-sha256",
+                                            "feature-layout-sha256"}
         assert described["metrics"] == ["metrics"]
         allowed = ({*TRAIN_METRIC_KEYS, *FOLDED_EVALUATE_METRIC_KEYS} if kind == "train"
                    else set(EVALUATE_METRIC_KEYS))
@@ -179,7 +180,11 @@ def test_nan_and_wrong_shape_updates_are_rejected_in_a_simulation(tmp_path: Path
     run_simulation(build_server_app(config), _malicious_client_app(config), num_supernodes=3,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     history = json.loads((tmp_path / "fed" / "history.json").read_text())
-    assert history["status"] == "completed"
+    # Two partners never had an update accepted: the run says so, by name, instead of success.
+    assert history["status"] == "incomplete"
+    assert history["message"].startswith("ecommerce never contributed (failed 0, rejected 2")
+    assert "lender never contributed (failed 0, rejected 2" in history["message"]
+    assert history["partners"]["bank"]["accepted"] == 2
     for record in history["rounds"]:
         assert record["accepted"] == ["bank"]
         assert "NaN or Inf" in record["rejected"]["lender"]

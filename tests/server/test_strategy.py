@@ -25,6 +25,7 @@ from common.protocol import (
 )
 from server.app import run_federation
 from server.strategy import (
+    RoundRecord,
     ValidatingFedAvg,
     check_train_metrics,
     check_train_reply,
@@ -400,3 +401,13 @@ def test_a_secure_contribution_with_another_layout_discards_the_aggregate(weight
     results[0][1].metrics["feature-layout-sha256"] = layout.sha256
     fit.aggregate_fit(2, results, [])
     assert sorted(fedavg.history[-1].accepted) == sorted(PARTNERS)
+
+
+def test_a_node_that_never_named_itself_does_not_make_the_run_incomplete() -> None:
+    """A SuperNode killed before its first reply and restarted under a new node id: the old id
+    failed and is listed, but it may be a partner that contributed under its new id."""
+    history = [RoundRecord(round=1, accepted=["lender"], failed={"node-42": "Node Unavailable"}),
+               RoundRecord(round=2, accepted=["lender", "bank"])]
+    outcomes = partner_outcomes(history)
+    assert outcomes["node-42"]["failed"] == 1
+    assert never_contributed(outcomes) == ""

@@ -78,3 +78,22 @@ def test_shape_mismatch_is_rejected(labels: np.ndarray, scores: np.ndarray) -> N
 def test_accepts_lists_and_float_labels() -> None:
     metrics = credit_metrics([0.0, 1.0], [0.2, 0.7])  # type: ignore[arg-type]
     assert metrics["auc"] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_metrics_equal_scikit_learns_definitions(seed: int) -> None:
+    """The numpy implementation against sklearn's, ties included (scores rounded to 2 digits)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 400))
+    labels = (rng.random(n) < rng.uniform(0.05, 0.6)).astype(float)
+    labels[:2] = [0.0, 1.0]
+    scores = np.round(np.clip(labels * rng.uniform(0, 0.5) + rng.random(n) * 0.7, 0, 1),
+                      int(rng.integers(1, 4)))
+    metrics = credit_metrics(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics["ks"] == pytest.approx(float(np.max(tpr - fpr)), abs=1e-12)
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert metrics["brier"] == pytest.approx(float(np.mean((scores - labels) ** 2)), abs=1e-15)

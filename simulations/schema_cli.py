@@ -58,3 +58,43 @@ def check(
         raise _fail(f"the encoded feature layout of {schema} differs from the run's schema "
                     f"{against} (this vs the run's):\n  " + "\n  ".join(differences))
     typer.echo(f"layout identical to the run's schema {against}")
+
+
+@schema_app.command("draft")
+def draft(
+    data: Annotated[Path, typer.Argument(help="The CSV to draft a schema for.",
+                                         show_default=False)],
+    label: Annotated[str, typer.Option(help="The outcome column (0/1 target).",
+                                       show_default=False)],
+    bad_value: Annotated[str | None, typer.Option(
+        help="The label value that means 'bad' (default: the rarer one).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write the draft here (refuses an existing file); default: print it.")] = None,
+    name: Annotated[str, typer.Option(help="The data set's name in the schema.")] = "my_data",
+) -> None:
+    """Draft a schema for DATA to review: column types and missing-value handling decided,
+    every bound and category read from the data marked LEARNED (replace them before deploying:
+    a schema is shared, and values learned from private rows leak them)."""
+    from common.data.draft import draft_schema
+    from common.data.schema import encode_table, load_schema, read_csv
+    from common.errors import FedcreditError
+
+    if out is not None and out.exists():
+        raise _fail(f"--out {out} exists; refusing to overwrite it (choose another path)")
+    try:
+        table = read_csv(data)
+        drafted = draft_schema(table, label=label, bad_value=bad_value, name=name)
+    except FedcreditError as exc:
+        raise _fail(str(exc)) from None
+    if out is None:
+        typer.echo(drafted.toml, nl=False)
+    else:
+        try:
+            out.write_text(drafted.toml, encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        encode_table(table, load_schema(out))  # the draft must describe the file it came from
+        typer.echo(f"draft schema written to {out}")
+    typer.echo(f"WARNING: {len(drafted.learned)} value(s) were learned from the data and are "
+               f"marked LEARNED in the draft; replace each before deploying:\n  "
+               + "\n  ".join(drafted.learned), err=True)

@@ -264,17 +264,37 @@ def _check_protocol(configs: ConfigRecord, run: RunConfig) -> None:
         raise ValueError(f"SecAgg+ setup announces {announced}, the run config says {expected}")
 
 
+def _local_verdict(partner: PartnerConfig, run: RunConfig, weights: dict,
+                   data: PartnerData, run_id: str) -> None:
+    """Write the partner's own verdict at the last round's evaluation (`local-report-path`);
+    a failure is logged here and changes nothing in the reply."""
+    from common.partner import write_local_verdict
+
+    try:
+        paths = write_local_verdict(partner, run, weights, data, run_id)
+        log.info("partner %s wrote its local verdict to %s", partner.partner, paths[1])
+    except Exception:  # noqa: BLE001 - the local report must never break or leak into the reply
+        log.exception("partner %s could not write its local verdict", partner.partner)
+
+
 @_guarded
 def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> Message:
     """Evaluate the global model on the partner's own test split (unless its node config says
     `allow-evaluate=false`: released metrics are not covered by its DP guarantee)."""
     run, partner = read_config(context, overrides or {})
-    if not partner.allow_evaluate:
+    if not partner.allow_evaluate and not partner.local_report_path:
         raise ValueError("this partner does not release evaluation metrics")
     from common.partner import check_layout, evaluate_round, load_data
 
-    layout, refusal = check_layout(partner, run, dict(msg.content.get(CONFIG, ConfigRecord())))
-    metrics = {} if refusal else evaluate_round(run, _weights(msg), load_data(partner, run))
+    requested = dict(msg.content.get(CONFIG, ConfigRecord()))
+    layout, refusal = check_layout(partner, run, requested)
+    data = None if refusal else load_data(partner, run)
+    if data is not None and partner.local_report_path and (
+            requested.get(SERVER_ROUND) == run.num_server_rounds):
+        _local_verdict(partner, run, _weights(msg), data, str(context.run_id))
+    if not partner.allow_evaluate:
+        raise ValueError("this partner does not release evaluation metrics")
+    metrics = {} if data is None else evaluate_round(run, _weights(msg), data)
     return Message(content=RecordDict({
         METRICS: MetricRecord(metrics),
         INFO: ConfigRecord({PARTNER: partner.partner, REFUSAL_REASON: refusal,

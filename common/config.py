@@ -269,8 +269,8 @@ class PartnerConfig:
 
     In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path`, `ledger-path`,
     `signing-key`, `odometer-path` and `lifetime-epsilon` (optionally `count-epsilon-share`,
-    `test-fraction`, `allow-evaluate`) are node config keys the partner's SuperNode sets; the
-    coordinator's run config cannot change any of them. In
+    `test-fraction`, `allow-evaluate`, `local-report-path`) are node config keys the partner's
+    SuperNode sets; the coordinator's run config cannot change any of them. In
     simulation the partner is taken from `partition-id` via the scenario, its budget from the
     `sim-*` run config keys, and its ledger from `sim-ledger-dir` / `sim-keys-dir`.
     """
@@ -288,6 +288,7 @@ class PartnerConfig:
     odometer_path: str = ""
     lifetime_epsilon: float | None = None
     test_fraction: float | None = None
+    local_report_path: str = ""
 
     @property
     def deployed(self) -> bool:
@@ -336,7 +337,8 @@ class PartnerConfig:
                    ledger_path=str(node["ledger-path"]), signing_key=str(node["signing-key"]),
                    count_epsilon_share=share, odometer_path=str(node.get("odometer-path", "")),
                    lifetime_epsilon=lifetime, test_fraction=test_fraction,
-                   allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false")
+                   allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false",
+                   local_report_path=str(node.get("local-report-path", "")).strip())
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:

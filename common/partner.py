@@ -9,7 +9,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from common.data.schema import load_schema
 from common.data.tables import PartnerData, bundled_path, load_partner_csv
 from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
-from common.learning.training import TrainSettings, evaluate, train
+from common.learning.training import TrainSettings, evaluate, predict, train
+from common.learning.verdict import partner_verdict, write_local_report
 from common.privacy.accounting import SubsampledGaussianEvent, within_budget
 from common.privacy.budget import (
     COUNT_SENSITIVITY,
@@ -458,6 +459,25 @@ def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
         if key in EVALUATE_METRIC_KEYS and math.isfinite(value):
             metrics[key] = value
     return metrics
+
+
+def write_local_verdict(partner: PartnerConfig, run: RunConfig,
+                        global_weights: dict[str, np.ndarray], data: PartnerData,
+                        run_id: str) -> tuple[Path, Path]:
+    """Did joining pay off, for this partner alone: the global model against a non-private
+    model of the same family trained on its own training rows only, on its own test rows,
+    written under its `local-report-path`. Nothing is released, so no privacy is spent."""
+    local = build_model(data.train.features.shape[1], run.hidden, run.seed)
+    train(local, data.train, replace(train_settings(run, {}),
+                                     epochs=run.local_epochs * run.num_server_rounds),
+          seed=run.seed)
+    federated = build_model(data.test.features.shape[1], run.hidden, run.seed)
+    set_weights(federated, global_weights)
+    verdict = partner_verdict(data.test.labels, {
+        "local_only": predict(local, data.test.features),
+        "federated_dp": predict(federated, data.test.features)}, seed=run.seed)
+    return write_local_report(partner.local_report_path, partner.partner, verdict,
+                              partner.epsilon, run_id)
 
 
 def round_seed(seed: int, partner: PartnerConfig, server_round: int) -> int:

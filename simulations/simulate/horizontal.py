@@ -30,6 +30,7 @@ from common.learning.metrics import credit_metrics
 from common.learning.model import build_model, set_weights
 from common.learning.personalize import personalize
 from common.learning.training import predict, train
+from common.learning.verdict import BASELINE, verdict_report
 from common.outputs import AUDIT_HTML, HISTORY_FILE, MODEL_FILE, RunLayout, ledger_file
 from common.partner import train_settings
 from common.privacy.audit import COORDINATOR, verify
@@ -189,12 +190,26 @@ def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any
         "partners": {p.partner: {"train_rows": len(p.train), "test_rows": len(p.test),
                                  "train_bad_rate": p.train.bad_rate} for p in partners},
         "results": {name: results[name].metrics(partners) for name in SETTINGS},
+        "verdict": partner_verdicts(run, partners, results),
         "privacy": privacy_summary(run, dp_history),
         "history": {name: results[name].history for name in ("federated_dp", "federated")},
         "personalization": results["federated_dp_personalized"].history,
         "timing": {"wall_seconds": time.perf_counter() - started,
                    **{f"{k}_seconds": v for k, v in timings.items()}},
     }
+
+
+VERDICT_SETTINGS = (BASELINE, "federated_dp", "federated_dp_personalized")
+
+
+def partner_verdicts(run: RunConfig, partners: list[PartnerData],
+                     results: dict[str, SettingResult]) -> dict[str, Any]:
+    """Did joining pay off? Per partner, a paired bootstrap over its own test rows of the AUC of
+    the federated+DP and personalised models minus its local-only model's (report.json
+    `verdict`)."""
+    return verdict_report({p.partner: (p.test.labels, {name: results[name].scores[p.partner]
+                                                       for name in VERDICT_SETTINGS})
+                           for p in partners}, seed=run.seed)
 
 
 def audit_run(layout: RunLayout, partners: list[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from common.learning.verdict import COST, NO_CLEAR, PAID_OFF, verdict_sentence  # noqa: E402
 from common.outputs import (  # noqa: E402
     AUC_PLOT,
     EPSILON_PLOT,
@@ -143,6 +144,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *[f"**Warning: {name} ended before its last round:** {h['message']}\n"
           for name, h in report["history"].items() if h and h["status"] != "completed"],
+        *verdict_lines(report),
         "## Pooled test metrics (all partners' test splits)",
         "",
         "| setting | AUC | KS | Gini | Brier | PR-AUC |",
@@ -199,6 +201,31 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{format_number(f['epsilon_pld_recomputed'])} |")
         lines += [f"- {finding}" for finding in audit["findings"]] + [""]
     return "\n".join(lines)
+
+
+def _budget(report: dict[str, Any], partner: str) -> float | None:
+    """The partner's own ε budget (partners may differ), else the run's."""
+    return (report.get("privacy") or {}).get(partner, {}).get("epsilon_budget") or report.get(
+        "epsilon")
+
+
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """The "Did joining pay off?" section: one sentence per partner from report.json `verdict`
+    (none for a report without one)."""
+    verdict = report.get("verdict")
+    if not verdict:
+        return []
+    return [
+        "## Did joining pay off?", "",
+        *[f"- {verdict_sentence(p, v, _budget(report, p), verdict['level'])}"
+          for p, v in verdict["partners"].items()],
+        "", f"Each partner's models scored the same test rows of that partner; the interval is a "
+        f"{verdict['resamples']}-resample {verdict['method']}. \"{PAID_OFF}\": the whole "
+        f"interval lies above 0; \"{COST}\": below 0; \"{NO_CLEAR}\": it contains 0. It covers "
+        f"which rows happened to be in the test split, not training randomness: run several seeds "
+        f"(a sweep) for that spread. The personalised model spends no privacy beyond the "
+        f"federation's ε.", "",
+    ]
 
 
 def render_vertical_markdown(report: dict[str, Any]) -> str:

@@ -407,3 +407,32 @@ def test_a_deployed_partner_refuses_an_instruction_that_announces_no_layout(
     matching = _train(run, node_context(node, run), 1).content["info"]
     assert matching["refusal-reason"] == ""
     assert matching["feature-layout-sha256"] == _run_layout()["feature-layout-sha256"]
+
+
+def test_deployed_partner_writes_its_own_verdict_locally_and_releases_nothing_more(
+        tmp_path: Path) -> None:
+    """Issue 13 section 2: at the last round's evaluation, a partner with `local-report-path`
+    compares the global model with a local-only model on its own test rows, on its machine."""
+    run = RunConfig(num_server_rounds=2)
+    folder = tmp_path / "verdict"
+    node = {**_ledger_node(tmp_path), "local-report-path": str(folder)}
+
+    def evaluation(node_config: dict, server_round: int) -> dict:
+        request = evaluate_message(initial_weights(run))
+        request.content["config"] = ConfigRecord({**_run_layout(), "server-round": server_round})
+        reply = build_client_app(run.to_flower())(request, node_context(node_config, run)).content
+        return {key: dict(record) for key, record in reply.items()}
+
+    assert evaluation(node, 1) and not folder.exists()  # only the last round's evaluation
+    with_report = evaluation(node, 2)
+    assert with_report == evaluation(_ledger_node(tmp_path), 2)  # the reply is unchanged
+    saved = json.loads((folder / "verdict-1.json").read_text())
+    assert saved["partner"] == "bank" and saved["epsilon_budget"] == 3.0
+    assert saved["test_rows"] == with_report["metrics"]["num-examples"]
+    d = saved["differences"]["federated_dp"]
+    assert d["low"] <= d["difference"] <= d["high"]
+    assert d["verdict"] in ("paid off", "cost", "no clear difference")
+    assert saved["auc"]["federated_dp"] == pytest.approx(with_report["metrics"]["auc"])
+    said = (folder / "verdict-1.md").read_text()
+    assert f"bank: joining the federation under ε=3 changed AUC on its own {saved['test_rows']}" \
+        in said and d["verdict"] in said

@@ -30,6 +30,7 @@ from simulations.simulate.terminal import (
     show_summary,
     show_vertical_summary,
 )
+from simulations.sweep_cli import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedcredit: federated credit-risk modelling with partner-owned DP budgets.")
@@ -219,6 +220,7 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 app.add_typer(audit_app, name="audit")
 app.add_typer(schema_app, name="schema")
+app.command("sweep")(sweep)
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for ledgers and receipts.")
 app.add_typer(keys_app, name="keys")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.scenarios import PARTIES, SCENARIOS, SPLITS, VERTICAL_SCENARIO
+from common.data.spec import load_spec
 from common.outputs import ledger_file
 from common.privacy.accounting import check_budget
 from common.privacy.budget import COUNT_EPSILON_SHARE
@@ -60,6 +61,7 @@ class RunConfig:
     scenario: str = "credit_data"
     split: str = "natural"
     dirichlet_alpha: float = 0.5
+    data_spec: str = ""
     out_dir: str = "runs/latest"
     schema_path: str = ""
     sim_dp: bool = True
@@ -95,8 +97,15 @@ class RunConfig:
 
     @property
     def partners(self) -> list[str]:
-        """The partners of the run's scenario, in partition-id order."""
+        """The partners of the run's data spec or scenario, in partition-id order."""
+        if self.data_spec and not self.vertical:
+            return load_spec(self.data_spec).partner_names
         return list(PARTIES) if self.vertical else SCENARIOS[self.scenario].partners
+
+    @property
+    def partners_source(self) -> str:
+        """Where the partners come from, for error messages."""
+        return f"data spec {self.data_spec}" if self.data_spec else f"scenario {self.scenario!r}"
 
     @property
     def score_ids(self) -> list[str]:
@@ -166,6 +175,10 @@ class RunConfig:
             (1 <= self.secagg_max_weight < math.inf, "secagg-max-weight",
              "must be a finite number >= 1"),
         ]
+        checks += [(not self.data_spec or self.split == "natural", "split",
+                    "must be 'natural' with data-spec (the spec says who holds which rows)"),
+                   (not self.data_spec or self.mode == "horizontal", "mode",
+                    "must be 'horizontal' with data-spec")]
         for ok, key, rule in checks:
             if not ok:
                 value = getattr(self, key.replace("-", "_"))
@@ -183,11 +196,14 @@ class RunConfig:
             check_budget(self.sim_epsilon, self.sim_delta, source="run config",
                          keys=("sim-epsilon", "sim-delta"))
             _check_finite(self.sim_epsilon, "sim-epsilon")
-        partners = self.partners
+        try:
+            partners = self.partners
+        except ValueError as exc:
+            raise type(exc)(f"{exc} (run config key 'data-spec')") from None
         for name, (eps, delta) in parse_budgets(self.sim_budgets, self.sim_delta).items():
             if name not in partners:
                 raise ValueError(f"sim-budgets names unknown partner {name!r}; partners of "
-                                 f"scenario {self.scenario!r} are {partners} "
+                                 f"{self.partners_source} are {partners} "
                                  f"(run config key 'sim-budgets')")
             check_budget(eps, delta, source="run config",
                          keys=(f"sim-budgets[{name}]", f"sim-budgets[{name}]"))
@@ -351,8 +367,8 @@ class PartnerConfig:
         partition_id = int(node[NODE_PARTITION])
         partners = run.partners
         if not 0 <= partition_id < len(partners):
-            raise ValueError(f"partition-id {partition_id} out of range: scenario "
-                             f"{run.scenario!r} has {len(partners)} partners")
+            raise ValueError(f"partition-id {partition_id} out of range: {run.partners_source} "
+                             f"has {len(partners)} partners")
         name = partners[partition_id]
         if not run.sim_dp:
             return cls(partner=name, epsilon=None, delta=None, partition_id=partition_id)

@@ -19,6 +19,7 @@ from common.config import PartnerConfig, RunConfig
 from common.data.layout import refusal as layout_refusal
 from common.data.scenarios import get_scenario, load_scenario_partner
 from common.data.schema import load_schema
+from common.data.spec import load_run_partners, load_spec
 from common.data.tables import PartnerData, bundled_path, load_partner_csv
 from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
@@ -76,6 +77,8 @@ def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
         fraction = partner.test_fraction if partner.test_fraction is not None else run.test_fraction
         return load_partner_csv(partner.partner, partner.data_path, partner.schema_path,
                                 test_fraction=fraction, split_key=key)
+    if run.data_spec:
+        return load_run_partners(run, only=partner.partner)[0]
     return load_scenario_partner(run.scenario, partner.partition_id, split=run.split,
                                  seed=run.seed, alpha=run.dirichlet_alpha,
                                  test_fraction=run.test_fraction)
@@ -88,6 +91,7 @@ def check_layout(partner: PartnerConfig, run: RunConfig,
     layout identical to its own schema's (a deployed partner also refuses one that announces
     none). Reads its schema only: nothing is loaded, released or spent before this check."""
     path = (partner.schema_path if partner.data_path
+            else load_spec(run.data_spec).schema if run.data_spec
             else bundled_path(get_scenario(run.scenario).dataset)[1])
     own = load_schema(path).layout()
     reason = layout_refusal(own, dict(requested), required=partner.deployed)

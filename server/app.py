@@ -15,8 +15,9 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from common.data.scenarios import get_scenario, load_scenario
+from common.data.scenarios import get_scenario
 from common.data.schema import load_schema
+from common.data.spec import load_run_partners, load_spec
 from common.data.tables import Split, bundled_path
 from common.errors import TooFewPartners
 from common.learning.model import build_model, set_weights
@@ -41,8 +42,7 @@ log = logging.getLogger(__name__)
 
 def pooled_test_split(run: RunConfig) -> Split:
     """All partners' test splits pooled (simulation only: a real coordinator has no data)."""
-    partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
-                             alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
+    partners = load_run_partners(run)
     return Split(np.concatenate([p.test.features for p in partners]),
                  np.concatenate([p.test.labels for p in partners]))
 
@@ -52,7 +52,9 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
     """Run `num-server-rounds` rounds, then save the model, its metadata and the history."""
     started = time.perf_counter()
     torch.set_num_threads(1)
-    schema = load_schema(run.schema_path or bundled_path(get_scenario(run.scenario).dataset)[1])
+    schema = load_schema(run.schema_path or (
+        load_spec(run.data_spec).schema if run.data_spec
+        else bundled_path(get_scenario(run.scenario).dataset)[1]))
     model = build_model(schema.num_features, run.hidden, run.seed)
     out_dir = Path(run.out_dir)
 

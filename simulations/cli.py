@@ -43,13 +43,13 @@ def _commands() -> None:
 
 def build_run_config(*, scenario: str, epsilon: float, delta: float, rounds: int, seed: int,
                      out: Path, split: str, alpha: float, budgets: str, check: bool = True,
-                     **overrides: object) -> RunConfig:
+                     data_spec: str = "", **overrides: object) -> RunConfig:
     """Validate CLI options into a RunConfig before anything trains, and (`check`) that every
     simulated partner can carry out its plan; errors name the option and the config key."""
     try:
         run = RunConfig(scenario=scenario, sim_epsilon=epsilon, sim_delta=delta,
                         num_server_rounds=rounds, seed=seed, out_dir=str(out), split=split,
-                        dirichlet_alpha=alpha, sim_budgets=budgets)
+                        dirichlet_alpha=alpha, sim_budgets=budgets, data_spec=data_spec)
         run = replace(run, **{k: v for k, v in overrides.items() if v is not None})
         if check:
             from simulations.simulate.plan import check_plan
@@ -66,9 +66,8 @@ CLI_OPTIONS = {"sim-epsilon": "--epsilon", "sim-delta": "--delta", "num-server-r
                "scenario": "--scenario", "sim-budgets": "--budget", "split": "--split",
                "dirichlet-alpha": "--alpha", "local-epochs": "--local-epochs",
                "batch-size": "--batch-size", "learning-rate": "--learning-rate",
-               "hidden-layers": "--hidden-layers", "seed": "--seed", "out-dir": "--out"}
-ScenarioOpt = Annotated[str, typer.Option(
-    help="Bundled scenario: credit_data, lending_club, or credit_data_vertical.")]
+               "hidden-layers": "--hidden-layers", "seed": "--seed", "out-dir": "--out",
+               "data-spec": "--spec/--data"}
 BenchScenarioOpt = Annotated[str, typer.Option(
     "--scenario", help="Bundled horizontal scenario: credit_data or lending_club.")]
 EpsilonOpt = Annotated[float, typer.Option(help="Privacy budget epsilon of every partner.")]
@@ -79,11 +78,23 @@ SplitOpt = Annotated[str, typer.Option(help="Partner split: natural, iid or diri
 AlphaOpt = Annotated[float, typer.Option(help="Dirichlet concentration for --split dirichlet.")]
 BudgetOpt = Annotated[str, typer.Option(
     "--budget", help="Per-partner budgets overriding --epsilon, e.g. 'bank=1,lender=3:1e-6'.")]
+ScenarioOpt = Annotated[str | None, typer.Option(
+    help="Bundled scenario: credit_data (default), lending_club, or credit_data_vertical.")]
+DataOpt = Annotated[list[str] | None, typer.Option(
+    "--data", help="Your own data instead of --scenario: NAME=CSV once per partner, or one CSV "
+                   "with --partner-column.")]
+PartnerColumnOpt = Annotated[str, typer.Option(
+    "--partner-column", help="With one --data CSV: the column naming each row's partner.")]
+SchemaOpt = Annotated[Path | None, typer.Option(
+    "--schema", help="With --data: the schema TOML of the CSVs (`fedcredit schema draft`).")]
+SpecOpt = Annotated[Path | None, typer.Option(
+    "--spec", help="Your own data instead of --scenario: a data spec TOML (partners' CSVs, "
+                   "schema, budgets; see the README).")]
 
 
 @app.command()
 def simulate(
-    scenario: ScenarioOpt = "credit_data",
+    scenario: ScenarioOpt = None,
     epsilon: EpsilonOpt = 3.0,
     delta: DeltaOpt = 1e-5,
     rounds: RoundsOpt = 20,
@@ -104,12 +115,22 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier fedcredit run in --out: only the files its manifest lists "
              "(fedcredit-run.json); never a file fedcredit did not write.")] = False,
+    data: DataOpt = None,
+    partner_column: PartnerColumnOpt = "",
+    schema: SchemaOpt = None,
+    spec: SpecOpt = None,
 ) -> None:
     """Simulate lender, e-commerce and bank: federated+DP vs federated, local-only, centralized.
 
     With --scenario credit_data_vertical: the same customers seen from three sides (vertical
-    mode), every party combination with and without DP. Ctrl-C stops the run within seconds
-    (exit 130) and marks --out interrupted."""
+    mode), every party combination with and without DP. With --spec or --data/--schema: your
+    own CSVs, one partner each (or one CSV and --partner-column). Ctrl-C stops the run within
+    seconds (exit 130) and marks --out interrupted."""
+    from simulations.simulate.own_data import resolve_spec
+
+    data_spec = resolve_spec(scenario, data=data or [], partner_column=partner_column,
+                             schema=schema, spec=spec, split=split, alpha=alpha, seed=seed)
+    scenario = scenario or "credit_data"
     if scenario == "credit_data_vertical":
         unused = [option for option, value, default in (
             ("--rounds", rounds, 20), ("--split", split, "natural"), ("--alpha", alpha, 0.5),
@@ -124,12 +145,18 @@ def simulate(
         simulate_vertical_cli(out=out, epsilon=epsilon, delta=delta, seed=seed,
                               overwrite=overwrite, verbose=verbose)
         return
-    run = build_run_config(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds,
-                           seed=seed, out=out, split=split, alpha=alpha, budgets=budgets,
-                           local_epochs=local_epochs, batch_size=batch_size,
-                           learning_rate=learning_rate, hidden_layers=hidden_layers,
-                           secure_aggregation=secure_aggregation or None)
-    prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo
+    options = dict(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds, seed=seed,
+                   out=out, split=split, alpha=alpha, budgets=budgets, local_epochs=local_epochs,
+                   batch_size=batch_size, learning_rate=learning_rate,
+                   hidden_layers=hidden_layers, secure_aggregation=secure_aggregation or None)
+    if data_spec is None:
+        run = build_run_config(**options)
+        prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo
+    else:
+        from simulations.simulate.own_data import spec_run_config
+
+        run = spec_run_config(data_spec, out, budgets, lambda **extra: build_run_config(
+            **{**options, **extra}), lambda: prepare_out_dir(out, overwrite))
     displays: list[Progress] = []
     report = guard_run(out, lambda: run_horizontal(run, out, verbose, displays),
                        lambda: [display.stop() for display in displays])
@@ -161,9 +188,10 @@ def run_horizontal(run: RunConfig, out: Path, verbose: bool, displays: list[Prog
             progress.update(tasks[label], completed=done, total=total)
 
         body = run_all(run, advance)
+    own = {"scenario": "own data", "split": "partner", "data_spec": run.data_spec}
     report = {"scenario": run.scenario, "split": run.split, "seed": run.seed,
               "epsilon": run.sim_epsilon, "delta": run.sim_delta,
-              "rounds": run.num_server_rounds, **body}
+              "rounds": run.num_server_rounds, **(own if run.data_spec else {}), **body}
     report["timing"]["wall_seconds"] = time.perf_counter() - started
     write_report(out, report)
     finish_run_dir(out, "completed", "; ".join(

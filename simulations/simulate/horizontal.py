@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common.config import RunConfig
-from common.data.scenarios import load_scenario
+from common.data.spec import load_run_partners
 from common.data.tables import PartnerData, Split
 from common.errors import SimulationFailed
 from common.learning.metrics import credit_metrics
@@ -154,8 +154,7 @@ def check_trained(label: str, history: dict[str, Any] | None) -> None:
 def run_all(run: RunConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Every setting on one scenario; returns metrics, privacy and timing (report.json body)."""
     started = time.perf_counter()
-    partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
-                             alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
+    partners = load_run_partners(run)
     layout = RunLayout(Path(run.out_dir))
     configs = federation_runs(run, layout)
     timings: dict[str, float] = {}

@@ -10,7 +10,7 @@ plan that cannot work is refused with a message naming the key.
 from __future__ import annotations
 
 from common.config import PartnerConfig, RunConfig, parse_budgets
-from common.data.scenarios import load_scenario
+from common.data.spec import load_run_partners
 from common.learning.steps import num_steps, steps_per_epoch
 from common.partner import round_seed
 from common.privacy.budget import calibrate_plan
@@ -33,8 +33,7 @@ def check_plan(run: RunConfig) -> None:
     """Raise ValueError, naming the run config key, when a partner of `run`'s scenario could not
     carry out its plan: more than `MAX_PLANNED_STEPS` steps, or a budget its calibration cannot
     reach (the noisy count or DP-SGD would need more noise than any σ the accountant allows)."""
-    partners = load_scenario(run.scenario, split=run.split, seed=run.seed,
-                             alpha=run.dirichlet_alpha, test_fraction=run.test_fraction)
+    partners = load_run_partners(run)
     budgets = parse_budgets(run.sim_budgets, run.sim_delta)
     for k, data in enumerate(partners):
         rows = len(data.train)

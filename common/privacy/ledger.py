@@ -136,6 +136,35 @@ def read_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[Findi
     return entries, findings
 
 
+def signed_link_problems(entry: dict[str, Any], keys: dict[str, tuple[str, Ed25519PublicKey]],
+                         wanted_signer: str | None, position: int,
+                         previous_hash: str) -> list[tuple[str, str]]:
+    """The checks every signed, chained log shares, as (code, message): a known key (named
+    `wanted_signer` when given) whose signature verifies, the link to the previous entry, and
+    `seq` equal to the entry's position."""
+    problems: list[tuple[str, str]] = []
+    signer = keys.get(entry["key_fingerprint"])
+    if signer is None:
+        problems.append(("unknown-key", f"signed by unknown key {entry['key_fingerprint']}"))
+    else:
+        name, public_key = signer
+        if wanted_signer is not None and name != wanted_signer:
+            problems.append(("foreign-key", f"entry of {entry['partner']!r} is signed with the "
+                                            f"key of {name!r}"))
+        try:
+            verify_entry_signature(entry, public_key)
+        except CryptoError:
+            problems.append(("bad-signature", "signature does not verify: the entry was altered "
+                                              "after signing or signed by another key"))
+    if entry["prev_entry_sha256"] != previous_hash:
+        problems.append(("broken-chain", "prev_entry_sha256 does not match the previous entry: "
+                                         "an entry was removed, reordered, inserted or altered"))
+    if entry["seq"] != position:
+        problems.append(("seq", f"seq {entry['seq']} where {position} was expected (entries "
+                                f"missing, duplicated or reordered)"))
+    return problems
+
+
 def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
               keys: dict[str, tuple[str, Ed25519PublicKey]], *, kind: str,
               expected_signer: str | None = None) -> list[Finding]:
@@ -164,26 +193,9 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
             problem("fields", f"fields of the wrong type: {mistyped}")
             previous_hash = entry_hash(entry)
             continue
-        signer = keys.get(entry["key_fingerprint"])
-        if signer is None:
-            problem("unknown-key", f"signed by unknown key {entry['key_fingerprint']}")
-        else:
-            name, public_key = signer
-            wanted = expected_signer or (entry["partner"] if kind == LEDGER_KIND else None)
-            if wanted is not None and name != wanted:
-                problem("foreign-key", f"entry of {entry['partner']!r} is signed with the key "
-                                       f"of {name!r}")
-            try:
-                verify_entry_signature(entry, public_key)
-            except CryptoError:
-                problem("bad-signature", "signature does not verify: the entry was altered "
-                                         "after signing or signed by another key")
-        if entry["prev_entry_sha256"] != previous_hash:
-            problem("broken-chain", "prev_entry_sha256 does not match the previous entry: an "
-                                    "entry was removed, reordered, inserted or altered")
-        if entry["seq"] != position:
-            problem("seq", f"seq {entry['seq']} where {position} was expected (entries missing, "
-                           f"duplicated or reordered)")
+        wanted = expected_signer or (entry["partner"] if kind == LEDGER_KIND else None)
+        for code, message in signed_link_problems(entry, keys, wanted, position, previous_hash):
+            problem(code, message)
         if run_id is None:
             run_id = entry["run_id"]
         elif entry["run_id"] != run_id:

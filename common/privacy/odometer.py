@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
+from common.errors import LedgerError, LifetimeBudgetExceeded
 from common.privacy.accounting import (
     ACCOUNTANT_NAME,
     CONVERSION,
@@ -45,8 +45,8 @@ from common.privacy.ledger import (
     mechanism_fields,
     read_lines,
     sign_entry,
+    signed_link_problems,
     utc_now,
-    verify_entry_signature,
 )
 
 try:  # POSIX: serialise concurrent writers of one odometer (advisory lock on the file itself)
@@ -114,24 +114,9 @@ def check_odometer(path: Path, entries: list[tuple[int, dict[str, Any]]],
                               f"{missing}, unexpected {extra})")
             previous_hash = entry_hash(entry)
             continue
-        signer = keys.get(entry["key_fingerprint"])
-        if signer is None:
-            problem("unknown-key", f"signed by unknown key {entry['key_fingerprint']}")
-        else:
-            if signer[0] != entry["partner"]:
-                problem("foreign-key", f"entry of {entry['partner']!r} is signed with the key "
-                                       f"of {signer[0]!r}")
-            try:
-                verify_entry_signature(entry, signer[1])
-            except CryptoError:
-                problem("bad-signature", "signature does not verify: the entry was altered "
-                                         "after signing or signed by another key")
-        if entry["prev_entry_sha256"] != previous_hash:
-            problem("broken-chain", "prev_entry_sha256 does not match the previous entry: an "
-                                    "entry was removed, reordered, inserted or altered")
-        if entry["seq"] != position:
-            problem("seq", f"seq {entry['seq']} where {position} was expected (entries missing, "
-                           f"duplicated or reordered)")
+        for code, message in signed_link_problems(entry, keys, entry["partner"], position,
+                                                  previous_hash):
+            problem(code, message)
         first = first or entry
         changed = [k for k in IDENTITY_FIELDS if entry[k] != first[k]]
         if changed:

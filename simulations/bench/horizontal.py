@@ -6,7 +6,6 @@ Figures are measured here and printed; nothing is asserted (speed goals are not 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from common.outputs import COORDINATOR_RUN_DIR, KEYS_DIR, LEDGER_DIR, RECEIPTS_F
 from common.partner import train_settings
 from common.privacy.audit import COORDINATOR
 from common.privacy.budget import calibrate_plan
+from simulations.simulate.interrupt import descendants
 
 _CHILD = """
 import json, sys, time
@@ -44,27 +44,14 @@ json.dump({"round_ends": marks}, open(sys.argv[2], "w"))
 
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of `root` and all its descendants (Ray's workers included), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
+    total = 0
+    for pid in [root, *descendants(root)]:
         try:
             with open(f"/proc/{pid}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+                total += sum(int(line.split()[1]) * 1024 for line in handle
+                             if line.startswith("VmRSS:"))
         except OSError:
-            pass
-        stack.extend(children.get(pid, []))
+            continue
     return total
 
 

@@ -181,6 +181,33 @@ def render_markdown(table: list[dict[str, Any]], spec_line: str, title: str,
     return "\n".join(lines)
 
 
+def verdict_markdown(reports: dict[tuple[float, int], dict[str, Any]]) -> str:
+    """The per-partner verdict across seeds: for each ε and partner, the AUC difference to its
+    local-only model (global and personalised) as mean ± std across seeds, and in how many seeds
+    each cell's own bootstrap interval said "paid off", "no clear difference" or "cost"."""
+    found: dict[tuple[float, str, str], list[dict[str, Any]]] = {}
+    for (epsilon, _), report in sorted(reports.items()):
+        for partner, verdict in report.get("verdict", {}).get("partners", {}).items():
+            for setting, difference in verdict.get("differences", {}).items():
+                found.setdefault((epsilon, partner, setting), []).append(difference)
+    if not found:
+        return ""
+    words = ("paid off", "no clear difference", "cost")
+    lines = ["## Did joining pay off? (per partner, across seeds)", "",
+             "AUC of each federated+DP model (global, personalised) minus the partner's "
+             "local-only model on its own test rows: mean ± std across seeds, and how many "
+             "seeds' 95% bootstrap intervals said "
+             + " / ".join(f"'{w}'" for w in words) + ".", "",
+             "| ε | partner | setting | AUC difference | " + " / ".join(words) + " |",
+             "|---|---|---|---|---|"]
+    for (epsilon, partner, setting), differences in found.items():
+        spread = stat(d["difference"] for d in differences)
+        counts = " / ".join(str(sum(d["verdict"] == w for d in differences)) for w in words)
+        lines.append(f"| {epsilon:g} | {partner} | {DP_SETTINGS.get(setting, setting)} | "
+                     f"{spread.mean:+.4f} ± {spread.std:.4f} | {counts} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(path: Path, table: list[dict[str, Any]], title: str) -> None:
     """sweep.png: pooled AUC (left) and KS (right) against ε (log scale), DP global and
     personalised as mean ± std error bars, the non-private settings as lines and ±std bands."""
@@ -225,7 +252,7 @@ def write_outputs(out: Path, reports: dict[tuple[float, int], dict[str, Any]], s
     """sweep.csv, sweep.md and sweep.png in `out` from the finished cells' reports."""
     table = rows(reports, out)
     write_csv(out / SWEEP_CSV, table)
-    (out / SWEEP_MD).write_text(render_markdown(table, spec_line, title, failed),
-                                encoding="utf-8")
+    markdown = render_markdown(table, spec_line, title, failed)
+    (out / SWEEP_MD).write_text(markdown + verdict_markdown(reports), encoding="utf-8")
     plot(out / SWEEP_PNG, table, title)
     return [out / SWEEP_CSV, out / SWEEP_MD, out / SWEEP_PNG]

@@ -242,3 +242,20 @@ def test_a_completed_cell_of_another_spec_or_a_foreign_folder_is_refused(
 def test_stat_of_one_value_has_no_spread() -> None:
     assert stat([0.5]).text() == "0.5000"
     assert stat([0.5, 0.7]).text() == "0.6000 ± 0.1414"
+
+
+def test_the_verdict_is_summarised_across_seeds() -> None:
+    """Each cell's per-partner verdict (AUC difference to local-only, bootstrap word) becomes a
+    mean ± std across seeds and a count of words per ε and partner."""
+    from simulations.sweep_report import verdict_markdown
+
+    def report(difference: float, word: str) -> dict:
+        return {"verdict": {"partners": {"bank": {"differences": {
+            "federated_dp": {"difference": difference, "low": 0.0, "high": 0.0,
+                             "verdict": word}}}}}}
+
+    reports = {(3.0, 0): report(-0.02, "cost"), (3.0, 1): report(0.0, "no clear difference"),
+               (3.0, 2): report(0.02, "paid off")}
+    text = verdict_markdown(reports)
+    assert "| 3 | bank | federated + DP (global model) | +0.0000 ± 0.0200 | 1 / 1 / 1 |" in text
+    assert verdict_markdown({(3.0, 0): {}}) == ""

@@ -175,24 +175,22 @@ class TrainReply:
     ledger_entry_sha256: str = ""
 
 
-def open_odometer(partner: PartnerConfig) -> PrivacyOdometer | None:
-    """The partner's verified lifetime odometer of its data set, or None if it keeps none
-    (raises LedgerError/CryptoError like `open_ledger`)."""
-    if not partner.odometer_path:
-        return None
-    assert partner.lifetime_epsilon is not None and partner.delta is not None
-    return PrivacyOdometer(partner.odometer_path, load_private_key(Path(partner.signing_key)),
-                           partner.partner,
-                           dataset_fingerprint(partner.data_path, partner.schema_path),
-                           partner.lifetime_epsilon, partner.delta)
-
-
-def open_ledger(partner: PartnerConfig, run_id: str) -> PartnerLedger | None:
-    """The partner's verified ledger, or None if it keeps none (LedgerError/CryptoError)."""
-    if not partner.ledger_path:
-        return None
+def open_privacy_logs(partner: PartnerConfig,
+                      run_id: str) -> tuple[PartnerLedger | None, PrivacyOdometer | None]:
+    """The partner's verified ledger of this run and lifetime odometer of its data set (None
+    for what it does not keep), both under its one signing key, read once; raises
+    LedgerError/CryptoError when either fails verification or the key is unusable."""
+    if not partner.ledger_path and not partner.odometer_path:
+        return None, None
     key = load_private_key(Path(partner.signing_key))
-    return PartnerLedger(Path(partner.ledger_path), key, partner.partner, run_id)
+    ledger = (PartnerLedger(Path(partner.ledger_path), key, partner.partner, run_id)
+              if partner.ledger_path else None)
+    if not partner.odometer_path:
+        return ledger, None
+    assert partner.lifetime_epsilon is not None and partner.delta is not None
+    return ledger, PrivacyOdometer(partner.odometer_path, key, partner.partner,
+                                   dataset_fingerprint(partner.data_path, partner.schema_path),
+                                   partner.lifetime_epsilon, partner.delta)
 
 
 def update_problem(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray],
@@ -252,8 +250,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
 
     assert partner.epsilon is not None and partner.delta is not None
     try:
-        ledger = open_ledger(partner, run_id)
-        odometer = open_odometer(partner)
+        ledger, odometer = open_privacy_logs(partner, run_id)
     except (LedgerError, CryptoError) as exc:
         # The details (file paths, OS errors, findings) stay in the partner's own log.
         log.error("partner %s refuses to train: %s", partner.partner, exc)

@@ -9,7 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.accounting import SubsampledGaussianEvent, composed_epsilon
 from common.privacy.budget import PrivacyPlan, calibrate_plan
 from common.privacy.crypto import fingerprint, generate_signing_key, sha256_hex, write_key_pair
 from common.privacy.ledger import (
@@ -81,8 +81,8 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
 
     Each partner logs its noisy count (before round 1), then trains `rounds[partner]` rounds
     (default: the planned 3, then one more it refuses because it would exceed the budget),
-    claiming the honest RDP ε times `claim_scale[partner]`. The coordinator receipts every
-    trained round except `skip_receipts`.
+    claiming the honest ε (the partners' accountant) times `claim_scale[partner]`. The
+    coordinator receipts every trained round except `skip_receipts`.
     With `refuse_after_budget=False` a partner trains past its budget instead of refusing.
     """
     rounds = rounds or {}
@@ -100,7 +100,7 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
         plan = plans[name]
         events[name].append(plan.count_event)
         ledger.append_count(server_round=1, plan=plan, model_received_sha256=sha256_hex(
-            f"{run_id}/global/1".encode()), epsilon_cumulative=rdp_epsilon(
+            f"{run_id}/global/1".encode()), epsilon_cumulative=composed_epsilon(
             events[name], delta=DELTA) * claim_scale.get(name, 1.0))
     total_rounds = max([PLANNED_ROUNDS + 1, *rounds.values()])
     for server_round in range(1, total_rounds + 1):
@@ -110,8 +110,8 @@ def build_federation(root: Path, *, keys: dict[str, Ed25519PrivateKey],
                 continue
             plan = plans[name]
             event = plan.round_event
-            before = rdp_epsilon(events[name], delta=DELTA)
-            after = rdp_epsilon([*events[name], event], delta=DELTA)
+            before = composed_epsilon(events[name], delta=DELTA)
+            after = composed_epsilon([*events[name], event], delta=DELTA)
             if refuse_after_budget and after > plan.epsilon_budget * (1 + 1e-9):
                 ledger.append(server_round=server_round, plan=plan, steps=0,
                               epsilon_cumulative=before * claim_scale.get(name, 1.0),

@@ -9,6 +9,8 @@ derives from the noisy count ñ, never from n. It then calibrates the noise mult
 so that the count and the announced plan (rounds x local epochs at rate q) compose to exactly the
 budget, once per run. Every round after that uses the calibrated mechanism, whatever the
 coordinator asks, and the round is refused if its steps would push the composed ε over the budget.
+Calibration and enforcement both count with `common.privacy.accounting.ACCOUNTANT` (min of
+Opacus' RDP and PRV upper bound).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import numpy as np
 
 from common.learning.steps import num_steps, steps_per_epoch
 from common.privacy.accounting import (
+    ACCOUNTANT,
     ACCOUNTANT_NAME,
-    CONVERSION,
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
     check_budget,
-    rdp_epsilon,
+    composed_epsilon,
     within_budget,
 )
 
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 COUNT_EPSILON_SHARE = 0.1
 """Default share of the budget the noisy count would spend on its own (node config
-`count-epsilon-share`); composed with DP-SGD under RDP it costs far less (σ rises by about 0.5%)."""
+`count-epsilon-share`); composed with DP-SGD it costs far less (σ rises by about 0.5-1%)."""
 COUNT_SENSITIVITY = 1.0
 """Adding or removing one record changes the training-set size by one."""
 
@@ -80,7 +82,7 @@ def count_release(*, epsilon: float, delta: float,
     if not 0.0 < count_epsilon_share < 1.0:
         raise ValueError(f"count epsilon share must be in (0, 1), got {count_epsilon_share}")
     sigma = calibrate_noise_multiplier(target_epsilon=count_epsilon_share * epsilon, delta=delta,
-                                       sample_rate=1.0, steps=1, conversion=CONVERSION)
+                                       sample_rate=1.0, steps=1, accountant=ACCOUNTANT)
     return SubsampledGaussianEvent(1.0, sigma, 1, COUNT_SENSITIVITY)
 
 
@@ -100,7 +102,7 @@ def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_s
     per_round = num_steps(local_epochs, steps_per_epoch(released_rows, sample_rate=sample_rate))
     sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,
                                        sample_rate=sample_rate, prior=[count_event],
-                                       steps=per_round * planned_rounds, conversion=CONVERSION)
+                                       steps=per_round * planned_rounds, accountant=ACCOUNTANT)
     return PrivacyPlan(epsilon_budget=epsilon, delta=delta,
                        round_event=SubsampledGaussianEvent(sample_rate, sigma, per_round,
                                                            max_grad_norm),
@@ -122,9 +124,9 @@ class PrivacyState:
         return ([self.count] if self.count is not None else []) + self.events
 
     def epsilon(self, delta: float) -> float:
-        """ε spent so far, composed over the count and every round (one RDP accountant)."""
+        """ε spent so far, composed over the count and every round (`ACCOUNTANT`, memoised)."""
         releases = self.releases
-        return rdp_epsilon(releases, delta=delta, conversion=CONVERSION) if releases else 0.0
+        return composed_epsilon(releases, delta=delta, accountant=ACCOUNTANT) if releases else 0.0
 
     @property
     def rounds_trained(self) -> int:
@@ -155,7 +157,7 @@ def authorize_round(plan: PrivacyPlan, state: PrivacyState, *,
                                                         sample_rate=planned.sample_rate))
     event = replace(planned, steps=steps)
     before = state.epsilon(plan.delta)
-    after = rdp_epsilon([*state.releases, event], delta=plan.delta, conversion=CONVERSION)
+    after = composed_epsilon([*state.releases, event], delta=plan.delta, accountant=ACCOUNTANT)
     if not within_budget(after, plan.epsilon_budget):
         reason = (f"privacy budget exhausted: this round ({steps} steps, "
                   f"q={planned.sample_rate:.4g}, sigma={planned.noise_multiplier:.4g}) would "

@@ -6,7 +6,9 @@ hash-chained JSON Lines file (the ledger's format machinery: canonical encoding,
 signature, `prev_entry_sha256`, `seq`) with one entry per release of the data set identified by
 `dataset_fingerprint`, whatever run or ledger it belongs to. Every release is recorded BEFORE it
 happens (a reservation: a crash afterwards over-counts, never under-counts), and all of them
-compose (RDP, `common.privacy.accounting`) into one lifetime ε at δ, held to the lifetime budget.
+compose into one lifetime ε at δ, held to the lifetime budget, by `common.privacy.accounting`'s
+`ACCOUNTANT` (min of RDP and PRV: a valid upper bound for any releases, whatever accountant the
+entries that recorded them were written with).
 
 `check_odometer` is the one integrity check, used by the partner on open and by the auditor
 (`common.privacy.audit.odometer`). The partner's file is locked while it is read and appended, so
@@ -28,11 +30,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.errors import LedgerError, LifetimeBudgetExceeded
 from common.privacy.accounting import (
+    ACCOUNTANT,
     ACCOUNTANT_NAME,
     CONVERSION,
     SubsampledGaussianEvent,
     check_budget,
-    rdp_epsilon,
+    composed_epsilon,
     within_budget,
 )
 from common.privacy.crypto import fingerprint
@@ -219,7 +222,8 @@ class PrivacyOdometer:
     # ------------------------------------------------------------------ internals
 
     def _epsilon(self, events: Sequence[SubsampledGaussianEvent]) -> float:
-        return rdp_epsilon(events, delta=self.delta, conversion=CONVERSION) if events else 0.0
+        return (composed_epsilon(events, delta=self.delta, accountant=ACCOUNTANT) if events
+                else 0.0)
 
     def _decide(self, planned: Sequence[SubsampledGaussianEvent]) -> LifetimeDecision:
         recorded = self.events()

@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.learning.steps import num_steps, steps_per_epoch
 from common.privacy.accounting import (
+    ACCOUNTANT,
     ACCOUNTANT_NAME,
     CONVERSION,
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
-    rdp_epsilon,
+    composed_epsilon,
     within_budget,
 )
 from common.privacy.crypto import sha256_hex
@@ -59,8 +60,8 @@ def gaussian_release_event(noise_multiplier: float, *,
 
 
 def releases_epsilon(releases: Sequence[Release], delta: float) -> float:
-    """ε of a party's releases composed (RDP, the project's conversion)."""
-    return rdp_epsilon([r.event for r in releases], delta=delta, conversion=CONVERSION)
+    """ε of a party's releases composed (`ACCOUNTANT`, the project's accountant)."""
+    return composed_epsilon([r.event for r in releases], delta=delta, accountant=ACCOUNTANT)
 
 
 class VerticalLedger(PartnerLedger):
@@ -100,8 +101,8 @@ def write_ledger(path: Path, key: Ed25519PrivateKey, party: str, run_id: str,
     earlier = ledger.events()
     done: list[Release] = []
     for release in releases:
-        spent = rdp_epsilon([*earlier, *(r.event for r in done), release.event], delta=delta,
-                            conversion=CONVERSION)
+        spent = composed_epsilon([*earlier, *(r.event for r in done), release.event],
+                                 delta=delta, accountant=ACCOUNTANT)
         if not within_budget(spent, epsilon_budget):
             raise ValueError(f"{party}: {release.name} would spend epsilon {spent:.4f} over "
                              f"its budget {epsilon_budget:g}")

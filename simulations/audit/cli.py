@@ -68,8 +68,8 @@ def show_result(result: AuditResult, console: Console) -> None:
     table = Table(title=f"privacy ledgers of run {result.run_id} (epsilon: budget, claimed, "
                         f"recomputed)", box=box.SIMPLE_HEAD, padding=(0, 1),
                   collapse_padding=True, show_edge=False)
-    for column in ("partner", "rounds", "refused", "budget", "delta", "claimed", "RDP", "PLD",
-                   "findings"):
+    for column in ("partner", "rounds", "refused", "budget", "delta", "accountant", "claimed",
+                   "independent", "tolerance", "RDP", "PLD", "findings"):
         table.add_column(column, justify="left" if column == "partner" else "right",
                          no_wrap=True)
     per_ledger = {p.ledger: 0 for p in result.partners}
@@ -80,13 +80,16 @@ def show_result(result: AuditResult, console: Console) -> None:
         n = per_ledger[p.ledger]
         table.add_row(Text(p.partner), str(p.rounds_trained), str(p.refusals),
                       format_number(p.epsilon_budget, 6, style="g"),
-                      format_number(p.delta, 6, style="g"), format_number(p.epsilon_claimed),
+                      format_number(p.delta, 6, style="g"), Text(p.accountant),
+                      format_number(p.epsilon_claimed), format_number(p.epsilon_independent),
+                      format_number(p.epsilon_tolerance, 3, style="g"),
                       format_number(p.epsilon_rdp), format_number(p.epsilon_pld),
                       Text(str(n), style="red" if n else "green"))
     console.print(table)
     console.print(Text(f"recomputed with {result.accountant['rdp']} and {result.accountant['pld']}"
-                       f" ({result.accountant['library']}); receipts: "
-                       f"{result.receipts or 'none given'}", style="dim"), soft_wrap=True)
+                       f" ({result.accountant['library']}); {result.accountant['tight']}; "
+                       f"receipts: {result.receipts or 'none given'}", style="dim"),
+                  soft_wrap=True)
     if result.odometers:
         show_odometers(result, console)
     for finding in result.findings:
@@ -99,8 +102,10 @@ def show_result(result: AuditResult, console: Console) -> None:
             receipts += (f"; {len(result.odometers)} odometer(s) verify, within their lifetime "
                          f"budgets, and reserve every release of the ledgers they cover")
         console.print(Text(f"OK: {len(result.partners)} ledgers, {entries} entries verify{receipts}"
-                           f"; every claimed epsilon within {EPSILON_TOLERANCE:.0%} of the "
-                           f"recomputed RDP epsilon, within budget", style="bold green"),
+                           f"; every claimed epsilon at least its independent recomputation "
+                           f"less the tolerance (prv: PLD's discretisation; rdp: "
+                           f"{EPSILON_TOLERANCE:.0%} of RDP), within budget",
+                           style="bold green"),
                       soft_wrap=True)
     else:
         console.print(Text(f"FAILED: {len(result.findings)} findings", style="bold red"),

@@ -365,12 +365,14 @@ def render_audit_html(result: AuditResult) -> str:
 {_verdict(result)}
 <h2>Budgets and privacy spent</h2>
 <div class="card">{_summary_table(result, counts)}{overview}
-<p class="meta">RDP is the accountant the partners enforce with, recomputed independently on
-the same orders and with the same conversion: claims are checked against it. PLD (privacy loss
-distributions, dp_accounting) is a second, pessimistic upper bound on ε for the same mechanism,
-shown for information and never a finding. It is usually below RDP, but its discretisation
-(stated under "accountant: pld") adds to ε, so PLD may lie above RDP when the per-step privacy
-loss is small against the discretisation interval.</p></div>
+<p class="meta">Partners calibrate and enforce with the prv accountant: the smaller of Opacus'
+RDP and Opacus' PRV upper bound. Its claims are recomputed independently by dp_accounting's PLD
+(pessimistic) at a quarter of the ledger's interval, and checked against that PLD less its
+discretisation tolerance (stated under "accountant: tight"); RDP is recomputed on the same
+orders and conversion as the partners and reported for information. Claims of ledgers written
+with the rdp accountant (before prv) are checked against the recomputed RDP, PLD being shown for
+information there: its discretisation (stated under "accountant: pld") adds to ε, so PLD may lie
+above RDP when the per-step privacy loss is small against the interval.</p></div>
 {_odometer_section(result, counts)}
 <h2>Findings ({len(result.findings)})</h2>
 <div class="card">{_findings_table(result)}</div>

@@ -16,7 +16,7 @@ from common.data.layout import announcement
 from common.data.schema import load_schema
 from common.data.tables import bundled_path
 from common.partner import PartnerState, load_data
-from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.accounting import SubsampledGaussianEvent, composed_epsilon
 from common.privacy.ledger import plan_from_calibration
 from common.protocol import (
     EVALUATE_METRIC_KEYS,
@@ -88,7 +88,7 @@ def test_epsilon_composes_over_rounds_across_rebuilt_client_apps() -> None:
     assert all(b > a for a, b in zip(spent, spent[1:], strict=False)), spent
     state = PartnerState.from_dict(dict(context.state[PARTNER_STATE]))
     assert state.plan is not None and state.plan.released_rows == metrics["num-examples"]
-    single_run = rdp_epsilon([state.plan.count_event,  # the noisy count, released once
+    single_run = composed_epsilon([state.plan.count_event,  # the noisy count, released once
                               SubsampledGaussianEvent(sample_rate, sigma, sum(steps))],
                              delta=run.sim_delta)
     assert spent[-1] == pytest.approx(single_run, rel=1e-9)
@@ -162,7 +162,7 @@ def test_restarted_partner_resumes_with_exact_epsilon_from_its_ledger(tmp_path: 
                                  epsilon_budget=lines[-1]["epsilon_budget"],
                                  delta=lines[-1]["delta"])
     assert {e["calibration"]["released_rows"] for e in lines} == {plan.released_rows}
-    uninterrupted = [rdp_epsilon([plan.count_event, *[plan.round_event] * r],
+    uninterrupted = [composed_epsilon([plan.count_event, *[plan.round_event] * r],
                                  delta=plan.delta) for r in range(1, 5)]
     assert spent == pytest.approx(uninterrupted, rel=1e-12)
     assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
@@ -234,7 +234,7 @@ def test_a_round_reserved_but_never_logged_still_counts(tmp_path: Path) -> None:
     plan = plan_from_calibration(entries[-1]["calibration"],
                                  epsilon_budget=entries[-1]["epsilon_budget"],
                                  delta=entries[-1]["delta"])
-    three_rounds = rdp_epsilon([plan.count_event, *[plan.round_event] * 3], delta=plan.delta)
+    three_rounds = composed_epsilon([plan.count_event, *[plan.round_event] * 3], delta=plan.delta)
     assert metrics["epsilon-spent"] == pytest.approx(three_rounds, rel=1e-9)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from common.config import PartnerConfig, RunConfig
 from common.outputs import RECEIPTS_FILE
-from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
+from common.privacy.accounting import SubsampledGaussianEvent, composed_epsilon
 from common.privacy.ledger import read_lines
 from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line
 from simulations.deploy.demo import run_demo
@@ -231,7 +231,7 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
     steps = sum(m["steps"] for m in mechanisms)
     count = entries[0]["mechanism"]  # the noisy count, released once before round 1
     assert entries[0]["event"] == "count" and sum(e["event"] == "count" for e in entries) == 1
-    expected = rdp_epsilon([SubsampledGaussianEvent(1.0, count["noise_multiplier"], 1),
+    expected = composed_epsilon([SubsampledGaussianEvent(1.0, count["noise_multiplier"], 1),
                             SubsampledGaussianEvent(mechanisms[0]["sample_rate"],
                                                     mechanisms[0]["noise_multiplier"], steps)],
                            delta=trained[0]["delta"])

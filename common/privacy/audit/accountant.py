@@ -48,7 +48,7 @@ import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
 
-from common.privacy.accounting import RDP_ORDERS
+from common.privacy.accounting import PRV_DELTA_ERROR, PRV_EPS_ERROR, RDP_ORDERS
 
 AUDIT_RDP_ORDERS: tuple[float, ...] = tuple(sorted(float(o) for o in RDP_ORDERS))
 """The partners' orders: claim and recomputation are minimised over a common order set."""
@@ -58,6 +58,9 @@ PLD_RELATIVE_DISCRETIZATION = 1e-3
 """A ledger's PLD interval is at most this fraction of its final recomputed RDP ε."""
 PLD_FINEST_DISCRETIZATION = 1e-7
 """Floor of the PLD interval (keeps the PLD's size bounded for ε near 0)."""
+PLD_TIGHT_REFINEMENT = 4
+"""A `prv` claim is recomputed by PLD at a quarter of the ledger's interval; the difference to
+PLD at the full interval bounds the finer one's discretisation error (its tolerance)."""
 PLD_MAX_POINTS = 2_000_000
 """PLD is not computed (None) once a round's privacy loss would span more intervals than this:
 a forged tiny σ (loss up to 1/(2σ²)) made dp_accounting try to allocate terabytes."""
@@ -191,6 +194,10 @@ class IndependentAccountant:
             tuple[tuple[MechanismRound, ...], tuple[float, ...]], list[tuple[float, float | None]]
         ] = {}
         self._pld_intervals: dict[tuple[tuple[MechanismRound, ...], tuple[float, ...]], float] = {}
+        self._tight: dict[
+            tuple[tuple[MechanismRound, ...], tuple[float, ...]],
+            list[tuple[float | None, float | None]],
+        ] = {}
 
     def describe(self) -> dict[str, Any]:
         """What recomputes ε, for the report."""
@@ -208,11 +215,23 @@ class IndependentAccountant:
             f"to epsilon (PLD may exceed RDP), add-or-remove-one neighbours; n/a where "
             f"sigma is too small to discretize"
         )
+        tight_text = (
+            f"claims by the partners' prv accountant (min of Opacus RDP and Opacus PRV "
+            f"eps_upper, eps_error={PRV_EPS_ERROR:g}, delta_error=delta*{PRV_DELTA_ERROR:g}) "
+            f"are recomputed independently by dp_accounting.pld (pessimistic, add-or-remove "
+            f"neighbours) at 1/{PLD_TIGHT_REFINEMENT} of the ledger's PLD interval h; tolerance "
+            f"per entry = PLD(h) - PLD(h/{PLD_TIGHT_REFINEMENT}), the finer PLD's discretisation "
+            f"bound (PRV's eps_upper already includes its own error); a claim below PLD - "
+            f"tolerance is understated, and PLD - tolerance over the budget is an overrun. RDP "
+            f"is still recomputed and reported; claims by the rdp accountant are held to it "
+            f"as before"
+        )
         event_text = (
             "SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), steps) per "
             "round, composed over every trained round"
         )
-        return {"library": self.library, "rdp": rdp_text, "pld": pld_text, "event": event_text}
+        return {"library": self.library, "rdp": rdp_text, "pld": pld_text, "tight": tight_text,
+                "event": event_text}
 
     @staticmethod
     def event(sample_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
@@ -291,6 +310,24 @@ class IndependentAccountant:
             ) - math.log1p(-sample_rate)
         return span / interval <= PLD_MAX_POINTS
 
+    def _pld_values(
+        self, rounds: Sequence[MechanismRound], deltas: Sequence[float], interval: float
+    ) -> list[float | None]:
+        """dp_accounting's pessimistic PLD ε after each round at `interval`; None from a round
+        whose mechanism is beyond `PLD_MAX_POINTS` on."""
+        pld_accountant = pld.PLDAccountant(value_discretization_interval=interval)
+        values: list[float | None] = []
+        affordable = True
+        for (sample_rate, noise_multiplier, steps), delta in zip(rounds, deltas, strict=True):
+            if steps > 0:
+                affordable = affordable and self._pld_affordable(
+                    sample_rate, noise_multiplier, interval
+                )
+                if affordable:
+                    pld_accountant.compose(self.event(sample_rate, noise_multiplier, steps))
+            values.append(float(pld_accountant.get_epsilon(delta)) if affordable else None)
+        return values
+
     def cumulative(
         self, rounds: Sequence[MechanismRound], deltas: Sequence[float]
     ) -> list[tuple[float, float | None]]:
@@ -303,21 +340,33 @@ class IndependentAccountant:
             with _quiet_absl():
                 rdp_values = self._rdp_epsilons(rounds, deltas)
                 interval = self._interval_for(rdp_values[-1] if rdp_values else math.inf)
-                pld_accountant = pld.PLDAccountant(value_discretization_interval=interval)
-                values: list[tuple[float, float | None]] = []
-                affordable = True
-                for (sample_rate, noise_multiplier, steps), delta, eps_rdp in zip(
-                    rounds, deltas, rdp_values, strict=True
-                ):
-                    if steps > 0:
-                        affordable = affordable and self._pld_affordable(
-                            sample_rate, noise_multiplier, interval
-                        )
-                        if affordable:
-                            event = self.event(sample_rate, noise_multiplier, steps)
-                            pld_accountant.compose(event)
-                    eps_pld = float(pld_accountant.get_epsilon(delta)) if affordable else None
-                    values.append((eps_rdp, eps_pld))
-            self._memo[key] = values
+                pld_values = self._pld_values(rounds, deltas, interval)
+            self._memo[key] = list(zip(rdp_values, pld_values, strict=True))
             self._pld_intervals[key] = interval
         return list(self._memo[key])
+
+    def tight(
+        self, rounds: Sequence[MechanismRound], deltas: Sequence[float]
+    ) -> list[tuple[float | None, float | None]]:
+        """(PLD ε, its tolerance) after each round: the independent recomputation of a claim by
+        the partners' `prv` accountant (Opacus' PRV, min with RDP).
+
+        PLD ε is dp_accounting's pessimistic PLD at 1/`PLD_TIGHT_REFINEMENT` of the ledger's
+        interval h (`pld_interval`); its tolerance is PLD(h) - PLD(h/4), a bound on how far the
+        finer PLD can lie above the true ε (its discretisation error falls at least by half
+        when h is quartered: about h^2 here). An honest claim is an upper bound on the true ε
+        (PRV's `eps_upper` includes its own discretisation error), so it is never below
+        PLD - tolerance. (None, None) where PLD is not computed (the claim is then held to RDP).
+        """
+        key = (tuple(rounds), tuple(deltas))
+        if key not in self._tight:
+            coarse = [pld_value for _, pld_value in self.cumulative(rounds, deltas)]
+            with _quiet_absl():
+                fine = self._pld_values(
+                    rounds, deltas, self.pld_interval(rounds, deltas) / PLD_TIGHT_REFINEMENT
+                )
+            self._tight[key] = [
+                (f, max(0.0, c - f)) if f is not None and c is not None else (None, None)
+                for c, f in zip(coarse, fine, strict=True)
+            ]
+        return list(self._tight[key])

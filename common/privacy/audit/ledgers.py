@@ -1,7 +1,11 @@
 """The auditor's checks of one partner's ledger: well-formed entries, a DP-SGD mechanism, one
 budget, and every claimed ε against the independent recomputation and the budget.
 
-Integrity (signatures, hash chain, seq, run, round order) is `common.privacy.ledger.check_log`'s.
+Each entry names the accountant of its claim (`common.privacy.accounting.ACCOUNTANT_NAMES`). A
+claim by `rdp` is held to the auditor's RDP (`EPSILON_TOLERANCE` below it at most); a claim by
+`prv` (min of Opacus RDP and PRV) to dp_accounting's PLD less its discretisation tolerance
+(`IndependentAccountant.tight`), with RDP reported for information. Integrity (signatures, hash
+chain, seq, run, round order) is `common.privacy.ledger.check_log`'s.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.outputs import format_number
+from common.privacy.accounting import ACCOUNTANT_NAMES, accountant_of
 from common.privacy.audit.accountant import IndependentAccountant, MechanismRound
 from common.privacy.ledger import (
     COUNT_EVENT,
@@ -53,6 +58,9 @@ class EntryAudit:
     entry_sha256: str = ""
     receipt_line: int | None = None
     refusal_reason: str = ""
+    accountant: str = ""
+    epsilon_independent: float | None = None
+    epsilon_tolerance: float | None = None
 
 
 @dataclass
@@ -71,6 +79,9 @@ class PartnerAudit:
     rounds_trained: int
     refusals: int
     entries: list[EntryAudit] = field(default_factory=list)
+    accountant: str = ""
+    epsilon_independent: float | None = None
+    epsilon_tolerance: float | None = None
 
 
 
@@ -109,7 +120,12 @@ def _parse_entry(path: Path, line: int, entry: dict[str, Any],
                        round=_integer(entry["round"]), event=event,
                        sample_rate=sample_rate, noise_multiplier=sigma,
                        steps=steps, clipping_norm=clip, delta=delta, epsilon_claimed=claimed,
-                       entry_sha256=entry_hash(entry), refusal_reason=str(entry["refusal_reason"]))
+                       entry_sha256=entry_hash(entry), refusal_reason=str(entry["refusal_reason"]),
+                       accountant=accountant_of(str(entry["accountant"])) or "")
+    if not audit.accountant:
+        problem("unknown-accountant", f"accountant {entry['accountant']!r} is none the audit "
+                                      f"knows ({', '.join(ACCOUNTANT_NAMES)}): the claim is "
+                                      f"held to RDP")
     if (mechanism.get("name"), mechanism.get("sampling")) != (MECHANISM, SAMPLING):
         problem("mechanism", f"mechanism {mechanism.get('name')!r} with "
                              f"{mechanism.get('sampling')!r} sampling; the audit knows only "
@@ -214,9 +230,7 @@ def audit_ledger(path: Path, lines: list[tuple[int, dict[str, Any]]],
             assert mechanism is not None and audit.delta is not None
             rounds.append(mechanism)
             deltas.append(audit.delta)
-    for audit, (eps_rdp, eps_pld) in zip(audits, accountant.cumulative(rounds, deltas),
-                                         strict=False):
-        audit.epsilon_rdp, audit.epsilon_pld = eps_rdp, eps_pld
+    recompute(audits, rounds, deltas, accountant)
     for audit in audits:
         findings += _epsilon_findings(path, audit, partner, budget)
     trained = [a for a in audits if a.event == "train"]
@@ -228,45 +242,88 @@ def audit_ledger(path: Path, lines: list[tuple[int, dict[str, Any]]],
         epsilon_rdp=last.epsilon_rdp if last else None,
         epsilon_pld=last.epsilon_pld if last else None,
         rounds_trained=len(trained), refusals=sum(a.event == "refusal" for a in audits),
-        entries=audits)
+        entries=audits, accountant=", ".join(dict.fromkeys(a.accountant or "unknown"
+                                                           for a in audits)),
+        epsilon_independent=last.epsilon_independent if last else None,
+        epsilon_tolerance=last.epsilon_tolerance if last else None)
     return summary, findings
+
+
+def recompute(audits: list[Any], rounds: list[MechanismRound], deltas: list[float],
+              accountant: IndependentAccountant) -> None:
+    """Fill in each audit's RDP and PLD ε and the independent ε its claim is held to, with the
+    tolerance below it: RDP and `EPSILON_TOLERANCE` x RDP for an `rdp` (or unknown) claim, the
+    finer PLD and its discretisation tolerance for a `prv` claim (RDP where PLD is n/a).
+    `audits` are `EntryAudit`s or odometer entries (`accountant`, `epsilon_*` fields), the
+    first len(rounds) of them recomputable."""
+    for audit, (eps_rdp, eps_pld) in zip(audits, accountant.cumulative(rounds, deltas),
+                                         strict=False):
+        audit.epsilon_rdp, audit.epsilon_pld = eps_rdp, eps_pld
+        audit.epsilon_independent = eps_rdp
+        audit.epsilon_tolerance = EPSILON_TOLERANCE * eps_rdp
+    if not any(a.accountant == "prv" for a in audits[:len(rounds)]):
+        return
+    for audit, (eps_tight, tolerance) in zip(audits, accountant.tight(rounds, deltas),
+                                             strict=False):
+        if audit.accountant == "prv" and eps_tight is not None:
+            audit.epsilon_independent, audit.epsilon_tolerance = eps_tight, tolerance
+
+
+def claim_floor(audit: Any) -> float | None:
+    """The least ε an honest claim of this entry can state: the independent recomputation less
+    its tolerance (None when it was not recomputed)."""
+    if audit.epsilon_independent is None or audit.epsilon_tolerance is None:
+        return None
+    return audit.epsilon_independent - audit.epsilon_tolerance
+
+
+def independent_text(audit: Any) -> str:
+    """How the independent ε of an entry was recomputed, for findings."""
+    independent, tolerance = audit.epsilon_independent, audit.epsilon_tolerance
+    if audit.accountant == "prv" and audit.epsilon_pld is not None:
+        return (f"epsilon={independent:.6g} by dp_accounting PLD (tolerance {tolerance:.3g}; "
+                f"RDP {format_number(audit.epsilon_rdp, 6, style='g')}, for information)")
+    return (f"epsilon={independent:.6g} (recomputed RDP; PLD "
+            f"{format_number(audit.epsilon_pld, 6, style='g')}, for information)")
 
 
 def _epsilon_findings(
     path: Path, audit: EntryAudit, partner: str, budget: float | None
 ) -> list[Finding]:
-    """Claimed ε below the recomputed RDP ε, and claimed or recomputed ε over the budget."""
+    """Claimed ε below the independent recomputation (less its tolerance), and claimed or
+    recomputed ε over the budget."""
     findings = []
-    claimed, eps_rdp = audit.epsilon_claimed, audit.epsilon_rdp
+    claimed, floor = audit.epsilon_claimed, claim_floor(audit)
     where = f"{partner} round {audit.round}"
-    pld_text, claimed_text, rdp_text = (
-        format_number(value, 6, style="g") for value in (audit.epsilon_pld, claimed, eps_rdp)
-    )
-    if claimed is not None and eps_rdp is not None and claimed < eps_rdp * (1 - EPSILON_TOLERANCE):
+    by_prv = audit.accountant == "prv" and audit.epsilon_pld is not None
+    if claimed is not None and floor is not None and claimed < floor * (1 - BUDGET_SLACK):
+        margin = ("less its tolerance" if by_prv else f"more than {EPSILON_TOLERANCE:.0%} below")
         findings.append(
             Finding(
                 str(path),
                 audit.line,
                 "epsilon-understated",
-                f"{where} claims epsilon={claimed:.6g} but its logged mechanisms compose to "
-                f"epsilon={eps_rdp:.6g} (recomputed RDP; PLD {pld_text}, for information) at "
-                f"delta={audit.delta:g}: more than {EPSILON_TOLERANCE:.0%} below",
+                f"{where} claims epsilon={claimed:.6g} ({audit.accountant or 'unknown'} "
+                f"accountant) but its logged mechanisms compose to {independent_text(audit)} "
+                f"at delta={audit.delta:g}: {margin}",
             )
         )
     if audit.event == "train" and budget is not None:
-        # Both the claim and the recomputation are held to the budget up to float round-off:
-        # the recomputation reproduces honest claims to 2e-10, so a partner cannot overrun by
-        # up to EPSILON_TOLERANCE while understating its claim by as much.
+        # Both the claim and the recomputation are held to the budget up to float round-off
+        # (the recomputation less its tolerance for a prv claim: PLD's discretisation), so a
+        # partner cannot overrun by up to the tolerance while understating its claim by as much.
         over_claimed = claimed is not None and claimed > budget * (1 + BUDGET_SLACK)
-        over_recomputed = eps_rdp is not None and eps_rdp > budget * (1 + BUDGET_SLACK)
+        recomputed = floor if by_prv else audit.epsilon_rdp
+        over_recomputed = recomputed is not None and recomputed > budget * (1 + BUDGET_SLACK)
         if over_claimed or over_recomputed:
+            claimed_text = format_number(claimed, 6, style="g")
             findings.append(
                 Finding(
                     str(path),
                     audit.line,
                     "budget-exceeded",
                     f"{where} trained past its budget epsilon={budget:g}: claimed "
-                    f"{claimed_text}, recomputed RDP {rdp_text}",
+                    f"{claimed_text}, recomputed {independent_text(audit)}",
                 )
             )
     return findings

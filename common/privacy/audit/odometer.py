@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.outputs import format_number
+from common.privacy.accounting import ACCOUNTANT_NAMES, accountant_of
 from common.privacy.audit.accountant import IndependentAccountant, MechanismRound
-from common.privacy.audit.ledgers import BUDGET_SLACK, EPSILON_TOLERANCE, PartnerAudit
+from common.privacy.audit.ledgers import (
+    BUDGET_SLACK,
+    EPSILON_TOLERANCE,
+    PartnerAudit,
+    claim_floor,
+    independent_text,
+    recompute,
+)
 from common.privacy.audit.receipts import Keys
 from common.privacy.ledger import MECHANISM, SAMPLING, Finding, read_lines
 from common.privacy.odometer import RELEASE_COUNT, check_odometer, well_formed
@@ -43,6 +50,9 @@ class OdometerEntryAudit:
     epsilon_rdp: float | None = None
     epsilon_pld: float | None = None
     covers: str = ""
+    accountant: str = ""
+    epsilon_independent: float | None = None
+    epsilon_tolerance: float | None = None
 
 
 @dataclass
@@ -61,6 +71,9 @@ class OdometerAudit:
     runs: list[str] = field(default_factory=list)
     ledgers_checked: list[str] = field(default_factory=list)
     entries: list[OdometerEntryAudit] = field(default_factory=list)
+    accountant: str = ""
+    epsilon_independent: float | None = None
+    epsilon_tolerance: float | None = None
 
 
 def _mechanism(entry: dict[str, Any]) -> tuple[float, float, int, float] | None:
@@ -117,7 +130,12 @@ def audit_odometer(path: Path, keys: Keys,
             line=line, run_id=entry["run_id"], round=entry["round"], release=entry["release"],
             sample_rate=q, noise_multiplier=sigma, steps=steps, clipping_norm=clip,
             epsilon_claimed=float(entry["epsilon_lifetime_cumulative"]),
-            ledger_path=entry["ledger_path"]))
+            ledger_path=entry["ledger_path"], accountant=accountant_of(entry["accountant"]) or ""))
+        if not summary.entries[-1].accountant:
+            findings.append(Finding(str(path), line, "unknown-accountant",
+                                    f"accountant {entry['accountant']!r} is none the audit "
+                                    f"knows ({', '.join(ACCOUNTANT_NAMES)}): the claim is held "
+                                    f"to RDP"))
     counted_runs: set[str] = set()
     for audit in summary.entries:
         if audit.release == RELEASE_COUNT:
@@ -127,36 +145,43 @@ def audit_odometer(path: Path, keys: Keys,
                                         f"partner releases its noisy count once per run (its "
                                         f"ledger of that run was lost or replaced)"))
             counted_runs.add(audit.run_id)
-    recomputed = accountant.cumulative(rounds, [delta] * len(rounds))
-    for audit, (eps_rdp, eps_pld) in zip(summary.entries, recomputed, strict=True):
-        audit.epsilon_rdp, audit.epsilon_pld = eps_rdp, eps_pld
+    recompute(summary.entries, rounds, [delta] * len(rounds), accountant)
+    for audit in summary.entries:
         findings += _epsilon_findings(path, audit, str(summary.partner), budget, delta)
     last = summary.entries[-1]
     summary.epsilon_claimed, summary.epsilon_rdp, summary.epsilon_pld = (
         last.epsilon_claimed, last.epsilon_rdp, last.epsilon_pld)
+    summary.epsilon_independent, summary.epsilon_tolerance = (
+        last.epsilon_independent, last.epsilon_tolerance)
+    summary.accountant = ", ".join(dict.fromkeys(e.accountant or "unknown"
+                                                 for e in summary.entries))
     summary.runs = list(dict.fromkeys(e.run_id for e in summary.entries))
     return summary, findings
 
 
 def _epsilon_findings(path: Path, audit: OdometerEntryAudit, partner: str, budget: float,
                       delta: float) -> list[Finding]:
-    """A lifetime ε claimed below the recomputed one, or over the lifetime budget."""
+    """A lifetime ε claimed below the independent recomputation (less its tolerance), or over
+    the lifetime budget."""
     findings = []
     where = f"{partner} run {audit.run_id!r} round {audit.round} ({audit.release})"
-    claimed, eps_rdp = audit.epsilon_claimed, audit.epsilon_rdp
-    if eps_rdp is not None and claimed < eps_rdp * (1 - EPSILON_TOLERANCE):
+    claimed, floor = audit.epsilon_claimed, claim_floor(audit)
+    by_prv = audit.accountant == "prv" and audit.epsilon_pld is not None
+    if floor is not None and claimed < floor * (1 - BUDGET_SLACK):
+        margin = "less its tolerance" if by_prv else f"more than {EPSILON_TOLERANCE:.0%} below"
         findings.append(Finding(str(path), audit.line, "epsilon-understated",
-                                f"{where} claims lifetime epsilon={claimed:.6g} but the "
-                                f"odometer's releases compose to epsilon={eps_rdp:.6g} "
-                                f"(dp_accounting RDP) at delta={delta:g}: more than "
-                                f"{EPSILON_TOLERANCE:.0%} below"))
+                                f"{where} claims lifetime epsilon={claimed:.6g} "
+                                f"({audit.accountant or 'unknown'} accountant) but the "
+                                f"odometer's releases compose to {independent_text(audit)} at "
+                                f"delta={delta:g}: {margin}"))
     over_claimed = claimed > budget * (1 + BUDGET_SLACK)
-    over_recomputed = eps_rdp is not None and eps_rdp > budget * (1 + BUDGET_SLACK)
+    recomputed = floor if by_prv else audit.epsilon_rdp
+    over_recomputed = recomputed is not None and recomputed > budget * (1 + BUDGET_SLACK)
     if over_claimed or over_recomputed:
         findings.append(Finding(str(path), audit.line, "lifetime-budget-exceeded",
                                 f"{where} took the data set past its lifetime budget "
-                                f"epsilon={budget:g}: claimed {claimed:.6g}, recomputed RDP "
-                                f"{format_number(eps_rdp, 6, style='g')}"))
+                                f"epsilon={budget:g}: claimed {claimed:.6g}, recomputed "
+                                f"{independent_text(audit)}"))
     return findings
 
 

@@ -17,7 +17,7 @@ from common.privacy.accounting import (
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
     check_budget,
-    rdp_epsilon,
+    composed_epsilon,
 )
 from common.privacy.budget import (
     COUNT_EPSILON_SHARE,
@@ -80,8 +80,8 @@ def test_plan_calibrates_sigma_for_the_count_and_all_planned_steps(plan: Privacy
     assert event.noise_multiplier == calibrate_noise_multiplier(
         target_epsilon=BUDGET, delta=DELTA, sample_rate=event.sample_rate,
         steps=event.steps * ROUNDS, prior=[count])
-    assert rdp_epsilon(plan.planned_events(), delta=DELTA) == pytest.approx(BUDGET, rel=2e-3)
-    assert rdp_epsilon(plan.planned_events(), delta=DELTA) <= BUDGET
+    assert composed_epsilon(plan.planned_events(), delta=DELTA) == pytest.approx(BUDGET, rel=2e-3)
+    assert composed_epsilon(plan.planned_events(), delta=DELTA) <= BUDGET
 
 
 def test_count_is_a_gaussian_release_of_sensitivity_one(plan: PrivacyPlan) -> None:
@@ -150,14 +150,14 @@ def test_empty_state_has_spent_nothing() -> None:
 
 def test_rounds_compose_like_one_accountant_over_all_steps(plan: PrivacyPlan) -> None:
     state = _spent(plan)
-    previous = rdp_epsilon([plan.count_event], delta=DELTA)
+    previous = composed_epsilon([plan.count_event], delta=DELTA)
     assert state.epsilon(DELTA) == pytest.approx(previous)
     for r in range(1, ROUNDS + 1):
         decision = _run_round(plan, state)
         assert decision.allowed, decision.reason
         spent = state.epsilon(DELTA)
         event = plan.round_event
-        one_run = rdp_epsilon([plan.count_event, SubsampledGaussianEvent(
+        one_run = composed_epsilon([plan.count_event, SubsampledGaussianEvent(
             event.sample_rate, event.noise_multiplier, r * event.steps)], delta=DELTA)
         assert spent == pytest.approx(one_run, rel=1e-9)
         assert spent > previous, "epsilon must strictly increase every round"
@@ -194,7 +194,7 @@ def test_more_epochs_than_planned_is_refused_not_overspent(plan: PrivacyPlan) ->
     decision = authorize_round(plan, state, requested_epochs=50.0)
     assert not decision.allowed and "budget" in decision.reason
     assert decision.event.steps == 50 * plan.round_event.steps
-    assert state.events == [] and state.epsilon(DELTA) == rdp_epsilon([plan.count_event],
+    assert state.events == [] and state.epsilon(DELTA) == composed_epsilon([plan.count_event],
                                                                       delta=DELTA)
 
 

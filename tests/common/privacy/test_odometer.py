@@ -18,7 +18,7 @@ from common.errors import LedgerError, LifetimeBudgetExceeded
 from common.privacy.accounting import (
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
-    rdp_epsilon,
+    composed_epsilon,
 )
 from common.privacy.crypto import fingerprint, generate_signing_key
 from common.privacy.ledger import PartnerLedger, canonical_bytes, read_lines
@@ -150,11 +150,11 @@ def test_releases_of_every_run_compose_into_one_lifetime_epsilon(
                     ledger_path=str(tmp_path / "c.jsonl"))
     events = [plan.round_event] * 4 + [count]
     assert odometer.events() == events
-    composed = rdp_epsilon(events, delta=DELTA)
+    composed = composed_epsilon(events, delta=DELTA)
     assert odometer.spent() == pytest.approx(composed)
     # More than one run's ε 1, less than their sum (RDP composes sub-additively), and a third
     # run would take it past the lifetime budget.
-    assert 1.0 < composed < 1.5 < rdp_epsilon(events + plan.events(), delta=DELTA)
+    assert 1.0 < composed < 1.5 < composed_epsilon(events + plan.events(), delta=DELTA)
     assert not odometer.fits(plan.events()).allowed
 
     entries = lines_of(path)

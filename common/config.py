@@ -176,9 +176,7 @@ class RunConfig:
              "must be a finite number >= 1"),
         ]
         checks += [(not self.data_spec or self.split == "natural", "split",
-                    "must be 'natural' with data-spec (the spec says who holds which rows)"),
-                   (not self.data_spec or self.mode == "horizontal", "mode",
-                    "must be 'horizontal' with data-spec")]
+                    "must be 'natural' with data-spec (the spec says who holds which rows)")]
         for ok, key, rule in checks:
             if not ok:
                 value = getattr(self, key.replace("-", "_"))
@@ -285,8 +283,10 @@ class PartnerConfig:
 
     In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path`, `ledger-path`,
     `signing-key`, `odometer-path` and `lifetime-epsilon` (optionally `count-epsilon-share`,
-    `test-fraction`, `allow-evaluate`, `local-report-path`) are node config keys the partner's
-    SuperNode sets; the coordinator's run config cannot change any of them. In
+    `test-fraction`, `allow-evaluate`, `local-report-path`; a vertical party also `id-column`,
+    the column of its CSV holding the customer IDs the PSI aligns on, which its table needs) are
+    node config keys the partner's SuperNode sets; the coordinator's run config cannot change
+    any of them. In
     simulation the partner is taken from `partition-id` via the scenario, its budget from the
     `sim-*` run config keys, and its ledger from `sim-ledger-dir` / `sim-keys-dir`.
     """
@@ -305,6 +305,7 @@ class PartnerConfig:
     lifetime_epsilon: float | None = None
     test_fraction: float | None = None
     local_report_path: str = ""
+    id_column: str = ""
 
     @property
     def deployed(self) -> bool:
@@ -354,7 +355,8 @@ class PartnerConfig:
                    count_epsilon_share=share, odometer_path=str(node.get("odometer-path", "")),
                    lifetime_epsilon=lifetime, test_fraction=test_fraction,
                    allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false",
-                   local_report_path=str(node.get("local-report-path", "")).strip())
+                   local_report_path=str(node.get("local-report-path", "")).strip(),
+                   id_column=str(node.get("id-column", "")).strip())
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], run: RunConfig) -> PartnerConfig:

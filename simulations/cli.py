@@ -17,6 +17,7 @@ from rich.status import Status
 from rich.table import Table
 
 from common.config import RunConfig
+from common.data.vertical_spec import VerticalSpec
 from common.errors import OutputDirError
 from common.outputs import AUDIT_HTML, REPORT_MD
 from simulations.audit.cli import audit_app
@@ -130,7 +131,8 @@ def simulate(
 
     data_spec = resolve_spec(scenario, data=data or [], partner_column=partner_column,
                              schema=schema, spec=spec, split=split, alpha=alpha, seed=seed)
-    scenario = scenario or "credit_data"
+    vertical_spec = data_spec if isinstance(data_spec, VerticalSpec) else None
+    scenario = scenario or ("credit_data_vertical" if vertical_spec else "credit_data")
     if scenario == "credit_data_vertical":
         unused = [option for option, value, default in (
             ("--rounds", rounds, 20), ("--split", split, "natural"), ("--alpha", alpha, 0.5),
@@ -143,7 +145,7 @@ def simulate(
                                      "(it takes --epsilon, --delta, --seed, --out)",
                                      param_hint="--scenario")
         simulate_vertical_cli(out=out, epsilon=epsilon, delta=delta, seed=seed,
-                              overwrite=overwrite, verbose=verbose)
+                              overwrite=overwrite, verbose=verbose, spec=vertical_spec)
         return
     options = dict(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds, seed=seed,
                    out=out, split=split, alpha=alpha, budgets=budgets, local_epochs=local_epochs,
@@ -202,7 +204,8 @@ def run_horizontal(run: RunConfig, out: Path, verbose: bool, displays: list[Prog
 
 
 def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
-                          overwrite: bool, verbose: bool) -> None:
+                          overwrite: bool, verbose: bool,
+                          spec: VerticalSpec | None = None) -> None:
     """The vertical scenario: validate, run, print the summary (report.md in `out`)."""
     from common.vertical.settings import VerticalSettings
 
@@ -212,7 +215,7 @@ def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
         settings = VerticalSettings(epsilon=epsilon, delta=delta)
         from simulations.simulate.plan import check_vertical_plan
 
-        check_vertical_plan(settings, seed)
+        check_vertical_plan(settings, seed, spec)
     except ValueError as exc:
         key = re.search(r"key '([a-z-]+)", str(exc))
         raise typer.BadParameter(str(exc), param_hint=CLI_OPTIONS.get(
@@ -223,7 +226,7 @@ def simulate_vertical_cli(*, out: Path, epsilon: float, delta: float, seed: int,
         quiet_libraries(verbose)
         from simulations.simulate.vertical import simulate_vertical
 
-        report = simulate_vertical(out, seed=seed, settings=settings)
+        report = simulate_vertical(out, seed=seed, settings=settings, spec=spec)
         status.stop()
         finish_run_dir(out, "completed", "" if report["audit"]["ok"] else "audit failed")
         return report

@@ -31,7 +31,8 @@ def check(
 ) -> None:
     """Validate SCHEMA and every row of DATA against it; print what the partner would train on
     and its encoded feature layout's hash (compare it with the coordinator's)."""
-    from common.data.schema import encode_table, load_schema, read_csv
+    from common.data.csv_table import read_csv
+    from common.data.schema import encode_table, load_schema
     from common.errors import FedcreditError
 
     try:
@@ -75,8 +76,9 @@ def draft(
     """Draft a schema for DATA to review: column types and missing-value handling decided,
     every bound and category read from the data marked LEARNED (replace them before deploying:
     a schema is shared, and values learned from private rows leak them)."""
+    from common.data.csv_table import read_csv
     from common.data.draft import draft_schema
-    from common.data.schema import encode_table, load_schema, read_csv
+    from common.data.schema import encode_table, load_schema
     from common.errors import FedcreditError
 
     if out is not None and out.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -10,9 +11,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.context import read_config
-from common.config import PartnerConfig
+from common.config import PartnerConfig, RunConfig
 from common.data.scenarios import LENDER, PARTIES
-from common.errors import ChannelError, Refusal
+from common.data.spec import load_vertical_spec
+from common.data.vertical_spec import VerticalSpec
+from common.errors import ChannelError, DataValidationError, FedcreditError, Refusal
 from common.privacy.accounting import within_budget
 from common.privacy.crypto import load_private_key
 from common.privacy.randomness import noise_seed
@@ -37,6 +40,7 @@ from common.vertical.parties import (
     PartyData,
     PartyView,
     load_party,
+    load_party_csv,
     party_view,
     passives_of,
     setting_name,
@@ -45,12 +49,63 @@ from common.vertical.releases import Release, releases_epsilon, write_ledger
 from common.vertical.settings import VerticalNodeConfig, VerticalSettings
 
 PASSIVE_ROLE = "passive"  # the role of every party but the lender
+ID_COLUMN = "id-column"  # node config key of a deployed vertical party: its CSV's ID column
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
 def own_data(party: str, seed: int) -> PartyData:
-    """This party's own table, cached per process (it is read-only)."""
+    """This party's table in the bundled scenario, cached per process (it is read-only)."""
     return load_party(party, seed)
+
+
+def _stamp(*paths: str | Path) -> tuple[tuple[int, int], ...]:
+    """(mtime, size) of each file, so that a cache keyed on them notices an edited file."""
+    stamps = []
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append((0, 0))
+    return tuple(stamps)
+
+
+@lru_cache(maxsize=4)
+def _own_csv(party: str, data: str, schema: str, id_column: str, where: str,
+             _stamps: tuple[tuple[int, int], ...]) -> PartyData:
+    return load_party_csv(party, data, schema, id_column, where=where)
+
+
+@lru_cache(maxsize=4)
+def _vertical_spec(path: str, _stamps: tuple[tuple[int, int], ...]) -> VerticalSpec:
+    return load_vertical_spec(path)
+
+
+def party_data(run: RunConfig, partner: PartnerConfig) -> PartyData:
+    """This party's own table, cached per process while its files are unchanged:
+
+    - deployed: its own CSV (node config `data-path`), schema (`schema-path`) and customer-ID
+      column (`id-column`);
+    - simulated on a vertical data spec (run config `data-spec`): its `[parties.<party>]` entry;
+    - otherwise the bundled scenario credit_data_vertical (`own_data`).
+    """
+    if partner.deployed:
+        if not partner.id_column:
+            raise DataValidationError(
+                f"node config of vertical party {partner.partner!r} lacks '{ID_COLUMN}' (the "
+                f"column of its CSV at data-path holding the customer IDs the PSI aligns on)")
+        paths = (partner.data_path, partner.schema_path)
+        return _own_csv(partner.partner, *paths, partner.id_column,
+                        f"node config of vertical party {partner.partner!r}", _stamp(*paths))
+    if run.data_spec:
+        spec = _vertical_spec(run.data_spec, _stamp(run.data_spec))
+        source = spec.party(partner.partner)
+        paths = (str(source.data), str(source.schema))
+        return _own_csv(partner.partner, *paths, source.id_column,
+                        f"{spec.source}: parties.{partner.partner}", _stamp(*paths))
+    return own_data(partner.partner, run.seed)
 
 
 def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -83,7 +138,12 @@ class PartyBase:
         self.msg, self.context = msg, context
         self.run, self.partner = read_config(context, overrides)
         self.name = self.partner.partner
-        self.data = own_data(self.name, self.run.seed)
+        try:
+            self.data = party_data(self.run, self.partner)
+        except FedcreditError as exc:  # bad data, schema or spec: no traceback, no data leaves
+            log.error("vertical party %s cannot use its own table: %s", self.name, exc)
+            detail = "details are in its own log" if self.partner.deployed else str(exc)
+            raise Refusal(f"{self.name}: its own table failed validation ({detail})") from None
         self.settings = VerticalSettings.from_config(self.run, self.partner)
         self.node = VerticalNodeConfig.from_node_config(
             dict(context.node_config), self.run, self.partner

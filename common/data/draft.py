@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from common.data.schema import RawTable
+from common.data.csv_table import RawTable
 from common.errors import DataValidationError
 
 LEARNED_MARK = "# LEARNED FROM YOUR DATA: replace with a value you can justify without it"

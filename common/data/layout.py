@@ -36,8 +36,10 @@ def column_layout(spec: ColumnSpec) -> dict[str, Any]:
     """What decides the meaning of the input units of one feature column, in the order they
     appear: its encoding and every declared parameter of it (no statistic of any data)."""
     entry: dict[str, Any] = {"column": spec.name, "encoding": spec.type}
-    if spec.type == "numeric":
+    if spec.type in ("numeric", "ratio"):
         assert spec.clip is not None
+        if spec.derived:
+            entry.update(numerator=spec.numerator, denominator=spec.denominator)
         entry.update(clip=list(spec.clip), transform=spec.transform,
                      fill=spec.fill if spec.missing == "fill" else None,
                      missing_indicator=spec.missing_indicator)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.schema import RawTable
+from common.data.csv_table import RawTable
 from common.data.tables import PartnerData, bundled_path, load_bundled, split_train_test, subset
 from common.privacy.randomness import split_key
 

@@ -13,9 +13,7 @@ both matter when every step costs privacy.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -24,16 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from common.data.csv_table import RawTable, decode_text
 from common.data.layout import FeatureLayout
-from common.errors import DataValidationError, FedcreditError, SchemaError
+from common.errors import DataValidationError, SchemaError
 
-COLUMN_TYPES = ("numeric", "categorical", "ordinal")
+COLUMN_TYPES = ("numeric", "categorical", "ordinal", "ratio")
 TRANSFORMS = ("none", "log1p")
 MISSING_POLICIES = ("error", "fill", "category")
 UNKNOWN_POLICIES = ("error", "bucket")
 COLUMN_KEYS = ("name", "type", "clip", "transform", "fill", "missing_indicator", "categories",
-               "missing", "unknown", "feature")
+               "missing", "unknown", "feature", "numerator", "denominator")
 DATASET_KEYS = ("name", "label", "label_values", "bad_value", "missing_values")
+LABEL_KEYS = ("label", "label_values", "bad_value")  # all or none (none: no label column)
 TOP_LEVEL_KEYS = ("dataset", "columns")
 
 
@@ -51,12 +51,24 @@ class ColumnSpec:
     missing: str = "error"
     unknown: str = "error"
     feature: bool = True
+    numerator: str = ""
+    denominator: str = ""
+
+    @property
+    def derived(self) -> bool:
+        """Whether the column is computed from other columns (a ratio), not read from the CSV."""
+        return self.type == "ratio"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The CSV columns this column reads."""
+        return (self.numerator, self.denominator) if self.derived else (self.name,)
 
     def feature_names(self) -> list[str]:
         """Names of the encoded features this column produces (empty if not a feature)."""
         if not self.feature:
             return []
-        if self.type == "numeric":
+        if self.type in ("numeric", "ratio"):
             names = [self.name]
             if self.missing_indicator:
                 names.append(f"{self.name}__missing")
@@ -73,7 +85,9 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class Schema:
-    """A data set schema: label definition plus ordered column specs."""
+    """A data set schema: label definition plus ordered column specs. A schema without a label
+    (`label` empty: no `label`, `label_values` or `bad_value` in its `[dataset]`) describes a
+    table of features only, a vertical passive party's (`encode_features`)."""
 
     name: str
     label: str
@@ -84,9 +98,19 @@ class Schema:
     source_hash: str = field(default="", compare=False)
 
     @property
+    def has_label(self) -> bool:
+        """Whether the schema declares a label column."""
+        return bool(self.label)
+
+    @property
     def feature_names(self) -> list[str]:
         """Encoded feature names, in model input order."""
         return [n for c in self.columns for n in c.feature_names()]
+
+    @property
+    def feature_columns(self) -> list[ColumnSpec]:
+        """The column each encoded feature comes from, in model input order."""
+        return [c for c in self.columns for _ in c.feature_names()]
 
     @property
     def num_features(self) -> int:
@@ -162,7 +186,16 @@ def _parse_column(raw: dict, where: str) -> ColumnSpec:
         raise SchemaError(f"{where}: transform must be one of {TRANSFORMS}, got {transform!r}")
     clip = None
     categories: tuple[str, ...] = ()
-    if col_type == "numeric":
+    numerator = denominator = ""
+    if col_type == "ratio":
+        numerator = str(_require(raw, "numerator", where))
+        denominator = str(_require(raw, "denominator", where))
+        if "fill" not in raw:
+            raise SchemaError(f"{where}: a ratio needs a fill value (used where either column "
+                              f"is missing or the denominator is not positive)")
+    elif "numerator" in raw or "denominator" in raw:
+        raise SchemaError(f"{where}: numerator and denominator are for type = 'ratio' only")
+    if col_type in ("numeric", "ratio"):
         raw_clip = _require(raw, "clip", where)
         if not (isinstance(raw_clip, list) and len(raw_clip) == 2):
             raise SchemaError(f"{where}: clip must be [low, high], got {raw_clip!r}")
@@ -180,11 +213,13 @@ def _parse_column(raw: dict, where: str) -> ColumnSpec:
         raise SchemaError(f"{where}: fill {fill:g} lies outside clip {list(clip)}: a filled "
                           f"value would not be the declared one")
     missing = str(raw.get("missing", "fill" if fill is not None else "error"))
+    if col_type == "ratio" and missing != "fill":
+        raise SchemaError(f"{where}: a ratio's missing policy is 'fill'")
     if missing not in MISSING_POLICIES:
         raise SchemaError(f"{where}: missing must be one of {MISSING_POLICIES}, got {missing!r}")
-    if missing == "fill" and (fill is None or col_type != "numeric"):
+    if missing == "fill" and (fill is None or col_type not in ("numeric", "ratio")):
         raise SchemaError(f"{where}: missing = 'fill' needs a numeric column with a fill value")
-    if missing == "category" and col_type == "numeric":
+    if missing == "category" and col_type in ("numeric", "ratio"):
         raise SchemaError(f"{where}: missing = 'category' is for categorical/ordinal columns; "
                           f"numeric columns use missing = 'fill' with a fill value")
     unknown = str(raw.get("unknown", "error"))
@@ -197,6 +232,7 @@ def _parse_column(raw: dict, where: str) -> ColumnSpec:
         missing_indicator=_flag(raw, "missing_indicator", False, where),
         categories=categories, missing=missing, unknown=unknown,
         feature=_flag(raw, "feature", True, where),
+        numerator=numerator, denominator=denominator,
     )
 
 
@@ -208,7 +244,7 @@ def load_schema(path: str | Path) -> Schema:
     except OSError as exc:
         raise SchemaError(f"cannot read schema file {path}: {exc}") from exc
     try:
-        raw = tomllib.loads(_decode(text, str(path), SchemaError))
+        raw = tomllib.loads(decode_text(text, str(path), SchemaError))
     except tomllib.TOMLDecodeError as exc:
         raise SchemaError(f"{path}: invalid TOML: {exc}") from exc
     where = str(path)
@@ -216,11 +252,16 @@ def load_schema(path: str | Path) -> Schema:
     dataset = _table(_require(raw, "dataset", where), "dataset", where)
     in_dataset = f"{where} [dataset]"
     _no_unknown_keys(dataset, DATASET_KEYS, in_dataset)
-    label_values = _strings(_require(dataset, "label_values", in_dataset), "label_values",
-                            in_dataset)
-    bad_value = str(_require(dataset, "bad_value", in_dataset))
-    if len(label_values) != 2 or bad_value not in label_values:
-        raise SchemaError(f"{where} [dataset]: label_values must be two values including bad_value")
+    labelled = any(key in dataset for key in LABEL_KEYS)  # none: a vertical passive party's
+    label_values: tuple[str, ...] = ()
+    bad_value = ""
+    if labelled:
+        label_values = _strings(_require(dataset, "label_values", in_dataset), "label_values",
+                                in_dataset)
+        bad_value = str(_require(dataset, "bad_value", in_dataset))
+        if len(label_values) != 2 or bad_value not in label_values:
+            raise SchemaError(f"{where} [dataset]: label_values must be two values including "
+                              f"bad_value")
     raw_columns = _require(raw, "columns", where)
     if not isinstance(raw_columns, list) or not all(isinstance(c, dict) for c in raw_columns):
         raise SchemaError(f"{where}: 'columns' must be an array of tables ([[columns]] entries)")
@@ -230,8 +271,13 @@ def load_schema(path: str | Path) -> Schema:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SchemaError(f"{where}: duplicate column names {repeated}")
-    label = str(_require(dataset, "label", in_dataset))
-    if label in names:
+    for spec in columns:
+        for source in spec.sources if spec.derived else ():
+            if source not in names or columns[names.index(source)].type != "numeric":
+                raise SchemaError(f"{where}: ratio {spec.name!r} reads {source!r}, which is not "
+                                  f"a numeric column of the schema")
+    label = str(_require(dataset, "label", in_dataset)) if labelled else ""
+    if label and label in names:
         raise SchemaError(f"{where}: label column {label!r} must not also be a feature column")
     missing_values = _strings(dataset.get("missing_values", ["", "NA"]), "missing_values",
                               in_dataset)
@@ -240,69 +286,6 @@ def load_schema(path: str | Path) -> Schema:
         bad_value=bad_value, columns=columns, missing_values=missing_values,
         source_hash=hashlib.sha256(text).hexdigest(),
     )
-
-
-def _decode(data: bytes, path: str, error: type[FedcreditError]) -> str:
-    """UTF-8 text (a leading byte-order mark, as spreadsheet software writes, is dropped); a
-    file in another encoding raises `error` naming the file and the line."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise error(f"{path}: line {line} is not UTF-8 text (byte {exc.start}); save the file "
-                    f"as UTF-8") from None
-
-
-@dataclass(frozen=True)
-class RawTable:
-    """A CSV read as strings: header, rows, and where it came from (for error messages)."""
-
-    path: str
-    header: tuple[str, ...]
-    rows: list[tuple[str, ...]]
-    lines: list[int] = field(default_factory=list)
-
-    def line(self, index: int) -> int:
-        """CSV line number (header = line 1) of row `index`, for error messages."""
-        return self.lines[index] if self.lines else index + 2
-
-    def column(self, name: str) -> list[str]:
-        """All values of column `name` as strings."""
-        idx = self.header.index(name)
-        return [row[idx] for row in self.rows]
-
-
-def read_csv(path: str | Path) -> RawTable:
-    """Read a UTF-8 CSV file (with or without a byte-order mark) into strings, checking that
-    header names are unique and every row has the header's width."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataValidationError(f"cannot read data file {path}: {exc}") from exc
-    reader = csv.reader(io.StringIO(_decode(data, str(path), DataValidationError), newline=""))
-    try:
-        header = tuple(h.strip() for h in next(reader, []))
-        repeated = sorted({h for h in header if header.count(h) > 1})
-        if repeated:
-            raise DataValidationError(f"{path}: line 1 (header) names column(s) {repeated} more "
-                                      f"than once")
-        rows, lines = [], []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataValidationError(
-                    f"{path}: row {reader.line_num} has {len(row)} fields, header has "
-                    f"{len(header)}")
-            rows.append(tuple(v.strip() for v in row))
-            lines.append(reader.line_num)
-    except csv.Error as exc:
-        raise DataValidationError(f"{path}: line {reader.line_num} is not valid CSV: "
-                                  f"{exc}") from None
-    if not header:
-        raise DataValidationError(f"{path}: file is empty (no header row)")
-    return RawTable(path=str(path), header=header, rows=rows, lines=lines)
 
 
 def _transform(values: np.ndarray, spec: ColumnSpec) -> np.ndarray:
@@ -318,14 +301,12 @@ def encode_table(table: RawTable, schema: Schema) -> tuple[np.ndarray, np.ndarra
 
     Errors name file, column and CSV line (line 1 is the header).
     """
-    for name in [schema.label] + [c.name for c in schema.columns]:
-        if name not in table.header:
-            raise DataValidationError(
-                f"{table.path}: missing column {name!r} required by schema {schema.name!r}")
-    if not table.rows:
-        raise DataValidationError(f"{table.path}: no data rows (empty partition)")
-    missing_tokens = set(schema.missing_values)
-
+    if not schema.has_label:
+        raise DataValidationError(
+            f"{table.path}: schema {schema.name!r} declares no label ([dataset] label, "
+            f"label_values, bad_value); a schema without a label describes a vertical passive "
+            f"party's table only")
+    _check_table(table, schema)
     labels = np.empty(len(table.rows), dtype=np.float32)
     for i, value in enumerate(table.column(schema.label)):
         if value not in schema.label_values:
@@ -333,19 +314,43 @@ def encode_table(table: RawTable, schema: Schema) -> tuple[np.ndarray, np.ndarra
                 f"{table.path}: column {schema.label!r}, row {table.line(i)}: label {value!r} "
                 f"is not one of the declared values {list(schema.label_values)}")
         labels[i] = 1.0 if value == schema.bad_value else 0.0
+    return encode_features(table, schema), labels
 
+
+def _check_table(table: RawTable, schema: Schema) -> None:
+    """Every column the schema declares (its label, when it has one) is in `table`, which has
+    rows."""
+    required = [c.name for c in schema.columns if not c.derived]
+    for name in [schema.label] * schema.has_label + required:
+        if name not in table.header:
+            raise DataValidationError(
+                f"{table.path}: missing column {name!r} required by schema {schema.name!r}")
+    if not table.rows:
+        raise DataValidationError(f"{table.path}: no data rows (empty partition)")
+
+
+def encode_features(table: RawTable, schema: Schema) -> np.ndarray:
+    """Validate `table`'s columns against `schema` and encode its features (float32), without
+    reading any label (a vertical passive party's table). Errors as `encode_table`'s."""
+    _check_table(table, schema)
+    missing_tokens = set(schema.missing_values)
     blocks: list[np.ndarray] = []
     for spec in schema.columns:
         if not spec.feature:
             _check_categories(table, spec, missing_tokens)
+            continue
+        if spec.derived:
+            blocks.append(_encode_ratio(table, spec, schema, missing_tokens))
             continue
         values = table.column(spec.name)
         if spec.type == "numeric":
             blocks.append(_encode_numeric(table, spec, values, missing_tokens))
         else:
             blocks.append(_encode_categorical(table, spec, values, missing_tokens))
-    features = np.concatenate(blocks, axis=1).astype(np.float32)
-    return features, labels
+    if not blocks:
+        raise DataValidationError(f"{table.path}: schema {schema.name!r} declares no feature "
+                                  f"column")
+    return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
 def _missing_error(path: str, spec: ColumnSpec, row: int) -> DataValidationError:
@@ -379,6 +384,30 @@ def _encode_numeric(table: RawTable, spec: ColumnSpec, values: list[str],
         out[i, 0] = number
         if spec.missing_indicator:
             out[i, 1] = is_missing
+    out[:, 0] = _transform(out[:, 0], spec)
+    return out
+
+
+def _encode_ratio(table: RawTable, spec: ColumnSpec, schema: Schema,
+                  missing_tokens: set[str]) -> np.ndarray:
+    """numerator / denominator, raw values (each validated by its own column's encoding); the
+    fill value where either is missing or the denominator is not positive; then clipped,
+    transformed and scaled like a numeric column."""
+    numerator, denominator = (table.column(name) for name in spec.sources)
+    assert spec.fill is not None
+    out = np.full((len(numerator), 1), spec.fill, dtype=np.float64)
+    for i, (top, bottom) in enumerate(zip(numerator, denominator, strict=True)):
+        if top in missing_tokens or bottom in missing_tokens:
+            continue
+        try:
+            top_value, bottom_value = float(top), float(bottom)
+        except ValueError:
+            raise DataValidationError(
+                f"{table.path}: row {table.line(i)}: ratio {spec.name!r} needs numbers in "
+                f"{spec.numerator!r} and {spec.denominator!r}, got {top!r} and {bottom!r}"
+            ) from None
+        if bottom_value > 0 and math.isfinite(top_value / bottom_value):
+            out[i, 0] = top_value / bottom_value
     out[:, 0] = _transform(out[:, 0], spec)
     return out
 

@@ -14,7 +14,9 @@ schema TOML (the existing format) and optional per-partner budgets. From a small
 
 or from `fedcredit simulate --data/--partner-column/--schema` (`spec_from_options`). The bundled
 `natural` scenarios are specs of the same kind (`spec_for_scenario`). Every error names the file
-or option and the key at fault.
+or option and the key at fault. A spec with `mode = "vertical"` is the vertical form instead
+(each party's own CSV, schema and customer-ID column: `common.data.vertical_spec`), read by
+`load_vertical_spec`; `load_any_spec` reads either.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.data.csv_table import RawTable, read_csv
 from common.data.scenarios import get_scenario, load_scenario
-from common.data.schema import RawTable, load_schema, read_csv
+from common.data.schema import load_schema
 from common.data.tables import PartnerData, bundled_path, split_train_test, subset
+from common.data.vertical_spec import VERTICAL_MODE, VerticalSpec, parse_vertical_spec
 from common.errors import DataValidationError
 from common.privacy.randomness import split_key
 
@@ -244,16 +248,43 @@ def parse_spec(raw: dict[str, Any], base: Path, where: str) -> DataSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> DataSpec:
-    """Read and check a data spec TOML file; errors name the file and the key."""
-    path = Path(path)
+def _read_spec(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a data spec file; errors name the file."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataValidationError(f"cannot read data spec {path}: "
                                   f"{exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataValidationError(f"{path}: not a valid TOML file: {exc}") from None
+
+
+def load_spec(path: str | Path) -> DataSpec:
+    """Read and check a data spec TOML file; errors name the file and the key."""
+    path = Path(path)
+    raw = _read_spec(path)
+    if raw.get("mode") == VERTICAL_MODE:
+        raise _error(str(path), "is a vertical spec (mode = 'vertical'); a horizontal run "
+                                "needs partners holding different customers ([partners])")
+    return parse_spec(raw, path.resolve().parent, str(path))
+
+
+def load_vertical_spec(path: str | Path) -> VerticalSpec:
+    """Read and check a vertical data spec TOML file (`common.data.vertical_spec`)."""
+    path = Path(path)
+    return parse_vertical_spec(_read_spec(path), path.resolve().parent, str(path))
+
+
+def load_any_spec(path: str | Path) -> DataSpec | VerticalSpec:
+    """A data spec file of either form: vertical with `mode = "vertical"`, else the partners
+    holding different customers (`mode = "horizontal"` may be said, or left out)."""
+    path = Path(path)
+    raw = _read_spec(path)
+    if raw.get("mode") == VERTICAL_MODE:
+        return parse_vertical_spec(raw, path.resolve().parent, str(path))
+    if raw.get("mode", "horizontal") != "horizontal":
+        raise _error(str(path), f"mode must be 'horizontal' or 'vertical', got {raw['mode']!r}")
+    raw.pop("mode", None)
     return parse_spec(raw, path.resolve().parent, str(path))
 
 

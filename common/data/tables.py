@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from common.data.schema import RawTable, Schema, encode_table, load_schema, read_csv
+from common.data.csv_table import RawTable, read_csv
+from common.data.schema import Schema, encode_table, load_schema
 from common.errors import DataValidationError
 
 BUNDLED_DATASETS = ("credit_data", "lending_club")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from common.data.scenarios import LENDER, PARTIES, PASSIVE
+from common.data.vertical_spec import VerticalSpec
 from common.learning.metrics import credit_metrics
 from common.learning.training import TrainSettings
 from common.outputs import ledger_file
@@ -177,18 +178,21 @@ def run_non_private(scenario: VerticalScenario, settings: VerticalSettings, *, s
 
 def run_vertical_in_memory(seed: int = 0, settings: VerticalSettings | None = None, *,
                            scenario: VerticalScenario | None = None,
+                           spec: VerticalSpec | None = None,
                            ledger_dir: Path | None = None,
                            keys: Mapping[str, Ed25519PrivateKey] | None = None,
                            non_private: bool = True,
                            transcript_finetune: bool = False) -> VerticalResult:
-    """Run credit_data_vertical in one process: DP and non-private, every party combination.
+    """Run credit_data_vertical (or the parties' own CSVs of a vertical data `spec`) in one
+    process: DP and non-private, every party combination.
 
     Reports pooled test AUC/KS per setting ('dp' and 'non_private'), the centralized logistic
     regression reference, each party's ε from its releases, and, with `ledger_dir` and `keys`,
     writes each party's signed ledger `<party>.jsonl` there (run id = the PSI run id).
     """
     settings = settings or VerticalSettings()
-    scenario = scenario or load_vertical_scenario(seed, test_fraction=settings.test_fraction)
+    scenario = scenario or load_vertical_scenario(seed, test_fraction=settings.test_fraction,
+                                                  spec=spec)
     transcript = Transcript()
     dp_metrics, releases, mechanisms = run_private(scenario, settings, seed=seed,
                                                    transcript=transcript)

@@ -1,16 +1,31 @@
-"""The vertical scenario's parties: who holds which columns, their own tables, the aligned split."""
+"""The vertical parties: who holds which columns, their own tables, the aligned split.
+
+A party's table is either its own CSV with its own schema and customer-ID column
+(`load_party_csv`: a deployed party's node config `data-path`, `schema-path`, `id-column`, or a
+party of a vertical data spec, `common.data.vertical_spec`), or, in the bundled scenario
+`credit_data_vertical`, its columns of credit_data with customer IDs made up from the row index.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from common.data.csv_table import RawTable, read_csv
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS, PASSIVE, VERTICAL_DATASET
-from common.data.schema import Schema, encode_table
+from common.data.schema import Schema, encode_features, encode_table, load_schema
 from common.data.tables import load_bundled, subset
-from common.vertical.psi import customer_id, run_psi_in_memory, sample_known_ids
+from common.data.vertical_spec import VerticalSpec, check_party_schema
+from common.errors import DataValidationError, PsiError
+from common.vertical.psi import (
+    customer_id,
+    run_psi_in_memory,
+    sample_known_ids,
+    validate_ids,
+)
 
 SETTINGS: tuple[tuple[str, ...], ...] = (
     (LENDER,), (LENDER, "ecommerce"), (LENDER, "bank"), (LENDER, "ecommerce", "bank"))
@@ -131,14 +146,66 @@ def known_ids(party: str, seed: int, num_customers: int) -> list[str]:
     return sample_known_ids(num_customers, seed=_scenario_seeds(seed)[1 + PASSIVE.index(party)])
 
 
-def load_party(party: str, seed: int) -> PartyData:
+def party_ids(table: RawTable, id_column: str, *, missing: Sequence[str] = ()) -> list[str]:
+    """The customer IDs of `table`, one per row, from its column `id_column`; DataValidationError
+    naming the file, the column and the CSV line for a missing column, an empty or missing ID
+    (`missing`: the schema's missing-value tokens) or an ID given twice."""
+    if id_column not in table.header:
+        raise DataValidationError(f"{table.path}: no customer-ID column {id_column!r} (columns: "
+                                  f"{list(table.header)})")
+    ids = table.column(id_column)
+    seen: dict[str, int] = {}
+    for i, value in enumerate(ids):
+        if not value or value in missing:
+            raise DataValidationError(f"{table.path}: column {id_column!r}, row "
+                                      f"{table.line(i)}: missing customer ID {value!r}")
+        if value in seen:
+            raise DataValidationError(
+                f"{table.path}: column {id_column!r}, rows {table.line(seen[value])} and "
+                f"{table.line(i)}: customer ID {value!r} given twice; each customer must appear "
+                f"once")
+        seen[value] = i
+    try:
+        return validate_ids(ids, party=f"{table.path}: column {id_column!r}")
+    except PsiError as exc:
+        raise DataValidationError(str(exc)) from None
+
+
+def load_party_csv(party: str, data: str | Path, schema: str | Path, id_column: str, *,
+                   where: str = "") -> PartyData:
+    """ONE party's own table from its own CSV, its own schema and its customer-ID column.
+
+    The lender's schema declares the label (its rows' labels are kept), a passive party's
+    declares none; the ID column is not in the schema. Every row is validated and encoded as
+    `common.data.schema.encode_table` does; errors name the file, column and line (`where`, e.g.
+    the node config or spec entry, for the schema's fit to the party's role).
+    """
+    spec = load_schema(schema)
+    check_party_schema(party, spec, id_column, where or f"{party}'s schema {schema}")
+    table = read_csv(data)
+    ids = party_ids(table, id_column, missing=spec.missing_values)
+    if party == LENDER:
+        features, labels = encode_table(table, spec)
+    else:
+        features, labels = encode_features(table, spec), None
+    return PartyData(party, tuple(ids), tuple(spec.feature_names),
+                     features.astype(np.float64),
+                     None if labels is None else labels.astype(np.float64))
+
+
+def load_party(party: str, seed: int, spec: VerticalSpec | None = None) -> PartyData:
     """ONE party's table: its own known customers and its own columns, nothing of the others'.
 
-    The simulated party reads the bundled CSV and keeps only its rows and columns (encoding is
-    row by row, so this equals slicing the encoded whole); only the lender keeps the label.
+    With a vertical data `spec`, the party's own CSV (`load_party_csv`). Without, the simulated
+    party reads the bundled CSV and keeps only its rows and columns (encoding is row by row, so
+    this equals slicing the encoded whole); only the lender keeps the label.
     """
     if party not in PARTIES:
         raise ValueError(f"unknown party {party!r}; parties are {PARTIES}")
+    if spec is not None:
+        source = spec.party(party)
+        return load_party_csv(party, source.data, source.schema, source.id_column,
+                              where=f"{spec.source}: parties.{party}")
     table, schema = load_bundled(VERTICAL_DATASET)
     ids = known_ids(party, seed, len(table.rows))
     rows = np.array([int(c.split("-")[1]) for c in ids])
@@ -161,25 +228,43 @@ def party_view(data: PartyData, aligned: Sequence[int], train_pos: np.ndarray,
     return PartyView(data.party, data.feature_names, block[train_pos], block[test_pos])
 
 
-def load_vertical_scenario(seed: int, *, test_fraction: float = 0.25,
-                           stratify: bool = False) -> VerticalScenario:
-    """The credit_data_vertical scenario: PSI-aligned party views and a seeded train/test split.
+def check_aligned_split(labels: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray,
+                        known: Mapping[str, int], where: str) -> None:
+    """DataValidationError unless the aligned training and test rows both hold good and bad
+    labels (what the stages and the evaluation need); names the sizes (simulation only)."""
+    for name, rows in (("training", train_pos), ("test", test_pos)):
+        counts = np.bincount(labels[rows].astype(int), minlength=2)
+        if counts.min() < 1:
+            raise DataValidationError(
+                f"{where}: the parties share {len(labels)} customers (known: "
+                + ", ".join(f"{p} {n}" for p, n in known.items())
+                + f"); their {name} rows hold {int(counts[0])} good and {int(counts[1])} bad; "
+                f"each part needs both (more common customers, or check the ID columns match)")
 
-    Each party's table comes from `load_party` (the lender knows every customer, each passive
-    party a seeded random 85-95%). Rows are aligned by `common.vertical.psi.run_psi_in_memory`,
-    ordered by the lender's row and split uniformly at random (`stratify=True` stratifies on the
-    label: simulation only).
+
+def load_vertical_scenario(seed: int, *, test_fraction: float = 0.25, stratify: bool = False,
+                           spec: VerticalSpec | None = None) -> VerticalScenario:
+    """PSI-aligned party views and a seeded train/test split: credit_data_vertical, or the
+    parties' own CSVs of a vertical data `spec`.
+
+    Each party's table comes from `load_party` (bundled: the lender knows every customer, each
+    passive party a seeded random 85-95%; a spec: each party's own IDs). Rows are aligned by
+    `common.vertical.psi.run_psi_in_memory` on the customer IDs, ordered by the lender's row and
+    split uniformly at random (`stratify=True` stratifies on the label: simulation only).
     """
-    data = {p: load_party(p, seed) for p in PARTIES}
+    data = {p: load_party(p, seed, spec) for p in PARTIES}
     psi = run_psi_in_memory({p: list(data[p].ids) for p in PARTIES}, lender=LENDER)
     # The lender fixes the aligned order (here: by its own row) and tells each partner.
     order = lender_row_order(psi.aligned_rows[LENDER])
-    aligned = {p: np.asarray(psi.aligned_rows[p])[order] for p in PARTIES}
+    aligned = {p: np.asarray(psi.aligned_rows[p], dtype=int)[order] for p in PARTIES}
     lender_ids = [data[LENDER].ids[i] for i in aligned[LENDER]]
     assert data[LENDER].labels is not None
     y = data[LENDER].labels[aligned[LENDER]]
     train_pos, test_pos = split_aligned(len(y), test_fraction=test_fraction,
                                         seed=split_seed(seed), labels=y if stratify else None)
+    if spec is not None:
+        check_aligned_split(y, train_pos, test_pos, {p: len(data[p].ids) for p in PARTIES},
+                            spec.source)
     views = {}
     for party in PARTIES:
         if [data[party].ids[i] for i in aligned[party]] != lender_ids:

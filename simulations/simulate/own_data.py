@@ -3,7 +3,10 @@ into a checked `DataSpec` before anything trains, and the run config that carrie
 
 The simulated partners run in Ray workers, so the spec travels as a file: the run config key
 `data-spec` names `<out>/data-spec.toml` (absolute paths), which the ClientApps, the ServerApp
-and the baselines all read (`common.data.spec.load_run_partners`).
+and the baselines all read (`common.data.spec.load_run_partners`). A vertical spec
+(`mode = "vertical"`: each party's own CSV, schema and customer-ID column) is checked here the
+same way, its parties' tables loaded and aligned on their IDs, and runs as the vertical
+simulation (`simulations.simulate.vertical`).
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from pathlib import Path
 import typer
 
 from common.config import RunConfig, parse_budgets
-from common.data.spec import DataSpec, load_spec, spec_from_options
+from common.data.spec import DataSpec, load_any_spec, spec_from_options
+from common.data.vertical_spec import VerticalSpec
 from common.outputs import DATA_SPEC_FILE
 
 
 def resolve_spec(scenario: str | None, *, data: list[str], partner_column: str,
                  schema: Path | None, spec: Path | None, split: str, alpha: float,
-                 seed: int) -> DataSpec | None:
+                 seed: int) -> DataSpec | VerticalSpec | None:
     """The run's data spec (None: a bundled scenario), every partner's rows loaded and split
-    once to check them; a bad spec raises typer.BadParameter naming the option and file."""
+    once to check them (a vertical spec: every party's table loaded, aligned on the customer IDs
+    and split as the lender will); a bad spec raises typer.BadParameter naming the option and
+    file."""
     if spec is None and not data:
         stray = [opt for opt, value in (("--partner-column", partner_column),
                                         ("--schema", schema)) if value]
@@ -43,9 +49,14 @@ def resolve_spec(scenario: str | None, *, data: list[str], partner_column: str,
         raise typer.BadParameter(f"--split and --alpha deal a bundled scenario's rows; with "
                                  f"{given} each partner holds its own rows", param_hint="--split")
     try:
-        data_spec = (load_spec(spec) if spec is not None
+        data_spec = (load_any_spec(spec) if spec is not None
                      else spec_from_options(data, str(schema or ""), partner_column))
-        data_spec.load_partners(seed=seed, test_fraction=RunConfig.test_fraction)
+        if isinstance(data_spec, VerticalSpec):
+            from common.vertical.parties import load_vertical_scenario
+
+            load_vertical_scenario(seed, test_fraction=RunConfig.test_fraction, spec=data_spec)
+        else:
+            data_spec.load_partners(seed=seed, test_fraction=RunConfig.test_fraction)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=given) from None
     return data_spec

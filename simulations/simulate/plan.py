@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from common.config import PartnerConfig, RunConfig, parse_budgets
 from common.data.spec import load_run_partners
+from common.data.vertical_spec import VerticalSpec
 from common.learning.steps import num_steps, steps_per_epoch
 from common.partner import round_seed
 from common.privacy.budget import calibrate_plan
@@ -66,9 +67,11 @@ def check_plan(run: RunConfig) -> None:
                 f"steps (run config key '{key}')") from None
 
 
-def check_vertical_plan(settings: VerticalSettings, seed: int) -> None:
-    """Raise ValueError naming 'sim-epsilon' when a party of the vertical scenario could not
-    calibrate its releases to `settings` (the lender's label release first: it needs no data)."""
+def check_vertical_plan(settings: VerticalSettings, seed: int,
+                        spec: VerticalSpec | None = None) -> None:
+    """Raise ValueError naming 'sim-epsilon' when a party of the vertical scenario (or of the
+    vertical data `spec`) could not calibrate its releases to `settings` (the lender's label
+    release first: it needs no data)."""
     from common.privacy.accounting import calibrate_noise_multiplier
     from common.vertical.parties import load_vertical_scenario
     from common.vertical.releases import RELEASE_TOLERANCE, calibrate_passive_releases
@@ -76,7 +79,8 @@ def check_vertical_plan(settings: VerticalSettings, seed: int) -> None:
     try:
         calibrate_noise_multiplier(target_epsilon=settings.lender_epsilon, delta=settings.delta,
                                    sample_rate=1.0, steps=1, tolerance=RELEASE_TOLERANCE)
-        calibrate_passive_releases(len(load_vertical_scenario(seed).train_labels), settings)
+        calibrate_passive_releases(len(load_vertical_scenario(seed, spec=spec).train_labels),
+                                   settings)
     except ValueError as exc:
         raise ValueError(f"the vertical parties cannot calibrate their releases to epsilon "
                          f"{settings.epsilon:g} (delta {settings.delta:g}): {exc}; raise the "

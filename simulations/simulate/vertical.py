@@ -4,6 +4,8 @@
 `run_vertical_federation` is the Flower run itself, in-process: a ServerApp and 3 SuperNodes
 (lender, ecommerce, bank), each ClientApp holding only its own party's table (see
 `clients.vertical`); every party combination with and without DP, each party's signed ledger.
+On the parties' own CSVs (`fedcredit simulate --spec` with a vertical data spec) the spec travels
+to the ClientApps as `<out>/data-spec.toml` (run config key `data-spec`), as a horizontal one does.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from common.config import RunConfig
-from common.data.scenarios import LENDER, PARTIES
+from common.data.scenarios import LENDER, PARTIES, VERTICAL_SCENARIO
+from common.data.spec import load_vertical_spec
+from common.data.vertical_spec import VerticalSpec
 from common.outputs import (
     AUDIT_HTML,
+    DATA_SPEC_FILE,
     KEYS_DIR,
     LEDGER_DIR,
     RESULT_FILE,
@@ -41,8 +46,10 @@ from simulations.simulate.reports import render_vertical_markdown
 TRANSPORT = "Flower (in-process Simulation Engine, one ClientApp per party)"
 
 
-def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings) -> dict[str, Any]:
-    """Run the vertical scenario once, audit the ledgers, write the report; return it."""
+def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings,
+                      spec: VerticalSpec | None = None) -> dict[str, Any]:
+    """Run the vertical scenario (or the parties' own CSVs of a vertical data `spec`) once,
+    audit the ledgers, write the report; return it."""
     from simulations.audit.html import render_audit_html
 
     started = time.perf_counter()
@@ -50,11 +57,17 @@ def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings) -> di
     layout.vertical_ledgers.mkdir(parents=True, exist_ok=True)
     for party in PARTIES:
         write_key_pair(generate_signing_key(), layout.keys, party)
-    result = run_vertical_federation(simulation_run_config(layout, seed, settings))
+    data_spec = ""
+    if spec is not None:  # with absolute paths, for the ClientApps (and the record)
+        data_spec = str((layout.root / DATA_SPEC_FILE).resolve())
+        Path(data_spec).write_text(spec.to_toml(), encoding="utf-8")
+    result = run_vertical_federation(simulation_run_config(layout, seed, settings, data_spec))
     audit = verify([ledger_file(layout.vertical_ledgers, p) for p in PARTIES], layout.keys)
     layout.audit_html.write_text(render_audit_html(audit))
+    own = {"scenario": "own data", "data_spec": data_spec} if data_spec else {}
     report = {
-        "scenario": "credit_data_vertical",
+        "scenario": VERTICAL_SCENARIO,
+        **own,
         "mode": "vertical",
         "transport": TRANSPORT,
         "seed": seed,
@@ -93,11 +106,14 @@ def simulate_vertical(out: Path, *, seed: int, settings: VerticalSettings) -> di
     return report
 
 
-def simulation_run_config(layout: RunLayout, seed: int, settings: VerticalSettings) -> RunConfig:
+def simulation_run_config(layout: RunLayout, seed: int, settings: VerticalSettings,
+                          data_spec: str = "") -> RunConfig:
     """The run config of `simulate_vertical`: DP and non-private modes, the budgets of
-    `settings`, ledgers and keys in the run directory."""
+    `settings`, ledgers and keys in the run directory, the parties' own CSVs of `data_spec`
+    (a vertical data spec file; empty: the bundled scenario)."""
     return RunConfig(
-        scenario="credit_data_vertical",
+        scenario=VERTICAL_SCENARIO,
+        data_spec=data_spec,
         mode="vertical",
         seed=seed,
         sim_epsilon=settings.epsilon,
@@ -192,7 +208,8 @@ def run_vertical_federation(
         ledgers=ledgers,
     )
     if centralized:
+        spec = load_vertical_spec(run.data_spec) if run.data_spec else None
         result.centralized = centralized_logistic(
-            load_vertical_scenario(run.seed, test_fraction=run.test_fraction)
+            load_vertical_scenario(run.seed, test_fraction=run.test_fraction, spec=spec)
         )
     return result

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from common.data.schema import encode_table, load_schema, read_csv
+from common.data.csv_table import read_csv
+from common.data.schema import encode_table, load_schema
 from common.errors import DataValidationError, FedcreditError, SchemaError
 from simulations.cli import app
 from tests.conftest import TINY_HEADER, TINY_ROWS, TINY_SCHEMA, csv_text

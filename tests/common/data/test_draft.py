@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common.data.csv_table import RawTable, read_csv
 from common.data.draft import LEARNED_MARK, draft_schema
-from common.data.schema import RawTable, encode_table, load_schema, read_csv
+from common.data.schema import encode_table, load_schema
 from common.errors import DataValidationError
 from simulations.cli import app
 

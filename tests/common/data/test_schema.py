@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data.schema import RawTable, encode_table, load_schema, read_csv
+from common.data.csv_table import RawTable, read_csv
+from common.data.schema import encode_table, load_schema
 from common.errors import DataValidationError, SchemaError
 from tests.conftest import WriteCase
 

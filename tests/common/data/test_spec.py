@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from common.config import PartnerConfig, RunConfig
+from common.data.csv_table import read_csv
 from common.data.scenarios import load_scenario
-from common.data.schema import load_schema, read_csv
+from common.data.schema import load_schema
 from common.data.spec import (
     DataSpec,
     load_run_partners,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.data.csv_table import RawTable, read_csv
 from common.data.scenarios import (
     SCENARIOS,
     ScenarioSpec,
@@ -16,7 +17,7 @@ from common.data.scenarios import (
     load_scenario_partner,
     partner_rows,
 )
-from common.data.schema import RawTable, Schema, encode_table, load_schema, read_csv
+from common.data.schema import Schema, encode_table, load_schema
 from common.data.tables import (
     BUNDLED_DATASETS,
     PartnerData,

@@ -35,7 +35,10 @@ LOGS_DIR = "logs"
 SPEC_KEYS = ("scenario", "split", "dirichlet-alpha", "num-server-rounds", "sim-delta",
              "local-epochs", "batch-size", "learning-rate", "hidden-layers",
              "secure-aggregation")
-"""The run config keys a reused cell's report must match (besides its ε and seed)."""
+"""The run config keys a reused cell's report must match (besides its ε and seed; with a data
+spec, also the partners it names and their files)."""
+BUNDLED_ONLY = ("scenario", "split", "alpha")
+"""Spec fields that pick bundled data: not passed on with a data spec (simulate refuses them)."""
 STOP_GRACE_SECONDS = 60.0
 """How long a cell's simulation may take to stop after Ctrl-C before it is killed."""
 
@@ -62,6 +65,7 @@ class Spec:
     (None: simulate's default)."""
 
     scenario: str = "credit_data"
+    data_spec: Path | None = None
     rounds: int = 20
     split: str = "natural"
     alpha: float = 0.5
@@ -77,17 +81,28 @@ class Spec:
         args: list[str] = []
         for field in fields(self):
             value = getattr(self, field.name)
-            flag = "--" + field.name.replace("_", "-")
+            if self.data_spec is not None and field.name in BUNDLED_ONLY:
+                continue
+            flag = "--spec" if field.name == "data_spec" else "--" + field.name.replace("_", "-")
             if isinstance(value, bool):
                 args += [flag] if value else []
             elif value is not None:
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         return args
 
+    @property
+    def title(self) -> str:
+        """How sweep.md and the console name what was swept."""
+        data = (f"own data {self.data_spec} (" if self.data_spec is not None
+                else f"{self.scenario} ({self.split} split, ")
+        return f"{data}{self.rounds} rounds, δ={self.delta:g})"
+
     def run_config(self, epsilon: float, seed: int, out: Path) -> RunConfig:
         """The RunConfig `fedcredit simulate` builds for one cell; ValueError names the key."""
         overrides = {"local_epochs": self.local_epochs, "batch_size": self.batch_size,
                      "learning_rate": self.learning_rate, "hidden_layers": self.hidden_layers}
+        if self.data_spec is not None:
+            overrides["data_spec"] = str(self.data_spec)
         return RunConfig(scenario=self.scenario, sim_epsilon=epsilon, sim_delta=self.delta,
                          num_server_rounds=self.rounds, seed=seed, out_dir=str(out),
                          split=self.split, dirichlet_alpha=self.alpha,
@@ -180,12 +195,30 @@ def cell_state(out: Path, cell: Cell, spec: Spec) -> str:
         return "rerun"
     expected = spec.run_config(cell.epsilon, cell.seed, where).to_flower()
     found = report.get("config", {})
+    keys = [k for k in (*SPEC_KEYS, "sim-epsilon", "seed")
+            if spec.data_spec is None or k not in ("scenario", "split", "dirichlet-alpha")]
     differ = [f"{key} {found.get(key)!r} (this sweep: {expected[key]!r})"
-              for key in (*SPEC_KEYS, "sim-epsilon", "seed") if found.get(key) != expected[key]]
+              for key in keys if found.get(key) != expected[key]]
+    if spec.data_spec is not None and not same_data(found.get("data-spec"), spec.data_spec):
+        differ.append(f"data-spec {found.get('data-spec')!r} (this sweep: {spec.data_spec})")
     if differ:
         raise SweepError(f"{where} holds a completed run of another spec: {', '.join(differ)}; "
                          "choose another --out to sweep this spec", "--out")
     return "completed"
+
+
+def same_data(copied: object, data_spec: Path) -> bool:
+    """Whether a cell's copy of its data spec names the same partners, files and schema as
+    `data_spec` (the copy holds absolute paths, so the texts differ)."""
+    from dataclasses import replace
+
+    from common.data.spec import load_spec
+
+    try:
+        ours, theirs = load_spec(data_spec), load_spec(str(copied))
+    except (ValueError, OSError):
+        return False
+    return replace(ours, source="") == replace(theirs, source="")
 
 
 def read_report(where: Path) -> dict[str, Any] | None:

@@ -58,6 +58,8 @@ def check_spec(spec: Spec, epsilons: list[float], seeds: list[int], out: Path) -
         raise typer.BadParameter("the sweep draws the horizontal settings' curve; "
                                  "credit_data_vertical is not swept (yet)",
                                  param_hint="--scenario")
+    if spec.data_spec is not None:
+        check_data_spec(spec.data_spec, seeds)
     from simulations.cli import CLI_OPTIONS  # here: simulations.cli imports this module
 
     renamed = {"--epsilon": "--epsilons", "--seed": "--seeds"}
@@ -70,6 +72,20 @@ def check_spec(spec: Spec, epsilons: list[float], seeds: list[int], out: Path) -
             raise typer.BadParameter(str(exc), param_hint=renamed.get(option, option)) from None
 
 
+def check_data_spec(path: Path, seeds: list[int]) -> None:
+    """A horizontal data spec whose every partner's rows load and split (as simulate checks);
+    exit 2 naming --spec."""
+    from common.config import RunConfig
+    from common.data.spec import load_spec
+
+    try:
+        spec = load_spec(path)
+        for seed in seeds:
+            spec.load_partners(seed=seed, test_fraction=RunConfig.test_fraction)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--spec") from None
+
+
 def sweep(
     epsilons: Annotated[str, typer.Option(
         help="Budgets ε per partner, comma-separated, e.g. 0.5,1,2,3,5,8.")] = "0.5,1,2,3,5,8",
@@ -80,6 +96,9 @@ def sweep(
     )] = Path("runs/sweep"),
     scenario: Annotated[str, typer.Option(
         help="Bundled horizontal scenario: credit_data or lending_club.")] = "credit_data",
+    spec: Annotated[Path | None, typer.Option(
+        "--spec", help="Your own data instead of --scenario: a horizontal data spec TOML (as "
+        "for fedcredit simulate --spec).")] = None,
     rounds: Annotated[int, typer.Option(help="Federated rounds of every cell.")] = 20,
     split: Annotated[str, typer.Option(help="Partner split: natural, iid or dirichlet.")] = (
         "natural"),
@@ -98,7 +117,12 @@ def sweep(
 
     Each cell is a `fedcredit simulate` run in OUT/eps<E>-seed<S>/. A cell whose run completed
     is reused, so re-running the command (e.g. after Ctrl-C) runs only what is missing."""
-    spec = Spec(scenario=scenario, rounds=rounds, split=split, alpha=alpha, delta=delta,
+    if spec is not None and (scenario != "credit_data" or split != "natural" or alpha != 0.5):
+        raise typer.BadParameter("--scenario, --split and --alpha deal a bundled scenario's "
+                                 "rows; with --spec each partner holds its own rows",
+                                 param_hint="--spec")
+    spec = Spec(scenario=scenario, data_spec=spec.resolve() if spec else None, rounds=rounds,
+                split=split, alpha=alpha, delta=delta,
                 local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate,
                 hidden_layers=hidden_layers, secure_aggregation=secure_aggregation)
     run_sweep_cli(spec, parse_option("--epsilons", epsilons, parse_epsilons),
@@ -165,7 +189,7 @@ def finish(results: list[CellResult], spec: Spec, out: Path) -> list[CellResult]
     if not reports:
         console.print("[red]no cell finished: nothing to write[/red]")
         raise typer.Exit(code=1)
-    title = f"{spec.scenario} ({spec.split} split, {spec.rounds} rounds, δ={spec.delta:g})"
+    title = spec.title
     line = " ".join(["fedcredit simulate", *spec.options(), "--epsilon E --seed S"])
     paths = write_outputs(out, reports, line, title, failed)
     Console().print((out / "sweep.md").read_text(encoding="utf-8").split("\n## Per partner")[0],

@@ -259,3 +259,46 @@ def test_the_verdict_is_summarised_across_seeds() -> None:
     text = verdict_markdown(reports)
     assert "| 3 | bank | federated + DP (global model) | +0.0000 ± 0.0200 | 1 / 1 / 1 |" in text
     assert verdict_markdown({(3.0, 0): {}}) == ""
+
+
+def _two_partner_spec(folder: Path, second: str = "south.csv") -> Path:
+    """A data spec of two partners' CSVs under one schema (the bundled credit_data's rows)."""
+    from common.data.tables import bundled_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, schema_path = bundled_path("credit_data")
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    (folder / "north.csv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
+    (folder / second).write_text("\n".join([lines[0], *lines[301:601]]) + "\n",
+                                 encoding="utf-8")
+    spec = folder / "spec.toml"
+    spec.write_text(f'schema = "{schema_path}"\n[partners]\nnorth = "north.csv"\n'
+                    f'south = "{second}"\n', encoding="utf-8")
+    return spec
+
+
+def test_a_sweep_over_a_data_spec_runs_simulate_on_it_and_reuses_only_its_cells(
+        tmp_path: Path) -> None:
+    spec = Spec(data_spec=_two_partner_spec(tmp_path / "data"), rounds=2)
+    assert simulate_args(spec, Cell(1.0, 0), tmp_path, overwrite=False)[:3] == [
+        "simulate", "--spec", str(tmp_path / "data" / "spec.toml")]
+    out = tmp_path / "sweep"
+    run_sweep_cli(spec, [1.0], [0], out, runner=StubSimulate(spec))
+    assert "own data" in (out / "sweep.md").read_text()
+    again = StubSimulate(spec)
+    assert [r.outcome for r in run_sweep_cli(spec, [1.0], [0], out, runner=again)] == [
+        "reused"]
+    other = Spec(data_spec=_two_partner_spec(tmp_path / "other", second="west.csv"), rounds=2)
+    with pytest.raises(typer.BadParameter, match="another spec: data-spec"):
+        run_sweep_cli(other, [1.0], [0], out, runner=StubSimulate(other))
+
+
+def test_a_sweep_refuses_a_bad_data_spec_or_bundled_options_with_it(tmp_path: Path) -> None:
+    spec = _two_partner_spec(tmp_path / "data")
+    for args, option in ((["--spec", str(tmp_path / "gone.toml")], "--spec"),
+                         (["--spec", str(spec), "--scenario", "lending_club"], "--spec")):
+        result = RUNNER.invoke(app, ["sweep", *args, "--epsilons", "1", "--seeds", "0",
+                                     "--out", str(tmp_path / "sweep")])
+        assert result.exit_code == 2 and option in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "sweep").exists()

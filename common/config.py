@@ -41,13 +41,16 @@ def _hidden_layers(text: str) -> tuple[int, ...]:
     return sizes
 
 
+NONPRIVATE_BATCH_SIZE = 64
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every run-level setting; each field `foo_bar` is the kebab-case config key `foo-bar`."""
 
     num_server_rounds: int = 20
     local_epochs: float = 3.0
-    batch_size: int = 64
+    batch_size: int = 0
     learning_rate: float = 0.05
     lr_schedule: str = "cosine"
     optimizer: str = "adam"
@@ -89,6 +92,12 @@ class RunConfig:
             return self.learning_rate
         progress = (server_round - 1) / max(self.num_server_rounds, 1)
         return self.learning_rate * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+
+    @property
+    def nonprivate_batch_size(self) -> int:
+        """The minibatch of non-private training (local-only, centralized, the non-private
+        federation, personalisation): `batch-size`, or 64 under the DP plan rule."""
+        return self.batch_size or NONPRIVATE_BATCH_SIZE
 
     @property
     def vertical(self) -> bool:
@@ -146,7 +155,7 @@ class RunConfig:
              f"must be in [1, {MAX_SERVER_ROUNDS}]"),
             (0 < self.local_epochs <= MAX_LOCAL_EPOCHS, "local-epochs",
              f"must be a number in (0, {MAX_LOCAL_EPOCHS}]"),
-            (self.batch_size >= 1, "batch-size", "must be >= 1"),
+            (self.batch_size >= 0, "batch-size", "must be >= 0 (0: the plan rule)"),
             (0 < self.learning_rate < math.inf, "learning-rate", "must be a finite number > 0"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}"),
             (self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {LR_SCHEDULES}"),

@@ -103,7 +103,7 @@ def check_layout(partner: PartnerConfig, run: RunConfig,
 def train_settings(run: RunConfig, requested: dict[str, float | int | str | bool]) -> TrainSettings:
     """Local optimiser settings: run config, with the coordinator's per-round learning rate."""
     return TrainSettings(epochs=float(requested.get(LOCAL_EPOCHS, run.local_epochs)),
-                         batch_size=run.batch_size,
+                         batch_size=run.nonprivate_batch_size,
                          learning_rate=float(requested.get(LEARNING_RATE, run.learning_rate)),
                          optimizer=run.optimizer)
 

@@ -105,7 +105,8 @@ def simulate(
     alpha: AlphaOpt = 0.5,
     budgets: BudgetOpt = "",
     local_epochs: Annotated[float | None, typer.Option(help="Local epochs per round.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Expected DP batch size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Expected DP batch size; 0: the plan rule (q = 0.1 of the noisy count).")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
     hidden_layers: Annotated[str | None, typer.Option(
         help="MLP hidden widths, e.g. '16' or '32,16' ('' = logistic).")] = None,

@@ -38,6 +38,27 @@ COUNT_EPSILON_SHARE = 0.1
 `count-epsilon-share`); composed with DP-SGD it costs far less (σ rises by about 0.5-1%)."""
 COUNT_SENSITIVITY = 1.0
 """Adding or removing one record changes the training-set size by one."""
+PLAN_SAMPLE_RATE = 0.1
+"""The plan rule (run config `batch-size = 0`, the default): DP-SGD samples each row with
+probability q = 0.1 of the partner's noisy count ñ, so its expected batch grows with the partner
+(a 300-row partner and a 30,000-row one get batches of 30 and 3,000). Chosen on credit_data
+seeds 5-9, a small-partner split of it and lending_club seeds 5-9 (docs/utility.md)."""
+MIN_EXPECTED_BATCH = 8
+MAX_EXPECTED_BATCH = 4096
+"""The plan rule's expected batch stays within [8, 4096] rows (q = 1 below 8 rows)."""
+
+
+def plan_sample_rate(released_rows: int, batch_size: int = 0) -> float:
+    """DP-SGD's sample rate q for a partner whose noisy count is `released_rows`: batch/ñ for
+    a set `batch_size`, else the plan rule (`PLAN_SAMPLE_RATE`, expected batch within
+    [`MIN_EXPECTED_BATCH`, `MAX_EXPECTED_BATCH`]). Depends on public values only."""
+    if batch_size < 0:
+        raise ValueError(f"batch size must be >= 0 (0: the plan rule), got {batch_size}")
+    if batch_size == 0:
+        expected = min(max(PLAN_SAMPLE_RATE * released_rows, MIN_EXPECTED_BATCH),
+                       MAX_EXPECTED_BATCH)
+        return min(1.0, expected / released_rows)
+    return min(1.0, batch_size / released_rows)
 
 
 @dataclass(frozen=True)
@@ -90,15 +111,15 @@ def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_s
                    local_epochs: float, planned_rounds: int, max_grad_norm: float, seed: int,
                    count_epsilon_share: float = COUNT_EPSILON_SHARE) -> PrivacyPlan:
     """Release the noisy count ñ of the `num_train_rows` rows, then calibrate σ so that the count
-    and `planned_rounds` rounds at q = batch/ñ spend exactly the budget. `seed` seeds the
-    count's noise (see `common.privacy.randomness.noise_seed`)."""
+    and `planned_rounds` rounds at q = `plan_sample_rate(ñ, batch_size)` spend exactly the
+    budget. `seed` seeds the count's noise (see `common.privacy.randomness.noise_seed`)."""
     check_budget(epsilon, delta)
     if planned_rounds < 1:
         raise ValueError(f"planned rounds must be >= 1, got {planned_rounds}")
     count_event = count_release(epsilon=epsilon, delta=delta,
                                 count_epsilon_share=count_epsilon_share)
     released_rows = noisy_count(num_train_rows, count_event.noise_multiplier, seed)
-    sample_rate = min(1.0, batch_size / released_rows)
+    sample_rate = plan_sample_rate(released_rows, batch_size)
     per_round = num_steps(local_epochs, steps_per_epoch(released_rows, sample_rate=sample_rate))
     sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,
                                        sample_rate=sample_rate, prior=[count_event],

@@ -14,7 +14,7 @@ from common.data.spec import load_run_partners
 from common.data.vertical_spec import VerticalSpec
 from common.learning.steps import num_steps, steps_per_epoch
 from common.partner import round_seed
-from common.privacy.budget import calibrate_plan
+from common.privacy.budget import calibrate_plan, plan_sample_rate
 from common.vertical.settings import VerticalSettings
 
 MAX_PLANNED_STEPS = 1_000_000
@@ -38,14 +38,16 @@ def check_plan(run: RunConfig) -> None:
     budgets = parse_budgets(run.sim_budgets, run.sim_delta)
     for k, data in enumerate(partners):
         rows = len(data.train)
-        per_epoch = steps_per_epoch(rows, sample_rate=min(1.0, run.batch_size / max(rows, 1)))
+        per_epoch = steps_per_epoch(rows, sample_rate=plan_sample_rate(max(rows, 1),
+                                                                        run.batch_size))
         per_round = num_steps(run.local_epochs, per_epoch)
         if per_round * run.num_server_rounds > MAX_PLANNED_STEPS:
             key = _steps_key(run)
             raise ValueError(
                 f"{run.num_server_rounds} rounds x {run.local_epochs:g} local epochs plan "
                 f"{per_round * run.num_server_rounds:,} DP-SGD steps for partner {data.partner} "
-                f"({per_epoch} per epoch at batch-size {run.batch_size}), more than the "
+                f"({per_epoch} per epoch at batch-size {run.batch_size or 'by the plan rule'}), "
+                f"more than the "
                 f"{MAX_PLANNED_STEPS:,} a simulated partner may take; lower num-server-rounds or "
                 f"local-epochs (run config key '{key}')")
         if not run.sim_dp:

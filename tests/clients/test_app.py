@@ -17,6 +17,7 @@ from common.data.schema import load_schema
 from common.data.tables import bundled_path
 from common.partner import PartnerState, load_data
 from common.privacy.accounting import SubsampledGaussianEvent, composed_epsilon
+from common.privacy.budget import plan_sample_rate
 from common.privacy.ledger import plan_from_calibration
 from common.protocol import (
     EVALUATE_METRIC_KEYS,
@@ -183,7 +184,7 @@ def test_reply_releases_the_noisy_count_never_the_exact_training_size(tmp_path: 
     assert first["num-examples"] == second["num-examples"] == released
     sigma = count["mechanism"]["noise_multiplier"]  # sensitivity 1: std sigma rows
     assert sigma > 5 and abs(released - len(data.train)) < 6 * sigma
-    assert first["sample-rate"] == pytest.approx(run.batch_size / released)
+    assert first["sample-rate"] == pytest.approx(plan_sample_rate(released, run.batch_size))
 
 
 @pytest.mark.parametrize(("lifetime", "allowed"), [(1.0, False), (2.5, True)])

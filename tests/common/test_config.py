@@ -73,7 +73,7 @@ def test_wrong_type_names_the_key(key: str, value: Any) -> None:
 BAD_VALUES = [
     ("num-server-rounds", 0),
     ("local-epochs", 0),
-    ("batch-size", 0),
+    ("batch-size", -1),
     ("learning-rate", -0.1),
     ("optimizer", "rmsprop"),
     ("clip-norm", 0),

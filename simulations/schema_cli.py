@@ -28,28 +28,46 @@ def check(
     against: Annotated[Path | None, typer.Option(
         help="The run's schema (from the coordinator): the encoded feature layouts must be "
              "identical.")] = None,
+    id_column: Annotated[str | None, typer.Option(
+        help="Vertical mode: the party's customer-ID column (every row one ID, none twice); "
+             "a passive party's schema then declares no label.")] = None,
 ) -> None:
     """Validate SCHEMA and every row of DATA against it; print what the partner would train on
     and its encoded feature layout's hash (compare it with the coordinator's)."""
     from common.data.csv_table import read_csv
-    from common.data.schema import encode_table, load_schema
+    from common.data.schema import encode_features, encode_table, load_schema
     from common.errors import FedcreditError
+    from common.vertical.parties import party_ids
 
     try:
         spec = load_schema(schema)
         table = read_csv(data)
-        features, labels = encode_table(table, spec)
+        if spec.has_label:
+            features, labels = encode_table(table, spec)
+        elif id_column is None:
+            raise _fail(f"{schema}: schema {spec.name!r} declares no label: it describes a "
+                        f"vertical passive party's table; pass that party's --id-column")
+        else:
+            features, labels = encode_features(table, spec), None
+        ids = None if id_column is None else party_ids(table, id_column,
+                                                       missing=spec.missing_values)
+        if id_column is not None and id_column in {spec.label, *(c.name for c in spec.columns)}:
+            raise _fail(f"{schema}: the customer-ID column {id_column!r} is also declared in "
+                        f"schema {spec.name!r}; leave it out of the schema (it is no feature)")
         run = None if against is None else load_schema(against)
     except FedcreditError as exc:
         raise _fail(str(exc)) from None
-    used = {spec.label, *(c.name for c in spec.columns)}
+    used = {spec.label, *(c.name for c in spec.columns), id_column} - {"", None}
     ignored = [h for h in table.header if h not in used]
     layout = spec.layout()
+    outcome = (f"bad rate: {labels.mean():.2%} ({spec.label!r} = {spec.bad_value!r})"
+               if labels is not None else "label:    none (a vertical passive party's table)")
     typer.echo(f"data:     {data}\nschema:   {schema} ({spec.name!r})\n"
-               f"rows:     {len(labels)}\n"
-               f"columns:  {len(used)} used of {len(table.header)}"
+               f"rows:     {len(table.rows)}\n"
+               + (f"ids:      {len(ids)} distinct in {id_column!r}\n" if ids is not None else "")
+               + f"columns:  {len(used)} used of {len(table.header)}"
                + (f" (ignored: {', '.join(ignored)})" if ignored else "") + "\n"
-               f"bad rate: {labels.mean():.2%} ({spec.label!r} = {spec.bad_value!r})\n"
+               f"{outcome}\n"
                f"features: {features.shape[1]} encoded\n"
                f"layout:   sha256 {layout.sha256}")
     if run is None:

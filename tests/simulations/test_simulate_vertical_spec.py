@@ -116,3 +116,27 @@ def test_a_bad_vertical_spec_or_table_exits_2_before_anything_is_written(
 def test_options_of_a_horizontal_run_are_refused_with_a_vertical_spec(own: Path) -> None:
     done = RUNNER.invoke(app, ["simulate", "--spec", "spec.toml", "--rounds", "3"])
     assert done.exit_code == 2 and "--rounds" in done.output
+
+
+def test_schema_check_takes_a_passive_partys_label_less_table_with_its_id_column(
+        own: Path) -> None:
+    checked = RUNNER.invoke(app, ["schema", "check", "bank.csv", "bank.toml",
+                                  "--id-column", "acct_no"])
+    assert checked.exit_code == 0, checked.output
+    rows = len((own / "bank.csv").read_text().splitlines()) - 1
+    assert f"ids:      {rows} distinct in 'acct_no'" in checked.output
+    assert "label:    none (a vertical passive party's table)" in checked.output
+    without_ids = RUNNER.invoke(app, ["schema", "check", "bank.csv", "bank.toml"])
+    assert without_ids.exit_code == 2 and "--id-column" in without_ids.output
+    (own / "twice.csv").write_text((own / "bank.csv").read_text()
+                                   + (own / "bank.csv").read_text().splitlines()[1] + "\n")
+    twice = RUNNER.invoke(app, ["schema", "check", "twice.csv", "bank.toml",
+                                "--id-column", "acct_no"])
+    assert twice.exit_code == 2 and "given twice" in twice.output
+    assert "Traceback" not in twice.output
+    labelled = RUNNER.invoke(app, ["schema", "check", "lender.csv", "lender.toml",
+                                   "--id-column", "loan_ref"])
+    assert labelled.exit_code == 0 and "bad rate:" in labelled.output, labelled.output
+    a_feature = RUNNER.invoke(app, ["schema", "check", "lender.csv", "lender.toml",
+                                    "--id-column", "lender_ref"])
+    assert a_feature.exit_code == 2 and "also declared in schema" in a_feature.output

@@ -23,6 +23,20 @@ DEMO_LIFETIME_EPSILON = 10.0
 # the SuperExec that starts a ClientApp or ServerApp process for each task polls for tasks every
 # second by default; the `flwr` CLI checks for updates in a thread each time it runs.
 LATENCY_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+HORIZONTAL, VERTICAL = "horizontal", "vertical"
+VERTICAL_ID_COLUMN = "customer_id"
+"""The customer-ID column of a vertical party's table at `<data>/<party>.csv` (unless its
+`PartyTable` names another)."""
+
+
+@dataclass(frozen=True)
+class PartyTable:
+    """One party's own table as its node config names it: its CSV (`data-path`), its schema
+    (`schema-path`) and, for a vertical party, its customer-ID column (`id-column`)."""
+
+    data: str
+    schema: str
+    id_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,12 @@ class FederationCommands:
     set) the schema every partner's data follows, which the coordinator builds the model for
     (default: the bundled scenario's). The SuperLink
     listens on `listen_host` and partners reach it at `superlink_host`.
+
+    `mode` "vertical" (docs/vertical.md): the parties hold different columns of the same
+    customers; each node config then also names the party's customer-ID column and the
+    federation's public keys (`federation-keys`, which check the parties' channel keys), the run
+    config says `mode='vertical'`, and the auditor checks the ledgers alone (a vertical run has
+    no coordinator receipts and no lifetime odometer yet).
     """
 
     pki: str
@@ -45,6 +65,18 @@ class FederationCommands:
     listen_host: str = "127.0.0.1"
     partners: str = ""
     schema: str = ""
+    mode: str = HORIZONTAL
+
+    @property
+    def vertical(self) -> bool:
+        """Whether the parties hold columns of the same customers (vertical mode)."""
+        return self.mode == VERTICAL
+
+    @property
+    def federation_keys(self) -> str:
+        """Every party's ledger public key `<party>.pub` (a vertical party's `federation-keys`:
+        the same public keys the auditor holds)."""
+        return f"{self.pki}/auditor/keys"
 
     def partner_dir(self, partner: str) -> str:
         """A partner's own folder: its CA certificate, auth key, ledger key and ledger."""
@@ -75,29 +107,44 @@ class FederationCommands:
         return ["flwr", "supernode", "register",
                 f"{self.pki}/partners/{partner}/supernode-auth.pub", FEDERATION]
 
-    def node_config(self, partner: str, epsilon: float, delta: float) -> str:
-        """The partner's own settings: who it is, its data, its budget, its ledger, its
-        lifetime odometer (`DEMO_LIFETIME_EPSILON`, or the run budget if larger)."""
+    def node_config(self, partner: str, epsilon: float, delta: float,
+                    table: PartyTable | None = None, extra: str = "") -> str:
+        """The partner's own settings: who it is, its data (`table`, default
+        `<data>/<partner>.csv` and `.toml`), its budget, its ledger, and its lifetime odometer
+        (`DEMO_LIFETIME_EPSILON`, or the run budget if larger) or, vertical, its ID column and
+        the federation's public keys; `extra` appends further node config keys."""
         d = self.partner_dir(partner)
-        lifetime = max(DEMO_LIFETIME_EPSILON, epsilon)
-        return (f"partner='{partner}' epsilon={epsilon!r} delta={delta!r} "
-                f"data-path='{self.data}/{partner}.csv' schema-path='{self.data}/{partner}.toml' "
-                f"ledger-path='{d}/{deployed_ledger_name(partner)}' "
-                f"signing-key='{d}/{partner}.key' "
-                f"odometer-path='{d}/{deployed_odometer_name(partner)}' "
-                f"lifetime-epsilon={lifetime!r}")
+        table = table or PartyTable(f"{self.data}/{partner}.csv", f"{self.data}/{partner}.toml",
+                                    VERTICAL_ID_COLUMN if self.vertical else "")
+        text = (f"partner='{partner}' epsilon={epsilon!r} delta={delta!r} "
+                f"data-path='{table.data}' schema-path='{table.schema}' "
+                + (f"id-column='{table.id_column}' " if table.id_column else "")
+                + f"ledger-path='{d}/{deployed_ledger_name(partner)}' "
+                f"signing-key='{d}/{partner}.key' ")
+        if self.vertical:
+            text += f"federation-keys='{self.federation_keys}'"
+        else:
+            lifetime = max(DEMO_LIFETIME_EPSILON, epsilon)
+            text += (f"odometer-path='{d}/{deployed_odometer_name(partner)}' "
+                     f"lifetime-epsilon={lifetime!r}")
+        return f"{text} {extra}".strip()
 
-    def supernode(self, partner: str, port: int, epsilon: float, delta: float) -> list[str]:
+    def supernode(self, partner: str, port: int, epsilon: float, delta: float,
+                  table: PartyTable | None = None, extra: str = "") -> list[str]:
         """A partner's SuperNode: trusts only the federation CA, signs in with its auth key."""
         d = self.partner_dir(partner)
         return ["flower-supernode", "--superlink", self.superlink_address,
                 "--root-certificates", f"{d}/ca.crt",
                 "--auth-supernode-private-key", f"{d}/supernode-auth",
-                "--port", str(port), "--node-config", self.node_config(partner, epsilon, delta)]
+                "--port", str(port), "--node-config",
+                self.node_config(partner, epsilon, delta, table, extra)]
 
     def run_config(self, rounds: int, min_partners: int, extra: str = "") -> str:
-        """The coordinator's run config: rounds, outputs, signed receipts."""
+        """The coordinator's run config: rounds, outputs, signed receipts; vertical: the mode
+        and the outputs (a vertical run has no rounds and no receipts)."""
         run = f"{self.work}/{COORDINATOR_RUN_DIR}"
+        if self.vertical:
+            return f"mode='{VERTICAL}' out-dir='{run}' {extra}".strip()
         text = (f"num-server-rounds={rounds} min-partners={min_partners} "
                 f"out-dir='{run}' receipts-path='{run}/{RECEIPTS_FILE}' "
                 f"receipt-key='{self.pki}/coordinator/coordinator.key'")
@@ -112,11 +159,13 @@ class FederationCommands:
 
     def audit(self, partners: Sequence[str]) -> list[str]:
         """The auditor's check of every ledger against the coordinator's receipts and the
-        partners' lifetime odometers."""
-        return ["fedcredit", "audit", "verify",
-                *(f"{self.partner_dir(p)}/{deployed_ledger_name(p)}" for p in partners),
-                "--keys", f"{self.pki}/auditor/keys", "--receipts",
-                f"{self.work}/{COORDINATOR_RUN_DIR}/{RECEIPTS_FILE}",
+        partners' lifetime odometers (vertical: the ledgers alone)."""
+        verify = ["fedcredit", "audit", "verify",
+                  *(f"{self.partner_dir(p)}/{deployed_ledger_name(p)}" for p in partners),
+                  "--keys", f"{self.pki}/auditor/keys"]
+        if self.vertical:
+            return verify
+        return [*verify, "--receipts", f"{self.work}/{COORDINATOR_RUN_DIR}/{RECEIPTS_FILE}",
                 *(arg for p in partners for arg in (
                     "--odometer", f"{self.partner_dir(p)}/{deployed_odometer_name(p)}"))]
 

@@ -20,30 +20,53 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.data.scenarios import export_partner_files, get_scenario
+from common.data.scenarios import LENDER, PARTIES, export_partner_files, get_scenario
+from common.data.vertical_spec import VerticalSpec
 from common.errors import FederationError
 from common.outputs import (
     COORDINATOR_RUN_DIR,
     DATA_DIR,
+    DATA_SPEC_FILE,
     FLWR_HOME_DIR,
     HISTORY_FILE,
     LOGS_DIR,
     PKI_DIR,
     RECEIPTS_FILE,
+    RESULT_FILE,
     deployed_ledger_name,
     deployed_odometer_name,
 )
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
-from simulations.deploy.commands import FEDERATION, LATENCY_ENV, FederationCommands, shell_line
+from simulations.deploy.commands import (
+    FEDERATION,
+    HORIZONTAL,
+    LATENCY_ENV,
+    VERTICAL,
+    FederationCommands,
+    PartyTable,
+    shell_line,
+)
 from simulations.deploy.federation import FederationLayout, init_federation
 
 DEMO_MARK = "FEDCREDIT_LOCAL_FEDERATION"  # environment tag on every process we start
 
 
+VERTICAL_DEMO_LENDER_CONFIG = "release-evaluation=true"
+"""The demo lender's opt-in to send the coordinator its pooled test AUC/KS per party combination
+(a deployed lender's default is off: docs/vertical.md, "Who sees what")."""
+
+
 @dataclass
 class DemoOptions:
-    """What `fedcredit federation demo` runs."""
+    """What `fedcredit federation demo` runs.
+
+    `mode` "vertical" (or a vertical data `spec`, which implies it): the lender, the e-commerce
+    platform and the bank hold different columns of the same customers (docs/vertical.md): each
+    party's own table from `spec`, else the bundled credit_data_vertical written per party.
+    `rounds` and `min_partners` do not apply to it, and SecAgg+ is refused (there are no model
+    updates to sum).
+    """
 
     rounds: int = 3
     epsilon: float = 3.0
@@ -57,8 +80,21 @@ class DemoOptions:
     extra_run_config: str = ""
     secure_aggregation: bool = False
     partners: list[str] = field(default_factory=list)
+    mode: str = HORIZONTAL
+    spec: VerticalSpec | None = None
+
+    @property
+    def vertical(self) -> bool:
+        """Whether the parties hold columns of the same customers (vertical mode)."""
+        return self.mode == VERTICAL
 
     def __post_init__(self) -> None:
+        if self.spec is not None and self.mode == HORIZONTAL:
+            self.mode = VERTICAL  # a vertical data spec says so itself (mode = "vertical")
+        if self.mode not in (HORIZONTAL, VERTICAL):
+            raise ValueError(f"--mode must be {HORIZONTAL!r} or {VERTICAL!r}, got {self.mode!r}")
+        if self.vertical:
+            self._check_vertical()
         if not self.partners:
             self.partners = get_scenario(self.scenario).partners
         if self.rounds < 1:
@@ -75,6 +111,17 @@ class DemoOptions:
         if self.supernode_port <= self.superlink_port <= last:
             raise ValueError(f"--superlink-port collides with the SuperNode ports "
                              f"{self.supernode_port}..{last}")
+
+    def _check_vertical(self) -> None:
+        if self.secure_aggregation:
+            raise ValueError("--secure-aggregation does not apply to a vertical run: SecAgg+ "
+                             "hides each partner's model update in their sum, and vertical "
+                             "parties send no updates to sum (their payloads already travel "
+                             "sealed end to end between the parties; docs/vertical.md)")
+        if self.partners and sorted(self.partners) != sorted(PARTIES):
+            raise ValueError(f"a vertical run has the parties {list(PARTIES)}, got "
+                             f"{self.partners}")
+        self.partners = list(PARTIES)
 
 
 def project_root() -> Path:
@@ -104,7 +151,13 @@ class LocalFederation:
         self.pki_layout = FederationLayout(self.pki, options.partners, "localhost")
         self.commands = FederationCommands(pki=str(self.pki), data=str(self.workspace / DATA_DIR),
                                            work=str(self.workspace),
-                                           superlink_port=options.superlink_port)
+                                           superlink_port=options.superlink_port,
+                                           mode=options.mode)
+        self.tables: dict[str, PartyTable] = {}  # a party's own files, where not under data/
+        if options.spec is not None:
+            from simulations.deploy.vertical import spec_tables
+
+            self.tables = spec_tables(options.spec)
         self.logs = self.workspace / LOGS_DIR
         self.run_dir = self.workspace / COORDINATOR_RUN_DIR  # the coordinator's outputs
         self.mark = uuid.uuid4().hex
@@ -122,8 +175,7 @@ class LocalFederation:
             raise FederationError(f"{self.workspace} exists and is not empty; choose another "
                                   "--out or pass --overwrite")
         init_federation(self.pki, self.options.partners, self.pki_layout.superlink_host)
-        export_partner_files(self.options.scenario, self.workspace / DATA_DIR,
-                             seed=self.options.seed)
+        self._write_data(self.workspace / DATA_DIR)
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True)
         (home / "config.toml").write_text(self.commands.flwr_config())
@@ -133,6 +185,21 @@ class LocalFederation:
         if busy:
             raise FederationError(f"ports already in use: {busy}; choose --superlink-port / "
                                   "--supernode-port")
+
+    def _write_data(self, folder: Path) -> None:
+        """Each partner's data: the bundled scenario's rows per partner (horizontal), the
+        bundled credit_data_vertical's columns per party, or (a vertical data spec) a record of
+        the spec: each party then reads its own files where they are."""
+        if not self.options.vertical:
+            export_partner_files(self.options.scenario, folder, seed=self.options.seed)
+            return
+        from simulations.deploy.vertical import export_vertical_party_files
+
+        if self.options.spec is None:
+            export_vertical_party_files(folder, seed=self.options.seed)
+        else:
+            folder.mkdir(parents=True)
+            (folder / DATA_SPEC_FILE).write_text(self.options.spec.to_toml(), encoding="utf-8")
 
     def ports(self) -> list[int]:
         """Every port the federation listens on."""
@@ -198,11 +265,17 @@ class LocalFederation:
                                       f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
             time.sleep(1)
 
+    def supernode_command(self, partner: str) -> list[str]:
+        """One partner's `flower-supernode` command: its own node config (its own table and,
+        vertical, its ID column; the demo lender releases its evaluation), its own port."""
+        o = self.options
+        extra = VERTICAL_DEMO_LENDER_CONFIG if o.vertical and partner == LENDER else ""
+        return self.commands.supernode(partner, o.supernode_port + o.partners.index(partner),
+                                       o.epsilon, o.delta, self.tables.get(partner), extra)
+
     def start_supernode(self, partner: str, *, args: list[str] | None = None) -> None:
         """Start one partner's SuperNode (its own node config, its own ClientApp port)."""
-        port = self.options.supernode_port + self.options.partners.index(partner)
-        self._spawn(partner, args or self.commands.supernode(
-            partner, port, self.options.epsilon, self.options.delta))
+        self._spawn(partner, args or self.supernode_command(partner))
 
     def restart_supernode(self, partner: str, timeout: float = 180) -> None:
         """Start a killed partner's SuperNode again with the same key and node config, and
@@ -256,19 +329,30 @@ class LocalFederation:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
 
+    def run_command(self, extra_run_config: str = "") -> list[str]:
+        """The coordinator's `flwr run` command with the demo's run config."""
+        o = self.options
+        extra = (f"seed={o.seed} " if o.vertical else
+                 f"seed={o.seed} sim-pooled-eval=true "
+                 f"secure-aggregation={str(o.secure_aggregation).lower()} ")
+        extra += f"{o.extra_run_config} {extra_run_config}"
+        return self.commands.run(str(self.app), o.rounds, o.min_partners, extra.strip())
+
     def start_run(self, extra_run_config: str = "") -> subprocess.Popen:
         """Submit the run with `flwr run` (streams its log to logs/flwr-run.log)."""
-        o = self.options
-        extra = (f"seed={o.seed} sim-pooled-eval=true "
-                 f"secure-aggregation={str(o.secure_aggregation).lower()} "
-                 f"{o.extra_run_config} {extra_run_config}")
-        return self._spawn("flwr-run", self.commands.run(str(self.app), o.rounds,
-                                                         o.min_partners, extra.strip()))
+        return self._spawn("flwr-run", self.run_command(extra_run_config))
+
+    @property
+    def result_file(self) -> Path:
+        """What the coordinator writes when the run ends: history.json, vertical: its result
+        summary vertical.json."""
+        return self.run_dir / (RESULT_FILE if self.options.vertical else HISTORY_FILE)
 
     def wait_run(self, process: subprocess.Popen, progress: Callable[[int], None] | None = None
                  ) -> dict:
-        """Wait for the run to end; return the coordinator's history.json."""
-        history = self.run_dir / HISTORY_FILE
+        """Wait for the run to end; return the coordinator's history.json (vertical: its
+        vertical.json)."""
+        history = self.result_file
         deadline = time.monotonic() + self.options.timeout
         while not history.exists():
             if progress is not None:
@@ -279,7 +363,7 @@ class LocalFederation:
                 while not history.exists() and time.monotonic() < grace:
                     time.sleep(0.5)
                 if not history.exists():
-                    raise FederationError(f"the run ended without writing {HISTORY_FILE}; "
+                    raise FederationError(f"the run ended without writing {history.name}; "
                                           f"{self.logs}/flwr-run.log ends:\n"
                                           f"{self.log_tail('flwr-run')}")
             if time.monotonic() > deadline:

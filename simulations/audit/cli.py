@@ -180,3 +180,62 @@ def report_command(
     show_result(result, console)
     console.print(Text(f"report: {out}"), soft_wrap=True)
     raise typer.Exit(code=0 if result.ok else 1)
+
+
+@audit_app.command("empirical")
+def empirical_command(
+    scenario: Annotated[str, typer.Option(
+        "--scenario", help="Bundled horizontal scenario: credit_data or lending_club.")
+    ] = "credit_data",
+    partner: Annotated[str, typer.Option(
+        "--partner", help="The partner whose training rows and mechanism are audited.")] = "bank",
+    epsilon: Annotated[float, typer.Option(
+        "--epsilon", help="The partner's budget epsilon (its plan is calibrated to it).")] = 3.0,
+    delta: Annotated[float, typer.Option("--delta", help="The partner's budget delta.")] = 1e-5,
+    canaries: Annotated[int, typer.Option(
+        "--canaries", help="Canary records, each included with probability 1/2.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of inclusion, model and run.")] = 0,
+    broken: Annotated[str, typer.Option(
+        "--broken", help="TEST/DEMONSTRATION ONLY: run a broken DP-SGD while accounting the "
+                         "claimed one: none, no-noise, noise-div-10.")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """One-run canary audit (Steinke, Nasr, Jagielski 2023): an empirical lower bound on epsilon
+    at 95% confidence, next to the accounted epsilon. Exit 1 when the bound exceeds it."""
+    from common.data.scenarios import SCENARIOS
+    from common.privacy.audit.empirical import MECHANISM_OVERRIDES, audit_partner, reading
+
+    if scenario not in SCENARIOS:
+        _usage_error(f"--scenario {scenario!r}: choose from {sorted(SCENARIOS)}")
+    if partner not in SCENARIOS[scenario].partners:
+        _usage_error(f"--partner {partner!r}: scenario {scenario} has partners "
+                     f"{', '.join(SCENARIOS[scenario].partners)}")
+    if broken not in MECHANISM_OVERRIDES:
+        _usage_error(f"--broken {broken!r}: choose from {', '.join(MECHANISM_OVERRIDES)}")
+    if not 2 <= canaries <= 100_000:
+        _usage_error(f"--canaries {canaries}: must be between 2 and 100000")
+    try:
+        result = audit_partner(scenario, partner, epsilon=epsilon, delta=delta,
+                               canaries=canaries, seed=seed, mechanism_override=broken)
+    except ValueError as exc:
+        _usage_error(str(exc))
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "reading": reading(result)}, indent=2,
+                              allow_nan=False))
+    else:
+        console = Console()
+        if broken != "none":
+            console.print(Text(f"DEMONSTRATION: DP-SGD ran with sigma="
+                               f"{result.noise_multiplier_used:.4g} ({broken}) while sigma="
+                               f"{result.noise_multiplier_claimed:.4g} is accounted",
+                               style="yellow"), soft_wrap=True)
+        console.print(Text(
+            f"{scenario}/{partner}: accounted epsilon {result.epsilon_accounted:.3f} "
+            f"(delta={result.delta:g}, budget {result.epsilon_budget:g}); empirical lower bound "
+            f"{result.epsilon_lower_bound:.2f} at {result.confidence:.0%} confidence "
+            f"({result.correct}/{result.guesses} guesses right at k={result.k}, "
+            f"{result.canaries} canaries, {result.canaries_included} included, "
+            f"{result.steps} DP-SGD steps)"), soft_wrap=True)
+        console.print(Text(reading(result), style="bold red" if result.finding else "green"),
+                      soft_wrap=True)
+    raise typer.Exit(code=1 if result.finding else 0)

@@ -1,8 +1,9 @@
 """`fedcredit audit`: verify partners' privacy ledgers, the coordinator's receipts and partners'
-lifetime privacy odometers.
+lifetime privacy odometers; run an empirical privacy audit and sign its result.
 
-Exit status: 0 when everything verifies, 1 when there are findings, 2 for usage errors (a missing
-ledger, receipts file or keys directory, no usable public key).
+Exit status: 0 when everything verifies, 1 when there are findings (for `report`, also an
+--empirical result whose signature does not verify or that is a finding), 2 for usage errors (a
+missing ledger, receipts file or keys directory, no usable public key, an unreadable result).
 """
 
 from __future__ import annotations
@@ -163,23 +164,79 @@ def report_command(
                                       help="HTML report to write.")],
     receipts: ReceiptsOpt = None,
     odometers: OdometerOpt = None,
+    empirical: Annotated[list[Path] | None, typer.Option(
+        "--empirical", exists=True, dir_okay=False, readable=True, show_default=False,
+        help="A signed result of `fedcredit audit empirical --out` (repeat the option, e.g. one "
+             "per partner): shown beside the ledgers with its signature status.")] = None,
+    empirical_key: Annotated[Path | None, typer.Option(
+        "--empirical-key", exists=True, dir_okay=False, readable=True, show_default=False,
+        help="Public key of whoever ran the empirical audits (default: the key in --keys whose "
+             "fingerprint a result names).")] = None,
 ) -> None:
-    """Verify, then write a self-contained HTML report an auditor can read."""
+    """Verify, then write a self-contained HTML report an auditor can read. Exit 1 also when an
+    --empirical result does not verify or is a finding."""
     from simulations.audit.html import render_audit_html
 
     if out.parent.exists() and not out.parent.is_dir():
         _usage_error(f"--out {out}: {out.parent} is a file, not a directory")
+    checked = _check_empirical(empirical or [], empirical_key, keys)
     result = _run(ledgers, keys, receipts, odometers)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render_audit_html(result), encoding="utf-8")
+        out.write_text(render_audit_html(result, empirical=checked), encoding="utf-8")
     except OSError as exc:
         _usage_error(f"--out {out}: cannot write the report ({exc.filename or out}: "
                      f"{exc.strerror or exc})")
     console = Console()
     show_result(result, console)
+    problems = show_empirical(checked, console)
     console.print(Text(f"report: {out}"), soft_wrap=True)
-    raise typer.Exit(code=0 if result.ok else 1)
+    raise typer.Exit(code=0 if result.ok and not problems else 1)
+
+
+def _check_empirical(paths: list[Path], key_path: Path | None, keys_dir: Path) -> list:
+    """Each --empirical result with its signature status; unreadable inputs exit 2."""
+    from common.errors import CryptoError
+    from common.privacy.audit.empirical import check_result
+    from common.privacy.crypto import load_public_key, load_public_keys
+
+    if not paths:
+        return []
+    key = None
+    known = {}
+    try:
+        if key_path is not None:
+            key = load_public_key(key_path)
+        else:
+            known = load_public_keys(keys_dir)
+    except CryptoError as exc:
+        _usage_error(f"--empirical-key: {exc}" if key_path else f"--keys: {exc}")
+    try:
+        return [check_result(path, key=key, key_name=key_path.name if key_path else None,
+                             known_keys=known) for path in paths]
+    except AuditInputError as exc:
+        _usage_error(str(exc))
+
+
+def show_empirical(checked: list, console: Console) -> int:
+    """One line per empirical result (signature status, bound vs accounted epsilon); returns
+    how many are problems (not verified, or a finding)."""
+    from simulations.audit.html import empirical_fields
+
+    problems = 0
+    for item in checked:
+        fields = empirical_fields(item.document)
+        finding = fields["finding"] is not False
+        problems += (not item.verified) or finding
+        status = {"verified": "signature verifies", "invalid": "SIGNATURE DOES NOT VERIFY",
+                  "unverified": "NOT VERIFIED"}[item.status]
+        console.print(Text(
+            f"empirical audit {item.path} ({fields['partner']}): {status} ({item.detail}); "
+            f"lower bound {format_number(fields['epsilon_lower_bound'], 2)} vs accounted "
+            f"{format_number(fields['epsilon_accounted'], 3)}"
+            f"{'; FINDING' if fields['finding'] else ''}",
+            style="green" if item.verified and not finding else "bold red"), soft_wrap=True)
+    return problems
 
 
 @audit_app.command("empirical")
@@ -195,15 +252,37 @@ def empirical_command(
     canaries: Annotated[int, typer.Option(
         "--canaries", help="Canary records, each included with probability 1/2.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of inclusion, model and run.")] = 0,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", help="Server rounds of the audited run (the partner's planned rounds).")] = 20,
+    local_epochs: Annotated[float, typer.Option(
+        "--local-epochs", help="Local epochs per round of the audited run.")] = 3.0,
     broken: Annotated[str, typer.Option(
         "--broken", help="TEST/DEMONSTRATION ONLY: run a broken DP-SGD while accounting the "
                          "claimed one: none, no-noise, noise-div-10.")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", dir_okay=False, show_default=False,
+        help="Write the result, signed with --signing-key, to this JSON file (for `audit "
+             "report --empirical`).")] = None,
+    signing_key: Annotated[Path | None, typer.Option(
+        "--signing-key", dir_okay=False, show_default=False,
+        help="The auditor's Ed25519 private key (`fedcredit keys new`) that signs --out.")] = None,
 ) -> None:
     """One-run canary audit (Steinke, Nasr, Jagielski 2023): an empirical lower bound on epsilon
-    at 95% confidence, next to the accounted epsilon. Exit 1 when the bound exceeds it."""
+    at 95% confidence, next to the accounted epsilon, and a loss-threshold membership-inference
+    figure against the DP ceiling. Exit 1 when the bound exceeds the accounted epsilon."""
+    from common.config import RunConfig
     from common.data.scenarios import SCENARIOS
-    from common.privacy.audit.empirical import MECHANISM_OVERRIDES, audit_partner, reading
+    from common.errors import CryptoError
+    from common.privacy.audit.empirical import (
+        DEFAULT_BETA,
+        MECHANISM_OVERRIDES,
+        audit_partner,
+        reading,
+        sign_result,
+        write_result,
+    )
+    from common.privacy.crypto import load_private_key
 
     if scenario not in SCENARIOS:
         _usage_error(f"--scenario {scenario!r}: choose from {sorted(SCENARIOS)}")
@@ -214,11 +293,42 @@ def empirical_command(
         _usage_error(f"--broken {broken!r}: choose from {', '.join(MECHANISM_OVERRIDES)}")
     if not 2 <= canaries <= 100_000:
         _usage_error(f"--canaries {canaries}: must be between 2 and 100000")
+    if not 1 <= rounds <= 100_000:
+        _usage_error(f"--rounds {rounds}: must be between 1 and 100000")
+    if not (0 < local_epochs <= 10_000):
+        _usage_error(f"--local-epochs {local_epochs}: must be in (0, 10000]")
+    if (out is None) != (signing_key is None):
+        _usage_error("--out and --signing-key go together: a written result is always signed")
+    key = None
+    if out is not None and signing_key is not None:
+        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+            _usage_error(f"--out {out}: not a file path in a directory")
+        try:
+            key = load_private_key(signing_key)
+        except CryptoError as exc:
+            _usage_error(f"--signing-key: {exc}")
+    run = RunConfig(scenario=scenario, seed=seed, num_server_rounds=rounds,
+                    local_epochs=local_epochs)
     try:
         result = audit_partner(scenario, partner, epsilon=epsilon, delta=delta,
-                               canaries=canaries, seed=seed, mechanism_override=broken)
+                               canaries=canaries, seed=seed, mechanism_override=broken, run=run)
     except ValueError as exc:
         _usage_error(str(exc))
+    if out is not None and key is not None:
+        parameters = {
+            "command": "fedcredit audit empirical", "scenario": scenario, "partner": partner,
+            "epsilon": epsilon, "delta": delta, "canaries": canaries, "seed": seed,
+            "beta": DEFAULT_BETA, "broken": broken,
+            "run": {name: getattr(run, name) for name in (
+                "num_server_rounds", "local_epochs", "batch_size", "learning_rate",
+                "lr_schedule", "optimizer", "clip_norm", "hidden_layers", "split",
+                "test_fraction", "dirichlet_alpha")}}
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_result(out, sign_result(result, key, parameters))
+        except OSError as exc:
+            _usage_error(f"--out {out}: cannot write the result ({exc.filename or out}: "
+                         f"{exc.strerror or exc})")
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "reading": reading(result)}, indent=2,
                               allow_nan=False))
@@ -236,6 +346,15 @@ def empirical_command(
             f"({result.correct}/{result.guesses} guesses right at k={result.k}, "
             f"{result.canaries} canaries, {result.canaries_included} included, "
             f"{result.steps} DP-SGD steps)"), soft_wrap=True)
+        mia = result.membership
+        if mia is not None:
+            figures = "; ".join(f"TPR {p.tpr:.2%} at FPR {p.fpr:.1%} (DP ceiling {p.ceiling:.2%}"
+                                f"{', ABOVE' if p.above_ceiling else ''})" for p in mia.points)
+            console.print(Text(
+                f"membership inference ({mia.attack}, {mia.members} training rows vs "
+                f"{mia.non_members} test rows): AUC {mia.auc:.3f}; {figures}"), soft_wrap=True)
         console.print(Text(reading(result), style="bold red" if result.finding else "green"),
                       soft_wrap=True)
+        if out is not None:
+            console.print(Text(f"signed result: {out}"), soft_wrap=True)
     raise typer.Exit(code=1 if result.finding else 0)

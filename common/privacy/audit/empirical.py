@@ -38,19 +38,33 @@ What a lower bound shows, and what it does not: a bound above the accounted ε p
 confidence 1-β) that the run was not as private as accounted, whatever the reason (noise,
 clipping, sampling or accounting broken). A bound at or below it proves nothing about the
 privacy of real rows: it is a lower bound from one attack, typically well below the true ε.
+
+Membership inference (`membership_inference`): on the same trained model, the loss-threshold
+attack (Yeom et al. 2018) on the partner's real training rows (members) against its test rows
+(non-members): AUC and TPR at 1% and 0.1% FPR, beside the DP ceiling TPR <= e^ε·FPR + δ at
+the accounted ε. A figure a risk officer reads, not a bound: no confidence is attached and the
+members and non-members are not independently randomised per record. LiRA (shadow models) is
+not built.
+
+Signed results (`sign_result`, `verify_result`): the result, the command's parameters, the
+fedcredit version and a UTC timestamp, signed with the auditor's Ed25519 key in the ledgers'
+format (the canonical JSON of every field but `signature`, as `common.privacy.ledger`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.config import RunConfig
 from common.data.tables import PartnerData, Split
+from common.errors import AuditInputError, CryptoError
 from common.privacy.accounting import check_budget
 
 CANARY_SCALE = 1.0
@@ -145,6 +159,96 @@ class GuessResult:
     epsilon_lower_bound: float
 
 
+MIA_FPRS = (0.01, 0.001)
+"""The false-positive rates at which the membership-inference TPR is reported."""
+MIA_ROC_FPRS = tuple(float(f) for f in np.round(np.logspace(-3, 0, 16), 6))
+"""The FPR grid of the stored ROC curve (log-spaced, 0.001 to 1): enough to draw it."""
+
+
+def dp_ceiling(fpr: float, *, epsilon: float, delta: float) -> float:
+    """The most TPR an (ε, δ)-DP training run admits at `fpr` for any membership test of one
+    record: min(1, e^ε·FPR + δ) (Kairouz, Oh and Viswanath 2015)."""
+    return min(1.0, math.exp(epsilon) * fpr + delta)
+
+
+def tpr_at_fpr(member_scores: np.ndarray, non_member_scores: np.ndarray, fpr: float) -> float:
+    """The TPR of the threshold rule "member iff score > t" at the lowest t whose empirical FPR
+    on the non-members is at most `fpr` (ties never split: a threshold admits whole tie
+    groups). With n non-members, FPRs below 1/n can only be met by t = the highest
+    non-member score."""
+    members = np.asarray(member_scores, dtype=np.float64)
+    others = np.sort(np.asarray(non_member_scores, dtype=np.float64))[::-1]
+    allowed = int(math.floor(fpr * len(others) + 1e-9))
+    if allowed >= len(others):
+        return 1.0
+    threshold = others[allowed]  # the (allowed+1)-th highest: must not be called a member
+    return float(np.mean(members > threshold))
+
+
+def auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float:
+    """P[member score > non-member score] + P[tie]/2 (Mann-Whitney, the ROC AUC)."""
+    from scipy.stats import rankdata
+
+    members = np.asarray(member_scores, dtype=np.float64)
+    others = np.asarray(non_member_scores, dtype=np.float64)
+    ranks = rankdata(np.concatenate([members, others]))
+    n, m = len(members), len(others)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
+
+
+@dataclass(frozen=True)
+class MiaPoint:
+    """The attack's TPR at one FPR, beside the DP ceiling there."""
+
+    fpr: float
+    tpr: float
+    ceiling: float
+    above_ceiling: bool
+
+
+@dataclass(frozen=True)
+class MembershipInference:
+    """Loss-threshold membership inference on real members vs non-members of one model."""
+
+    attack: str
+    members: int
+    non_members: int
+    auc: float
+    epsilon: float
+    delta: float
+    points: tuple[MiaPoint, ...]
+    roc: tuple[tuple[float, float], ...]
+    """(FPR, TPR) on `MIA_ROC_FPRS`."""
+
+    def tpr(self, fpr: float) -> float:
+        """The TPR at one of `MIA_FPRS`."""
+        return next(p.tpr for p in self.points if p.fpr == fpr)
+
+
+def membership_inference(model, members: Split, non_members: Split, *, epsilon: float,
+                         delta: float) -> MembershipInference:
+    """The loss-threshold attack (score = -BCE loss of the row under `model`; "member" when the
+    loss is low) with the DP ceiling at (ε, δ). The model is evaluated, not trained."""
+    def scores(split: Split) -> np.ndarray:
+        logits = _logits(model, split.features)
+        labels = split.labels.astype(np.float64)
+        # -BCE with logits, stably: -(softplus(u) - y·u)
+        return -(np.logaddexp(0.0, logits) - labels * logits)
+
+    if len(members) == 0 or len(non_members) == 0:
+        raise ValueError("membership inference needs members and non-members")
+    inside, outside = scores(members), scores(non_members)
+    points = []
+    for fpr in MIA_FPRS:
+        tpr = tpr_at_fpr(inside, outside, fpr)
+        ceiling = dp_ceiling(fpr, epsilon=epsilon, delta=delta)
+        points.append(MiaPoint(fpr, tpr, ceiling, tpr > ceiling))
+    roc = tuple((f, tpr_at_fpr(inside, outside, f)) for f in MIA_ROC_FPRS)
+    return MembershipInference(attack="loss-threshold", members=len(inside),
+                               non_members=len(outside), auc=auc(inside, outside),
+                               epsilon=epsilon, delta=delta, points=tuple(points), roc=roc)
+
+
 @dataclass(frozen=True)
 class EmpiricalAudit:
     """The outcome of one canary audit of one partner."""
@@ -169,12 +273,11 @@ class EmpiricalAudit:
     steps: int
     seed: int
     sweep: tuple[GuessResult, ...]
+    membership: MembershipInference | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        out = asdict(self)
-        out["sweep"] = [asdict(g) for g in self.sweep]
-        return out
+        """Plain JSON-ready dict (tuples as lists)."""
+        return json.loads(json.dumps(asdict(self), allow_nan=False))
 
 
 def make_canaries(num_features: int, canaries: int, scale: float | None = None) -> Split:
@@ -202,12 +305,15 @@ def _logits(model, features: np.ndarray) -> np.ndarray:
 def run_empirical_audit(data: PartnerData, run: RunConfig, *, epsilon: float, delta: float,
                         canaries: int = DEFAULT_CANARIES, seed: int = 0,
                         beta: float = DEFAULT_BETA, mechanism_override: str = "none",
-                        scenario: str = "") -> EmpiricalAudit:
+                        scenario: str = "", membership: bool = True) -> EmpiricalAudit:
     """Audit `data.partner` with budget (ε, δ) under `run` (rounds, local epochs, batch rule,
     clipping, optimiser, learning-rate schedule): insert the canaries, train once as the
     partner does, score, guess, bound. `seed` draws the inclusion, the initial model and the
     run's sampling and noise. `mechanism_override` is a TEST AND DEMONSTRATION DEVICE
-    (`MECHANISM_OVERRIDES`): it changes the σ DP-SGD runs with, never the accounting."""
+    (`MECHANISM_OVERRIDES`): it changes the σ DP-SGD runs with, never the accounting.
+    `membership`: also run `membership_inference` on the trained model, members = the
+    partner's training rows, non-members = its test rows (canary columns 0), ceiling at the
+    accounted ε."""
     from common.learning.model import build_model
     from common.learning.training import TrainSettings, train
     from common.privacy.budget import (
@@ -268,6 +374,9 @@ def run_empirical_audit(data: PartnerData, run: RunConfig, *, epsilon: float, de
             guesses=2 * k, correct=correct, delta=delta, canaries=canaries,
             beta=beta / len(ks))))
     best = max(sweep, key=lambda g: (g.epsilon_lower_bound, -g.k))
+    mia = (membership_inference(model, real, _with_canary_columns(data.test, canaries),
+                                epsilon=accounted, delta=delta)
+           if membership and len(data.test) else None)
     return EmpiricalAudit(
         scenario=scenario, partner=data.partner, epsilon_budget=epsilon, delta=delta,
         epsilon_accounted=accounted, epsilon_lower_bound=best.epsilon_lower_bound,
@@ -275,13 +384,14 @@ def run_empirical_audit(data: PartnerData, run: RunConfig, *, epsilon: float, de
         k=best.k, guesses=best.guesses, correct=best.correct,
         finding=best.epsilon_lower_bound > accounted, mechanism_override=mechanism_override,
         noise_multiplier_claimed=claimed, noise_multiplier_used=used,
-        sample_rate=plan.round_event.sample_rate, steps=steps, seed=seed, sweep=tuple(sweep))
+        sample_rate=plan.round_event.sample_rate, steps=steps, seed=seed, sweep=tuple(sweep),
+        membership=mia)
 
 
 def audit_partner(scenario: str, partner: str, *, epsilon: float, delta: float = 1e-5,
                   canaries: int = DEFAULT_CANARIES, seed: int = 0, beta: float = DEFAULT_BETA,
-                  mechanism_override: str = "none",
-                  run: RunConfig | None = None) -> EmpiricalAudit:
+                  mechanism_override: str = "none", run: RunConfig | None = None,
+                  membership: bool = True) -> EmpiricalAudit:
     """`run_empirical_audit` on a bundled scenario partner's training rows (natural split,
     `run`'s defaults otherwise: the rounds, epochs and batch rule of a default federation)."""
     from common.data.scenarios import get_scenario, load_scenario
@@ -295,7 +405,7 @@ def audit_partner(scenario: str, partner: str, *, epsilon: float, delta: float =
                          test_fraction=run.test_fraction, only=partner)[0]
     return run_empirical_audit(data, run, epsilon=epsilon, delta=delta, canaries=canaries,
                                seed=seed, beta=beta, mechanism_override=mechanism_override,
-                               scenario=scenario)
+                               scenario=scenario, membership=membership)
 
 
 def reading(result: EmpiricalAudit) -> str:
@@ -312,8 +422,126 @@ def reading(result: EmpiricalAudit) -> str:
             f"bound, not a proof that the accounted epsilon holds.")
 
 
+RESULT_KIND = "fedcredit-empirical-audit"
+RESULT_FORMAT = 1
+SIGNED_FIELDS = ("kind", "format", "fedcredit_version", "created_utc", "parameters", "result",
+                 "reading", "signer")
+"""Every field of a signed result but `signature`; all of them are signed."""
+
+
+def _fedcredit_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedcredit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def sign_result(result: EmpiricalAudit, key, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The signed result document: the audit's fields, the command's `parameters`, the fedcredit
+    version, a UTC timestamp and the signer's key fingerprint, with an Ed25519 signature (base64)
+    of `key` over the canonical JSON of all of them (`common.privacy.ledger.sign_entry`)."""
+    from common.privacy.crypto import fingerprint
+    from common.privacy.ledger import sign_entry, utc_now
+
+    body = {"kind": RESULT_KIND, "format": RESULT_FORMAT,
+            "fedcredit_version": _fedcredit_version(), "created_utc": utc_now(),
+            "parameters": parameters, "result": result.to_dict(), "reading": reading(result),
+            "signer": fingerprint(key.public_key())}
+    return sign_entry(json.loads(json.dumps(body, allow_nan=False)), key)
+
+
+def write_result(path: Path, document: dict[str, Any]) -> None:
+    """Write a signed result as indented JSON (its signature covers the canonical encoding, so
+    the layout of the file does not matter)."""
+    Path(path).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n",
+                          encoding="utf-8")
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """Read a result document; AuditInputError when it is unreadable or not a JSON object.
+    Nothing in it is trusted before `verify_result`."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AuditInputError(f"{path}: cannot read an empirical-audit result ({exc})") from exc
+    if not isinstance(document, dict):
+        raise AuditInputError(f"{path}: not an empirical-audit result (not a JSON object)")
+    return document
+
+
+def verify_result(document: dict[str, Any], public_key) -> None:
+    """Raise CryptoError unless `document` is a complete signed result whose signature verifies
+    under `public_key`: any changed, added or removed field fails."""
+    from common.privacy.crypto import fingerprint
+    from common.privacy.ledger import verify_entry_signature
+
+    if document.get("kind") != RESULT_KIND or document.get("format") != RESULT_FORMAT:
+        raise CryptoError(f"not a signed empirical-audit result (kind {document.get('kind')!r}, "
+                          f"format {document.get('format')!r})")
+    fields = set(document) - {"signature"}
+    if fields != set(SIGNED_FIELDS) or "signature" not in document:
+        missing = sorted(set(SIGNED_FIELDS) - fields) + ([] if "signature" in document
+                                                          else ["signature"])
+        extra = sorted(fields - set(SIGNED_FIELDS))
+        raise CryptoError(f"signed result has missing fields {missing} or unknown ones {extra}")
+    expected = fingerprint(public_key)
+    if document.get("signer") != expected:
+        raise CryptoError(f"signed by {document.get('signer')!r}, not by the given key "
+                          f"{expected}")
+    try:
+        verify_entry_signature(document, public_key)
+    except CryptoError:
+        raise
+    except ValueError as exc:  # canonical encoding of a forged NaN etc.
+        raise CryptoError(f"signature does not verify ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class CheckedResult:
+    """A result file as an auditor's report shows it: its (untrusted) document and whether its
+    signature verified. `status`: "verified", "invalid" (signature, signer or fields do not
+    verify: tampered, or signed by another key) or "unverified" (no public key to check it)."""
+
+    path: str
+    document: dict[str, Any]
+    status: str
+    detail: str
+    key_name: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "verified"
+
+
+def check_result(path: Path, *, key=None, key_name: str | None = None,
+                 known_keys: dict[str, tuple[str, Any]] | None = None) -> CheckedResult:
+    """Load and verify one result file: under `key` when given, else under the key of
+    `known_keys` ({fingerprint: (name, key)}, e.g. `load_public_keys(--keys)`) whose
+    fingerprint the result names. Never raises for a bad signature (that is the status);
+    AuditInputError when the file cannot be read as JSON."""
+    document = load_result(path)
+    signer = document.get("signer")
+    if key is None and known_keys and isinstance(signer, str) and signer in known_keys:
+        key_name, key = known_keys[signer]
+    if key is None:
+        return CheckedResult(str(path), document, "unverified",
+                             f"no public key given for its signer {signer!r}", None)
+    try:
+        verify_result(document, key)
+    except CryptoError as exc:
+        return CheckedResult(str(path), document, "invalid", str(exc), key_name)
+    return CheckedResult(str(path), document, "verified",
+                         f"signature verifies under {key_name or 'the given key'}", key_name)
+
+
 __all__: Sequence[str] = (
     "CANARY_SCALE", "DEFAULT_BETA", "DEFAULT_CANARIES", "K_FRACTIONS", "MECHANISM_OVERRIDES",
-    "EmpiricalAudit", "GuessResult", "audit_partner", "correct_guesses", "epsilon_lower_bound",
-    "guess_counts", "make_canaries", "p_value", "reading", "run_empirical_audit",
+    "MIA_FPRS", "MIA_ROC_FPRS", "RESULT_FORMAT", "RESULT_KIND", "SIGNED_FIELDS",
+    "CheckedResult", "EmpiricalAudit", "GuessResult", "MembershipInference", "MiaPoint",
+    "audit_partner", "auc", "check_result", "correct_guesses", "dp_ceiling",
+    "epsilon_lower_bound", "guess_counts", "load_result", "make_canaries",
+    "membership_inference", "p_value", "reading", "run_empirical_audit", "sign_result",
+    "tpr_at_fpr", "verify_result", "write_result",
 )

@@ -8,6 +8,7 @@ checked for orphans.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from simulations.deploy.local import DemoOptions, LocalFederation, processes_mar
 from simulations.deploy.pki import write_supernode_auth_keys
 
 pytestmark = pytest.mark.slow
+FULL_DEPLOY_ENV = "FEDCREDIT_FULL_DEPLOY_TESTS"
 PROJECT = Path(__file__).parents[2]
 # The coordinator tries to raise every partner's budget and move its ledger: it must not work.
 OVERRIDE_ATTEMPT = ("sim-epsilon=50.0 sim-delta=0.5 sim-budgets='lender=50,ecommerce=50,bank=50' "
@@ -246,10 +248,13 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
         assert finding.code == "entry-without-receipt" and "bank" in finding.message, finding
 
 
+@pytest.mark.skipif(not os.environ.get(FULL_DEPLOY_ENV), reason=(
+    f"a third real federation (~70 s); the stop itself is tested in process "
+    f"(tests/server/test_strategy.py) and a real kill above; set {FULL_DEPLOY_ENV}=1 to run it"))
 def test_killed_supernode_below_min_partners_ends_the_run_with_a_clear_message(
         tmp_path: Path) -> None:
     options = DemoOptions(rounds=3, min_partners=3, superlink_port=18500, supernode_port=18510,
-                          extra_run_config="wait-for-partners=20.0")
+                          extra_run_config="wait-for-partners=5.0")
     with LocalFederation(tmp_path / "stop", options) as fed:
         run, _ = _kill_bank_after_its_first_round(fed)
         history = fed.wait_run(run)

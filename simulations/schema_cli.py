@@ -113,7 +113,11 @@ def draft(
             out.write_text(drafted.toml, encoding="utf-8")
         except OSError as exc:
             raise _fail(f"cannot write --out {out}: {exc.strerror or exc}") from None
-        encode_table(table, load_schema(out))  # the draft must describe the file it came from
+        try:  # the draft must describe the file it came from
+            encode_table(table, load_schema(out))
+        except FedcreditError as exc:
+            raise _fail(f"the draft written to {out} does not fit {data} (please report this "
+                        f"as a bug): {exc}") from None
         typer.echo(f"draft schema written to {out}")
     typer.echo(f"WARNING: {len(drafted.learned)} value(s) were learned from the data and are "
                f"marked LEARNED in the draft; replace each before deploying:\n  "

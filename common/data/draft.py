@@ -106,7 +106,8 @@ def draft_schema(table: RawTable, *, label: str, bad_value: str | None = None,
             continue
         counts = Counter(present)
         if not present or len(counts) > MAX_CATEGORIES:
-            lines += ['type = "categorical"', 'categories = ["?"]', "feature = false  "
+            lines += ['type = "categorical"', 'categories = ["?"]', 'unknown = "bucket"',
+                      "feature = false  "
                       f"# {len(counts)} distinct values: left out; declare it yourself to use it"]
             continue
         categories = sorted(counts, key=lambda v: (-counts[v], v))

@@ -48,13 +48,17 @@ def test_the_draft_is_a_valid_schema_for_its_own_file(tmp_path: Path) -> None:
     assert features.shape[0] == 4 and labels.tolist() == [0, 1, 0, 0]
 
 
-def test_an_id_like_text_column_is_left_out_not_listed() -> None:
+def test_an_id_like_text_column_is_left_out_not_listed(tmp_path: Path) -> None:
     rows = [("good" if i % 3 else "bad", str(100 + i), "50", "fixed", f"id-{i}")
             for i in range(40)]
     drafted = draft_schema(_table(rows), label="Status")
     note = drafted.toml.split('name = "Note"')[1]
     assert "feature = false" in note and "id-1" not in drafted.toml
     assert not any(item.startswith("Note") for item in drafted.learned)
+    path = tmp_path / "draft.toml"
+    path.write_text(drafted.toml)
+    features, _ = encode_table(_table(rows), load_schema(path))  # validates, IDs and all
+    assert features.shape[0] == 40
 
 
 @pytest.mark.parametrize(("label", "bad", "pattern"), [

@@ -43,7 +43,7 @@ from common.privacy.odometer import (
     PrivacyOdometer,
     dataset_fingerprint,
 )
-from common.privacy.randomness import noise_seed, split_key
+from common.privacy.randomness import append_opening, noise_seed, openings_path, split_key
 from common.protocol import (
     DELTA,
     EPSILON_BUDGET,
@@ -63,6 +63,7 @@ from common.protocol import (
     STEPS,
     TRAIN_LOSS,
 )
+from common.replay import replay_opening
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,9 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
                            None, LIFETIME_BUDGET_EXHAUSTED)
         _remember_ledger(state, ledger)
         return TrainReply(None, metrics, LIFETIME_BUDGET_EXHAUSTED, entry_hash_)
+    opening = (None if ledger is None else
+               replay_opening(partner, run, ledger.path, run_id, server_round, seed, settings,
+                               data, global_weights, received))
     outcome = train(model, data.train, settings, seed=seed, dp=decision.event,
                     expected_batch_size=plan.expected_batch_size)
     record_round(state.privacy, decision, outcome.steps)
@@ -308,8 +312,11 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
                            metrics[EPSILON_SPENT], received, None, reason)
         _remember_ledger(state, ledger)
         return TrainReply(None, {**metrics, REFUSED: 1.0}, reason, entry_hash_)
+    if opening is not None:  # durable before the entry that commits to it is signed
+        append_opening(openings_path(partner.ledger_path), opening)
     entry_hash_ = _log(ledger, server_round, plan, outcome.steps, metrics[EPSILON_SPENT],
-                       received, hash_weights(weights))
+                       received, hash_weights(weights),
+                       replay_commitment=opening.commitment if opening is not None else "")
     _remember_ledger(state, ledger)
     metrics.update({STEPS: float(outcome.steps), REFUSED: 0.0, TRAIN_LOSS: outcome.mean_loss})
     return TrainReply(weights, metrics, "", entry_hash_)
@@ -425,13 +432,15 @@ def _ledger_mismatch(ledger: PartnerLedger, state: PartnerState, partner: Partne
 
 
 def _log(ledger: PartnerLedger | None, server_round: int, plan: PrivacyPlan, steps: int,
-         epsilon: float, received: str, sent: str | None, refusal: str = "") -> str:
+         epsilon: float, received: str, sent: str | None, refusal: str = "", *,
+         replay_commitment: str = "") -> str:
     """Append the round to the ledger (if any); the new entry's hash, or ''."""
     if ledger is None:
         return ""
     entry = ledger.append(server_round=server_round, plan=plan, steps=steps,
                           epsilon_cumulative=epsilon, model_received_sha256=received,
-                          update_sent_sha256=sent, refusal_reason=refusal)
+                          update_sent_sha256=sent, refusal_reason=refusal,
+                          replay_commitment=replay_commitment)
     return entry_hash(entry)
 
 

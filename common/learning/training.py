@@ -10,6 +10,8 @@ Without `dp` it is ordinary minibatch training on shuffled data.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +64,25 @@ def _make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torc
                            weight_decay=settings.weight_decay)
 
 
+@contextmanager
+def reproducible_cpu() -> Iterator[None]:
+    """Pin what makes a CPU DP-SGD run bit-reproducible (so a round can be replayed from its
+    seed, `common.privacy.audit.replay`): one intra-op thread (parallel reductions sum in an
+    order that depends on the thread count) and PyTorch's deterministic algorithms; restored
+    afterwards. Same inputs, seed and software stack (torch, Opacus, CPU kind) give the same
+    bits."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
+
+
 def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
           dp: SubsampledGaussianEvent | None = None,
           expected_batch_size: int | None = None) -> TrainOutcome:
@@ -103,10 +124,20 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
         return TrainOutcome(steps=total, num_examples=len(data),
                             mean_loss=float(np.mean(losses)), dp=None)
 
+    with reproducible_cpu():
+        return _train_dp(model, features, labels, settings, dp, sampling, noise_seed,
+                         expected_batch_size)
+
+
+def _train_dp(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+              settings: TrainSettings, dp: SubsampledGaussianEvent, sampling: torch.Generator,
+              noise_seed: int, expected_batch_size: int | None) -> TrainOutcome:
+    """`train`'s DP-SGD branch (see there)."""
     # Opacus loads only when a DP round trains (its package import takes about a second).
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         private = GradSampleModule(model, loss_reduction="sum")
@@ -114,12 +145,12 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
             _make_optimizer(list(private.parameters()), settings),
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clipping_norm,
             expected_batch_size=(expected_batch_size
-                                 or max(1, round(dp.sample_rate * len(data)))),
+                                 or max(1, round(dp.sample_rate * len(labels)))),
             loss_reduction="mean", generator=torch.Generator().manual_seed(noise_seed))
     losses = []
     try:
         for _ in range(dp.steps):
-            mask = torch.rand(len(data), generator=sampling) < dp.sample_rate
+            mask = torch.rand(len(labels), generator=sampling) < dp.sample_rate
             optimizer.zero_grad()
             loss = loss_fn(private(features[mask]), labels[mask])
             with warnings.catch_warnings():
@@ -130,7 +161,7 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
                 losses.append(loss.item() / int(mask.sum()))
     finally:
         private._close()
-    return TrainOutcome(steps=dp.steps, num_examples=len(data),
+    return TrainOutcome(steps=dp.steps, num_examples=len(labels),
                         mean_loss=float(np.mean(losses)) if losses else float("nan"), dp=dp)
 
 

@@ -11,9 +11,11 @@ mechanism logged as q = 1, one step, clipping norm = sensitivity 1; once per run
 round), or one round it trained in (or refused): the DP mechanism it ran (Poisson sample rate q,
 noise multiplier σ, steps, clipping norm), δ, its budget and its cumulative ε with the accountant
 named, the calibrated plan (including the released count ñ), plus hashes of the model it received
-and the update it sent. A receipt records one update the coordinator accepted, naming the partner's
-ledger entry by hash. `check_log` is the one integrity check, used by the partner at start-up and by
-the auditor.
+and the update it sent; a trained round also its `replay_commitment` (a salted, hiding commitment
+to the round's seed, training rows and settings, whose opening the partner keeps: see
+`common.privacy.audit.replay`). A receipt records one update the coordinator accepted, naming
+the partner's ledger entry by hash. `check_log` is the one integrity check, used by the partner at
+start-up and by the auditor.
 """
 
 from __future__ import annotations
@@ -44,14 +46,29 @@ LEDGER_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint",
                  "event", "mechanism", "delta", "epsilon_budget", "epsilon_cumulative",
                  "accountant", "conversion", "calibration", "model_received_sha256",
                  "update_sent_sha256", "refusal_reason", "prev_entry_sha256", "signature"}
+LEDGER_OPTIONAL_FIELDS = {"replay_commitment"}
+"""Fields a ledger entry may carry: a `train` entry's `replay_commitment` (SHA-256 hex of a
+salted commitment to the round's randomness seed, training rows and settings, see
+`common.privacy.randomness.replay_commitment`); ledgers written before it verify without it."""
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "seq": int, "round": int, "run_id": str, "partner": str, "key_fingerprint": str,
     "timestamp": str, "prev_entry_sha256": str, "signature": str, "event": str,
     "mechanism": dict, "calibration": dict, "delta": (int, float), "epsilon_budget": (int, float),
     "epsilon_cumulative": (int, float), "ledger_entry_sha256": str, "update_sha256": str,
-    "model_received_sha256": str, "refusal_reason": str}
+    "model_received_sha256": str, "refusal_reason": str, "replay_commitment": str}
 RECEIPT_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint", "timestamp",
                   "ledger_entry_sha256", "update_sha256", "prev_entry_sha256", "signature"}
+
+
+def has_fields(entry: dict[str, Any], kind: str) -> bool:
+    """Whether `entry` holds exactly the fields of a `kind` entry (a ledger entry may also hold
+    `LEDGER_OPTIONAL_FIELDS`) and names that kind."""
+    keys = set(entry)
+    if kind == LEDGER_KIND:
+        fits = LEDGER_FIELDS <= keys <= LEDGER_FIELDS | LEDGER_OPTIONAL_FIELDS
+    else:
+        fits = keys == RECEIPT_FIELDS
+    return fits and entry.get("kind") == kind
 
 
 def canonical_bytes(payload: dict[str, Any]) -> bytes:
@@ -174,6 +191,7 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
     the entry's partner (or `expected_signer` when given).
     """
     fields = LEDGER_FIELDS if kind == LEDGER_KIND else RECEIPT_FIELDS
+    allowed = fields | (LEDGER_OPTIONAL_FIELDS if kind == LEDGER_KIND else set())
     findings: list[Finding] = []
     previous_hash, previous_round, run_id = GENESIS, 0, None
     previous_was_count = False
@@ -181,12 +199,12 @@ def check_log(path: Path, entries: list[tuple[int, dict[str, Any]]],
         def problem(code: str, message: str, line: int = line) -> None:
             findings.append(Finding(str(path), line, code, message))
 
-        if set(entry) != fields or entry.get("kind") != kind:
-            missing, extra = sorted(fields - set(entry)), sorted(set(entry) - fields)
+        if not has_fields(entry, kind):
+            missing, extra = sorted(fields - set(entry)), sorted(set(entry) - allowed)
             problem("fields", f"not a {kind} entry (missing {missing}, unexpected {extra})")
             previous_hash = entry_hash(entry)
             continue
-        mistyped = sorted(k for k in fields & set(_FIELD_TYPES)
+        mistyped = sorted(k for k in set(entry) & set(_FIELD_TYPES)
                           if not isinstance(entry[k], _FIELD_TYPES[k])
                           or isinstance(entry[k], bool))
         if mistyped:
@@ -319,16 +337,20 @@ class PartnerLedger(SignedLog):
 
     def append(self, *, server_round: int, plan: PrivacyPlan, steps: int,
                epsilon_cumulative: float, model_received_sha256: str,
-               update_sent_sha256: str | None, refusal_reason: str = "") -> dict[str, Any]:
-        """Sign and append one round (trained, or refused if `refusal_reason`)."""
+               update_sent_sha256: str | None, refusal_reason: str = "",
+               replay_commitment: str = "") -> dict[str, Any]:
+        """Sign and append one round (trained, or refused if `refusal_reason`); a trained
+        round may carry its `replay_commitment` (signed with the rest)."""
         return self._entry(server_round, plan, "refusal" if refusal_reason else "train",
                            replace(plan.round_event, steps=int(steps)), epsilon_cumulative,
-                           model_received_sha256, update_sent_sha256, refusal_reason)
+                           model_received_sha256, update_sent_sha256, refusal_reason,
+                           replay_commitment)
 
     def _entry(self, server_round: int, plan: PrivacyPlan, event: str,
                mechanism: SubsampledGaussianEvent, epsilon_cumulative: float,
                model_received_sha256: str, update_sent_sha256: str | None,
-               refusal_reason: str) -> dict[str, Any]:
+               refusal_reason: str, replay_commitment: str = "") -> dict[str, Any]:
+        optional = {"replay_commitment": replay_commitment} if replay_commitment else {}
         return self._append({
             "round": int(server_round), "partner": self.partner, "event": event,
             "mechanism": mechanism_fields(mechanism),
@@ -338,6 +360,7 @@ class PartnerLedger(SignedLog):
             "calibration": calibration_fields(plan),
             "model_received_sha256": model_received_sha256,
             "update_sent_sha256": update_sent_sha256, "refusal_reason": refusal_reason,
+            **optional,
         })
 
 

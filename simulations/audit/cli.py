@@ -197,7 +197,7 @@ def report_command(
 def _check_empirical(paths: list[Path], key_path: Path | None, keys_dir: Path) -> list:
     """Each --empirical result with its signature status; unreadable inputs exit 2."""
     from common.errors import CryptoError
-    from common.privacy.audit.empirical import check_result
+    from common.privacy.audit.empirical_result import check_result
     from common.privacy.crypto import load_public_key, load_public_keys
 
     if not paths:
@@ -221,7 +221,7 @@ def _check_empirical(paths: list[Path], key_path: Path | None, keys_dir: Path) -
 def show_empirical(checked: list, console: Console) -> int:
     """One line per empirical result (signature status, bound vs accounted epsilon); returns
     how many are problems (not verified, or a finding)."""
-    from simulations.audit.html import empirical_fields
+    from simulations.audit.empirical_html import empirical_fields
 
     problems = 0
     for item in checked:
@@ -279,9 +279,8 @@ def empirical_command(
         MECHANISM_OVERRIDES,
         audit_partner,
         reading,
-        sign_result,
-        write_result,
     )
+    from common.privacy.audit.empirical_result import sign_result, write_result
     from common.privacy.crypto import load_private_key
 
     if scenario not in SCENARIOS:
@@ -358,3 +357,62 @@ def empirical_command(
         if out is not None:
             console.print(Text(f"signed result: {out}"), soft_wrap=True)
     raise typer.Exit(code=1 if result.finding else 0)
+
+
+@audit_app.command("replay")
+def replay_command(
+    ledger: Annotated[Path, typer.Argument(
+        dir_okay=False, show_default=False, help="The partner's ledger (JSON Lines).")],
+    server_round: Annotated[int, typer.Option(
+        "--round", show_default=False, help="The round to replay (a train entry).")],
+    data: Annotated[Path, typer.Option(
+        "--data", dir_okay=False, show_default=False, help="The partner's data CSV.")],
+    schema: Annotated[Path, typer.Option(
+        "--schema", dir_okay=False, show_default=False, help="The partner's schema TOML.")],
+    opening: Annotated[Path, typer.Option(
+        "--opening", dir_okay=False, show_default=False,
+        help="The partner's openings file (<ledger>.openings, kept on its premises).")],
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", file_okay=False, show_default=False,
+        help="Directory of public keys: verify the ledger's signatures and chain first.")] = None,
+    global_model: Annotated[Path | None, typer.Option(
+        "--global-model", dir_okay=False, show_default=False,
+        help="The global model the round started from (.npz; default: the partner's copy in "
+             "<ledger>.replay/).")] = None,
+    signing_key: Annotated[Path | None, typer.Option(
+        "--signing-key", dir_okay=False, show_default=False,
+        help="The partner's private key, when its train/test split derives from it.")] = None,
+    receipts: Annotated[Path | None, typer.Option(
+        "--receipts", dir_okay=False, show_default=False,
+        help="The coordinator's receipts: the replayed update must be the one it accepted.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Re-run one round from its opening with the ledger's logged mechanism and check the update
+    hashes to the ledger's update_sent_sha256. Exit 0 match, 1 mismatch, 2 bad input."""
+    from common.privacy.audit.replay import (
+        find_opening,
+        ledger_round,
+        load_replay_rows,
+        replay_round,
+    )
+
+    try:
+        entry, _ = ledger_round(ledger, server_round, None)
+        found = find_opening(opening, str(entry["run_id"]), server_round,
+                             str(entry["replay_commitment"]))
+        rows = load_replay_rows(data, schema, found, signing_key)
+        result = replay_round(ledger, server_round, rows, opening, keys_dir=keys,
+                              global_model=global_model, receipts_path=receipts)
+    except AuditInputError as exc:
+        _usage_error(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        checked = "signatures checked" if result.signatures_checked else "signatures NOT checked"
+        console = Console()
+        console.print(Text(f"{result.partner} round {result.round} ({checked}): "
+                           f"{'MATCH' if result.ok else 'MISMATCH [' + result.reason + ']'}: "
+                           f"{result.message}",
+                           style="green" if result.ok else "bold red"), soft_wrap=True)
+    raise typer.Exit(code=0 if result.ok else 1)

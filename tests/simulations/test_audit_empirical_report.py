@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import common.privacy.audit as audit_package
 from common.privacy.audit import IndependentAccountant, verify
-from common.privacy.audit.empirical import load_result, sign_result, verify_result
+from common.privacy.audit.empirical_result import load_result, sign_result, verify_result
 from common.privacy.crypto import generate_signing_key, load_public_key, write_key_pair
 from simulations.audit.cli import audit_app
 from tests.audit_fixtures import Federation, build_federation, make_keys, make_plans

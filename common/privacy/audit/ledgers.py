@@ -20,13 +20,12 @@ from common.privacy.accounting import ACCOUNTANT_NAMES, accountant_of
 from common.privacy.audit.accountant import IndependentAccountant, MechanismRound
 from common.privacy.ledger import (
     COUNT_EVENT,
-    LEDGER_FIELDS,
     LEDGER_KIND,
     MECHANISM,
-    RECEIPT_FIELDS,
     SAMPLING,
     Finding,
     entry_hash,
+    has_fields,
 )
 
 EPSILON_TOLERANCE = 0.01
@@ -92,14 +91,18 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _is_sha256_hex(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
 def _integer(value: Any) -> int | None:
     """A JSON integer, None if it is not one."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def well_formed(entry: dict[str, Any], kind: str) -> bool:
-    fields = LEDGER_FIELDS if kind == LEDGER_KIND else RECEIPT_FIELDS
-    return set(entry) == fields and entry.get("kind") == kind
+    return has_fields(entry, kind)
 
 
 def _parse_entry(path: Path, line: int, entry: dict[str, Any],
@@ -148,6 +151,10 @@ def _parse_entry(path: Path, line: int, entry: dict[str, Any],
     if budget is None or not budget > 0.0:
         problem("bad-value", f"epsilon_budget must be a number > 0, got "
                              f"{entry['epsilon_budget']!r}")
+    commitment = entry.get("replay_commitment")
+    if commitment is not None and (event != "train" or not _is_sha256_hex(commitment)):
+        problem("replay-commitment", "a replay_commitment must be 64 lowercase hex digits, on a "
+                                     "train entry only")
     if event == "train":
         if entry["refusal_reason"] or not isinstance(entry["update_sent_sha256"], str):
             problem("event", "a train entry must name the update it sent and no refusal reason")

@@ -19,19 +19,21 @@ from common.config import RunConfig
 from common.errors import CryptoError
 from common.privacy.audit.empirical import (
     MIA_FPRS,
-    SIGNED_FIELDS,
     EmpiricalAudit,
     auc,
-    check_result,
     correct_guesses,
     dp_ceiling,
     epsilon_lower_bound,
     guess_counts,
-    load_result,
     p_value,
     run_empirical_audit,
-    sign_result,
     tpr_at_fpr,
+)
+from common.privacy.audit.empirical_result import (
+    SIGNED_FIELDS,
+    check_result,
+    load_result,
+    sign_result,
     verify_result,
     write_result,
 )

@@ -1,0 +1,126 @@
+"""A signed empirical-audit result (`fedcredit audit empirical --out --signing-key`): the audit's
+figures, the command's parameters, the fedcredit version, a UTC timestamp and the signer's key
+fingerprint, signed with Ed25519 like a ledger entry; read back and verified for `audit.html`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import AuditInputError, CryptoError
+from common.privacy.audit.empirical import EmpiricalAudit, reading
+
+RESULT_KIND = "fedcredit-empirical-audit"
+RESULT_FORMAT = 1
+SIGNED_FIELDS = ("kind", "format", "fedcredit_version", "created_utc", "parameters", "result",
+                 "reading", "signer")
+"""Every field of a signed result but `signature`; all of them are signed."""
+
+
+def _fedcredit_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedcredit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def sign_result(result: EmpiricalAudit, key, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The signed result document: the audit's fields, the command's `parameters`, the fedcredit
+    version, a UTC timestamp and the signer's key fingerprint, with an Ed25519 signature (base64)
+    of `key` over the canonical JSON of all of them (`common.privacy.ledger.sign_entry`)."""
+    from common.privacy.crypto import fingerprint
+    from common.privacy.ledger import sign_entry, utc_now
+
+    body = {"kind": RESULT_KIND, "format": RESULT_FORMAT,
+            "fedcredit_version": _fedcredit_version(), "created_utc": utc_now(),
+            "parameters": parameters, "result": result.to_dict(), "reading": reading(result),
+            "signer": fingerprint(key.public_key())}
+    return sign_entry(json.loads(json.dumps(body, allow_nan=False)), key)
+
+
+def write_result(path: Path, document: dict[str, Any]) -> None:
+    """Write a signed result as indented JSON (its signature covers the canonical encoding, so
+    the layout of the file does not matter)."""
+    Path(path).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n",
+                          encoding="utf-8")
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """Read a result document; AuditInputError when it is unreadable or not a JSON object.
+    Nothing in it is trusted before `verify_result`."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AuditInputError(f"{path}: cannot read an empirical-audit result ({exc})") from exc
+    if not isinstance(document, dict):
+        raise AuditInputError(f"{path}: not an empirical-audit result (not a JSON object)")
+    return document
+
+
+def verify_result(document: dict[str, Any], public_key) -> None:
+    """Raise CryptoError unless `document` is a complete signed result whose signature verifies
+    under `public_key`: any changed, added or removed field fails."""
+    from common.privacy.crypto import fingerprint
+    from common.privacy.ledger import verify_entry_signature
+
+    if document.get("kind") != RESULT_KIND or document.get("format") != RESULT_FORMAT:
+        raise CryptoError(f"not a signed empirical-audit result (kind {document.get('kind')!r}, "
+                          f"format {document.get('format')!r})")
+    fields = set(document) - {"signature"}
+    if fields != set(SIGNED_FIELDS) or "signature" not in document:
+        missing = sorted(set(SIGNED_FIELDS) - fields) + ([] if "signature" in document
+                                                          else ["signature"])
+        extra = sorted(fields - set(SIGNED_FIELDS))
+        raise CryptoError(f"signed result has missing fields {missing} or unknown ones {extra}")
+    expected = fingerprint(public_key)
+    if document.get("signer") != expected:
+        raise CryptoError(f"signed by {document.get('signer')!r}, not by the given key "
+                          f"{expected}")
+    try:
+        verify_entry_signature(document, public_key)
+    except CryptoError:
+        raise
+    except ValueError as exc:  # canonical encoding of a forged NaN etc.
+        raise CryptoError(f"signature does not verify ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class CheckedResult:
+    """A result file as an auditor's report shows it: its (untrusted) document and whether its
+    signature verified. `status`: "verified", "invalid" (signature, signer or fields do not
+    verify: tampered, or signed by another key) or "unverified" (no public key to check it)."""
+
+    path: str
+    document: dict[str, Any]
+    status: str
+    detail: str
+    key_name: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "verified"
+
+
+def check_result(path: Path, *, key=None, key_name: str | None = None,
+                 known_keys: dict[str, tuple[str, Any]] | None = None) -> CheckedResult:
+    """Load and verify one result file: under `key` when given, else under the key of
+    `known_keys` ({fingerprint: (name, key)}, e.g. `load_public_keys(--keys)`) whose
+    fingerprint the result names. Never raises for a bad signature (that is the status);
+    AuditInputError when the file cannot be read as JSON."""
+    document = load_result(path)
+    signer = document.get("signer")
+    if key is None and known_keys and isinstance(signer, str) and signer in known_keys:
+        key_name, key = known_keys[signer]
+    if key is None:
+        return CheckedResult(str(path), document, "unverified",
+                             f"no public key given for its signer {signer!r}", None)
+    try:
+        verify_result(document, key)
+    except CryptoError as exc:
+        return CheckedResult(str(path), document, "invalid", str(exc), key_name)
+    return CheckedResult(str(path), document, "verified",
+                         f"signature verifies under {key_name or 'the given key'}", key_name)

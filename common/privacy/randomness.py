@@ -149,11 +149,15 @@ def received_models_dir(ledger_path: str | Path) -> Path:
 
 
 def append_opening(path: Path, opening: ReplayOpening) -> None:
-    """Durably append one opening (one JSON line) to the partner's local openings file."""
+    """Durably append one opening (one JSON line) to the partner's local openings file, readable
+    by its owner only (mode 0600, like a private key: a round's seed lets whoever also holds the
+    round's update recompute and remove its noise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(opening.to_dict(), sort_keys=True, separators=(",", ":"),
                       allow_nan=False).encode("ascii") + b"\n"
-    with path.open("ab") as handle:
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "ab") as handle:
+        os.fchmod(handle.fileno(), 0o600)
         handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())

@@ -85,6 +85,7 @@ def test_entries_carry_a_commitment_and_the_ledger_still_verifies(federation: di
     openings = read_openings(federation["openings"])
     assert [o.round for o in openings] == [1, 2]
     assert [o.commitment for o in openings] == [e["replay_commitment"] for e in trained]
+    assert federation["openings"].stat().st_mode & 0o777 == 0o600  # the seeds: owner only
 
 
 def test_ledger_without_commitments_still_verifies(federation: dict, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from common.privacy.odometer import (
     PrivacyOdometer,
     dataset_fingerprint,
 )
-from common.privacy.randomness import append_opening, noise_seed, openings_path, split_key
+from common.privacy.randomness import noise_seed, split_key
 from common.protocol import (
     DELTA,
     EPSILON_BUDGET,
@@ -63,6 +63,7 @@ from common.protocol import (
     STEPS,
     TRAIN_LOSS,
 )
+from common.replay import keep as keep_replay_inputs
 from common.replay import replay_opening
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         return TrainReply(None, metrics, LIFETIME_BUDGET_EXHAUSTED, entry_hash_)
     opening = (None if ledger is None else
                replay_opening(partner, run, ledger.path, run_id, server_round, seed, settings,
-                               data, global_weights, received))
+                              data, received))
     outcome = train(model, data.train, settings, seed=seed, dp=decision.event,
                     expected_batch_size=plan.expected_batch_size)
     record_round(state.privacy, decision, outcome.steps)
@@ -313,7 +314,7 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         _remember_ledger(state, ledger)
         return TrainReply(None, {**metrics, REFUSED: 1.0}, reason, entry_hash_)
     if opening is not None:  # durable before the entry that commits to it is signed
-        append_opening(openings_path(partner.ledger_path), opening)
+        keep_replay_inputs(ledger.path, opening, global_weights, received)
     entry_hash_ = _log(ledger, server_round, plan, outcome.steps, metrics[EPSILON_SPENT],
                        received, hash_weights(weights),
                        replay_commitment=opening.commitment if opening is not None else "")

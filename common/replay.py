@@ -5,6 +5,7 @@ beside the partner's ledger. Nothing here is sent."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from common.data.tables import PartnerData
 from common.learning.training import TrainSettings
 from common.privacy.randomness import (
     ReplayOpening,
+    append_opening,
     new_opening,
+    openings_path,
     received_models_dir,
     training_rows_sha256,
 )
@@ -29,15 +32,11 @@ def replay_settings(run: RunConfig, settings: TrainSettings) -> dict[str, Any]:
 
 
 def replay_opening(partner: PartnerConfig, run: RunConfig, ledger_path: Path, run_id: str,
-                    server_round: int, seed: int, settings: TrainSettings, data: PartnerData,
-                    global_weights: dict[str, np.ndarray], received: str) -> ReplayOpening:
-    """A fresh opening of this round's replay commitment; the global model it trains from is
-    kept beside the ledger (`<ledger>.replay/`), as a replay needs it. Nothing here is sent."""
-    folder = received_models_dir(ledger_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_file = folder / f"round-{int(server_round)}-{received[:16]}.npz"
-    with model_file.open("wb") as handle:
-        np.savez(handle, **{k: np.asarray(v) for k, v in global_weights.items()})
+                   server_round: int, seed: int, settings: TrainSettings, data: PartnerData,
+                   received: str) -> ReplayOpening:
+    """A fresh opening of this round's replay commitment (nothing is written yet: `keep` writes
+    it, with the global model the round trains from, once the round's update is accepted)."""
+    model_file = _model_file(ledger_path, server_round, received)
     if partner.data_path:
         fraction = (partner.test_fraction if partner.test_fraction is not None
                     else run.test_fraction)
@@ -50,3 +49,23 @@ def replay_opening(partner: PartnerConfig, run: RunConfig, ledger_path: Path, ru
                        data_sha256=training_rows_sha256(data.train.features, data.train.labels),
                        settings=replay_settings(run, settings), split=split,
                        global_model=model_file.name)
+
+
+def _model_file(ledger_path: Path, server_round: int, received: str) -> Path:
+    return received_models_dir(ledger_path) / f"round-{int(server_round)}-{received[:16]}.npz"
+
+
+def keep(ledger_path: Path, opening: ReplayOpening, global_weights: dict[str, np.ndarray],
+         received: str) -> None:
+    """Durably keep what a replay of this round needs, before the ledger entry that commits to
+    it is signed: the global model the round trained from (`<ledger>.replay/`, written to a
+    temporary file, fsync'd, then renamed) and the opening (`<ledger>.openings`, 0600)."""
+    model_file = _model_file(ledger_path, opening.round, received)
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = model_file.with_suffix(".partial")
+    with partial.open("wb") as handle:
+        np.savez(handle, **{k: np.asarray(v) for k, v in global_weights.items()})
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, model_file)
+    append_opening(openings_path(ledger_path), opening)

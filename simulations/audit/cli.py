@@ -2,7 +2,8 @@
 lifetime privacy odometers; run an empirical privacy audit and sign its result.
 
 Exit status: 0 when everything verifies, 1 when there are findings (for `report`, also an
---empirical result whose signature does not verify or that is a finding), 2 for usage errors (a
+--empirical result whose signature does not verify or that is a finding, and a --replay result
+that does not verify, is a mismatch or is not of an audited ledger), 2 for usage errors (a
 missing ledger, receipts file or keys directory, no usable public key, an unreadable result).
 """
 
@@ -172,30 +173,49 @@ def report_command(
         "--empirical-key", exists=True, dir_okay=False, readable=True, show_default=False,
         help="Public key of whoever ran the empirical audits (default: the key in --keys whose "
              "fingerprint a result names).")] = None,
+    replay: Annotated[list[Path] | None, typer.Option(
+        "--replay", exists=True, dir_okay=False, readable=True, show_default=False,
+        help="A signed result of `fedcredit audit replay --out` (repeat the option, one per "
+             "replayed round): shown under its partner, checked against the audited ledger.")
+    ] = None,
+    replay_key: Annotated[Path | None, typer.Option(
+        "--replay-key", exists=True, dir_okay=False, readable=True, show_default=False,
+        help="Public key of whoever ran the replays (default: the key in --keys whose "
+             "fingerprint a result names).")] = None,
 ) -> None:
     """Verify, then write a self-contained HTML report an auditor can read. Exit 1 also when an
-    --empirical result does not verify or is a finding."""
+    --empirical result does not verify or is a finding, or a --replay result does not verify, is
+    a mismatch or does not belong to an audited ledger."""
+    from common.privacy.audit.empirical_result import EMPIRICAL
+    from common.privacy.audit.replay import replay_kind
     from simulations.audit.html import render_audit_html
+    from simulations.audit.replay_html import place_replays, show_replays
 
     if out.parent.exists() and not out.parent.is_dir():
         _usage_error(f"--out {out}: {out.parent} is a file, not a directory")
-    checked = _check_empirical(empirical or [], empirical_key, keys)
+    checked = _check_signed(empirical or [], empirical_key, keys, EMPIRICAL, "--empirical-key")
+    replays = _check_signed(replay or [], replay_key, keys, replay_kind(), "--replay-key")
     result = _run(ledgers, keys, receipts, odometers)
+    placed = place_replays(result, replays)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render_audit_html(result, empirical=checked), encoding="utf-8")
+        out.write_text(render_audit_html(result, empirical=checked, replays=placed),
+                       encoding="utf-8")
     except OSError as exc:
         _usage_error(f"--out {out}: cannot write the report ({exc.filename or out}: "
                      f"{exc.strerror or exc})")
     console = Console()
     show_result(result, console)
-    problems = show_empirical(checked, console)
+    problems = show_empirical(checked, console) + show_replays(placed, console)
     console.print(Text(f"report: {out}"), soft_wrap=True)
     raise typer.Exit(code=0 if result.ok and not problems else 1)
 
 
-def _check_empirical(paths: list[Path], key_path: Path | None, keys_dir: Path) -> list:
-    """Each --empirical result with its signature status; unreadable inputs exit 2."""
+def _check_signed(paths: list[Path], key_path: Path | None, keys_dir: Path, spec,
+                  key_option: str) -> list:
+    """Each signed result of kind `spec` (--empirical, --replay) with its signature status, under
+    the key at `key_path` (`key_option`) or the one in --keys its signer names; unreadable inputs
+    exit 2."""
     from common.errors import CryptoError
     from common.privacy.audit.empirical_result import check_result
     from common.privacy.crypto import load_public_key, load_public_keys
@@ -210,10 +230,10 @@ def _check_empirical(paths: list[Path], key_path: Path | None, keys_dir: Path) -
         else:
             known = load_public_keys(keys_dir)
     except CryptoError as exc:
-        _usage_error(f"--empirical-key: {exc}" if key_path else f"--keys: {exc}")
+        _usage_error(f"{key_option}: {exc}" if key_path else f"--keys: {exc}")
     try:
         return [check_result(path, key=key, key_name=key_path.name if key_path else None,
-                             known_keys=known) for path in paths]
+                             known_keys=known, spec=spec) for path in paths]
     except AuditInputError as exc:
         _usage_error(str(exc))
 
@@ -237,6 +257,25 @@ def show_empirical(checked: list, console: Console) -> int:
             f"{'; FINDING' if fields['finding'] else ''}",
             style="green" if item.verified and not finding else "bold red"), soft_wrap=True)
     return problems
+
+
+def _result_signer(out: Path | None, signing_key: Path | None):
+    """The private key that signs a written result (`--out` with `--signing-key`), or None when
+    nothing is written; exit 2 when only one is given, `--out` is no file path, or the key is
+    unreadable."""
+    from common.errors import CryptoError
+    from common.privacy.crypto import load_private_key
+
+    if (out is None) != (signing_key is None):
+        _usage_error("--out and --signing-key go together: a written result is always signed")
+    if out is None or signing_key is None:
+        return None
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        _usage_error(f"--out {out}: not a file path in a directory")
+    try:
+        return load_private_key(signing_key)
+    except CryptoError as exc:
+        _usage_error(f"--signing-key: {exc}")
 
 
 @audit_app.command("empirical")
@@ -273,7 +312,6 @@ def empirical_command(
     figure against the DP ceiling. Exit 1 when the bound exceeds the accounted epsilon."""
     from common.config import RunConfig
     from common.data.scenarios import SCENARIOS
-    from common.errors import CryptoError
     from common.privacy.audit.empirical import (
         DEFAULT_BETA,
         MECHANISM_OVERRIDES,
@@ -281,7 +319,6 @@ def empirical_command(
         reading,
     )
     from common.privacy.audit.empirical_result import sign_result, write_result
-    from common.privacy.crypto import load_private_key
 
     if scenario not in SCENARIOS:
         _usage_error(f"--scenario {scenario!r}: choose from {sorted(SCENARIOS)}")
@@ -296,16 +333,7 @@ def empirical_command(
         _usage_error(f"--rounds {rounds}: must be between 1 and 100000")
     if not (0 < local_epochs <= 10_000):
         _usage_error(f"--local-epochs {local_epochs}: must be in (0, 10000]")
-    if (out is None) != (signing_key is None):
-        _usage_error("--out and --signing-key go together: a written result is always signed")
-    key = None
-    if out is not None and signing_key is not None:
-        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
-            _usage_error(f"--out {out}: not a file path in a directory")
-        try:
-            key = load_private_key(signing_key)
-        except CryptoError as exc:
-            _usage_error(f"--signing-key: {exc}")
+    key = _result_signer(out, signing_key)
     run = RunConfig(scenario=scenario, seed=seed, num_server_rounds=rounds,
                     local_epochs=local_epochs)
     try:
@@ -381,31 +409,55 @@ def replay_command(
              "<ledger>.replay/).")] = None,
     signing_key: Annotated[Path | None, typer.Option(
         "--signing-key", dir_okay=False, show_default=False,
-        help="The partner's private key, when its train/test split derives from it.")] = None,
+        help="Ed25519 private key of whoever runs the replay; signs --out (the two go "
+             "together).")] = None,
     receipts: Annotated[Path | None, typer.Option(
         "--receipts", dir_okay=False, show_default=False,
         help="The coordinator's receipts: the replayed update must be the one it accepted.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", dir_okay=False, show_default=False,
+        help="Write the outcome, signed with --signing-key, to this JSON file (for `audit "
+             "report --replay`).")] = None,
+    split_key: Annotated[Path | None, typer.Option(
+        "--split-key", dir_okay=False, show_default=False,
+        help="The partner's private key, when its train/test split derives from it (a "
+             "deployed partner's does; the replay runs on its premises).")] = None,
 ) -> None:
     """Re-run one round from its opening with the ledger's logged mechanism and check the update
     hashes to the ledger's update_sent_sha256. Exit 0 match, 1 mismatch, 2 bad input."""
+    from common.privacy.audit.empirical_result import write_result
     from common.privacy.audit.replay import (
         find_opening,
         ledger_round,
         load_replay_rows,
         replay_round,
+        sign_replay,
     )
 
+    key = _result_signer(out, signing_key)
     try:
         entry, _ = ledger_round(ledger, server_round, None)
         found = find_opening(opening, str(entry["run_id"]), server_round,
                              str(entry["replay_commitment"]))
-        rows = load_replay_rows(data, schema, found, signing_key)
+        rows = load_replay_rows(data, schema, found, split_key)
         result = replay_round(ledger, server_round, rows, opening, keys_dir=keys,
                               global_model=global_model, receipts_path=receipts)
     except AuditInputError as exc:
         _usage_error(str(exc))
+    if out is not None and key is not None:
+        parameters = {"command": "fedcredit audit replay", "round": server_round,
+                      **{name: None if path is None else str(path) for name, path in (
+                          ("ledger", ledger), ("data", data), ("schema", schema),
+                          ("opening", opening), ("keys", keys), ("global_model", global_model),
+                          ("receipts", receipts))}}
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_result(out, sign_replay(result, key, parameters))
+        except OSError as exc:
+            _usage_error(f"--out {out}: cannot write the result ({exc.filename or out}: "
+                         f"{exc.strerror or exc})")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
@@ -415,4 +467,6 @@ def replay_command(
                            f"{'MATCH' if result.ok else 'MISMATCH [' + result.reason + ']'}: "
                            f"{result.message}",
                            style="green" if result.ok else "bold red"), soft_wrap=True)
+        if out is not None:
+            console.print(Text(f"signed result: {out}"), soft_wrap=True)
     raise typer.Exit(code=0 if result.ok else 1)

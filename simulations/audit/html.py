@@ -234,7 +234,7 @@ def _entry_row(entry: EntryAudit, codes: list[str], receipts: bool) -> str:
 
 
 def _partner_section(partner: PartnerAudit, codes_by_line: dict[int, list[str]],
-                     key_names: dict[str, str], receipts: bool) -> str:
+                     key_names: dict[str, str], receipts: bool, replayed: str = "") -> str:
     signer = key_names.get(partner.key_fingerprint or "", "unknown key")
     budget, delta = (format_number(v, style="g") for v in (partner.epsilon_budget, partner.delta))
     claimed, rdp, pld = (format_number(v, infinity="∞") for v in (
@@ -256,7 +256,8 @@ def _partner_section(partner: PartnerAudit, codes_by_line: dict[int, list[str]],
     return (f'<section class="card"><h3>{escape(partner.partner)}</h3>'
             f'<table class="facts">{fact_rows}</table>{plot}'
             f"<h3>Mechanism per round</h3>"
-            f'<div class="scroll"><table><tr>{header}</tr>{rows}</table></div></section>')
+            f'<div class="scroll"><table><tr>{header}</tr>{rows}</table></div>{replayed}'
+            "</section>")
 
 
 def _odometer_section(result: AuditResult, counts: dict[str, int]) -> str:
@@ -311,10 +312,14 @@ integral at fractional ones), and that no trained round went over the budget.</l
 <li><b>Receipts</b> tie each trained entry to an update the coordinator actually accepted (the
 receipt names the entry's hash and the update's hash): a partner cannot later re-write an entry,
 e.g. log a larger σ, nor drop one the coordinator received, without a mismatch.</li>
+<li><b>Replayed rounds</b> (when given): a signed replay result whose entry hash is this
+ledger's entry shows that the round's update is what the logged mechanism produces from the
+committed rows and randomness.</li>
 </ul></div>
 <div class="card"><h3>What it cannot prove</h3><ul>
 <li>That the logged σ, q and steps are what the partner really ran, if it lies consistently
-from the start (the updates themselves do not reveal the noise used).</li>
+from the start (the updates themselves do not reveal the noise used), for every round not shown
+as a matching replay under "Replayed rounds".</li>
 <li>The true size of the partner's data (q = batch / n is only as honest as n), or that each
 customer appears only once in it.</li>
 <li>Truncation of the ledger's tail when no receipts are given; refused rounds at the tail are
@@ -328,14 +333,20 @@ private data, or anything released outside the training rounds.</li>
 """
 
 
-def render_audit_html(result: AuditResult,
-                      empirical: Sequence[CheckedResult] = ()) -> str:
+def render_audit_html(result: AuditResult, empirical: Sequence[CheckedResult] = (),
+                      replays: Sequence = ()) -> str:
     """The audit as one self-contained HTML page (inline CSS and plots, no external resource),
-    with the `empirical` audit results (`check_result`) beside the ledgers when given."""
+    with the `empirical` audit results (`check_result`) beside the ledgers and the replay results
+    (`replay_html.place_replays`) under their partners when given."""
     from simulations.audit.empirical_html import (
         empirical_section,
         empirical_verdict,
         signature_tag,
+    )
+    from simulations.audit.replay_html import (
+        replay_orphans,
+        replay_partner_table,
+        replay_verdict,
     )
 
     counts: dict[str, int] = defaultdict(int)
@@ -362,10 +373,15 @@ def render_audit_html(result: AuditResult,
         inputs.append(("empirical audits", "<br>".join(
             f'<span class="path">{escape(c.path)}</span> {signature_tag(c)}'
             for c in empirical)))
+    if replays:
+        inputs.append(("replay results", "<br>".join(
+            f'<span class="path">{escape(r.item.path)}</span> {signature_tag(r.item)}'
+            for r in replays)))
     input_rows = "".join(f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in inputs)
     partners = "".join(_partner_section(p, codes.get(p.ledger, {}), result.key_names,
-                                        result.receipts is not None)
-                       for p in result.partners)
+                                        result.receipts is not None,
+                                        replay_partner_table(p.ledger, replays))
+                       for p in result.partners) + replay_orphans(replays)
     overview = _overview_plot(result) if result.partners else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -378,6 +394,7 @@ def render_audit_html(result: AuditResult,
 {generated} · {len(result.partners)} partner ledger(s)</p>
 {_verdict(result)}
 {empirical_verdict(empirical)}
+{replay_verdict(replays)}
 <h2>Budgets and privacy spent</h2>
 <div class="card">{_summary_table(result, counts)}{overview}
 <p class="meta">Partners calibrate and enforce with the prv accountant: the smaller of Opacus'

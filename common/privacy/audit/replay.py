@@ -45,6 +45,9 @@ GLOBAL_MODEL_MISMATCH = "global-model-mismatch"
 UPDATE_MISMATCH = "update-mismatch"
 RECEIPT_MISMATCH = "receipt-mismatch"
 
+REPLAY_KIND = "fedcredit-replay"
+REPLAY_FORMAT = 1
+
 
 @dataclass
 class ReplayResult:
@@ -59,6 +62,9 @@ class ReplayResult:
     update_replayed: str = ""
     signatures_checked: bool = False
     receipt_checked: bool = False
+    run_id: str = ""
+    entry_sha256: str = ""
+    """`entry_hash` of the replayed ledger entry: what ties a replay result to a ledger."""
 
     @property
     def ok(self) -> bool:
@@ -66,6 +72,32 @@ class ReplayResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
+
+    def to_document(self) -> dict[str, Any]:
+        """The `replay` field of a signed replay result (`sign_replay`)."""
+        return {"ledger": self.ledger, "partner": self.partner, "run_id": self.run_id,
+                "round": self.round, "entry_sha256": self.entry_sha256, "match": self.ok,
+                "failed_check": None if self.ok else self.reason, "message": self.message,
+                "update_logged": self.update_logged, "update_replayed": self.update_replayed,
+                "receipt_matched": (self.reason != RECEIPT_MISMATCH) if self.receipt_checked
+                else None, "signatures_checked": self.signatures_checked}
+
+
+def replay_kind():
+    """The signed replay result's kind (`empirical_result.SignedKind`): the replay's outcome,
+    the command's parameters, fedcredit version, UTC time and signer, signed as one."""
+    from common.privacy.audit.empirical_result import HEADER_FIELDS, SignedKind
+
+    return SignedKind(REPLAY_KIND, REPLAY_FORMAT, (*HEADER_FIELDS, "parameters", "replay"),
+                      "replay result")
+
+
+def sign_replay(result: ReplayResult, key, parameters: dict[str, Any]) -> dict[str, Any]:
+    """`result` as a replay result document signed with `key` (whoever ran the replay)."""
+    from common.privacy.audit.empirical_result import sign_document
+
+    return sign_document(replay_kind(), key, {"parameters": parameters,
+                                              "replay": result.to_document()})
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -108,7 +140,7 @@ def load_replay_rows(csv_path: Path, schema_path: Path, opening: ReplayOpening,
                               f"common.privacy.audit.replay.replay_round and its rows")
     if split.get("key") == "signing-key" and signing_key is None:
         raise AuditInputError("the partner's train/test split derives from its signing key: "
-                              "pass --signing-key (the partner's private key, on its premises)")
+                              "pass --split-key (the partner's private key, on its premises)")
     try:
         key = split_key(partner=str(split.get("partner", "")),
                         signing_key=signing_key if split.get("key") == "signing-key" else "",
@@ -156,7 +188,8 @@ def replay_round(ledger_path: Path, server_round: int, rows: Split, openings_fil
     def result(reason: str, message: str, replayed: str = "", receipt: bool = False
                ) -> ReplayResult:
         return ReplayResult(str(ledger_path), server_round, str(entry.get("partner")), reason,
-                            message, logged, replayed, keys_dir is not None, receipt)
+                            message, logged, replayed, keys_dir is not None, receipt,
+                            str(entry.get("run_id")), entry_hash(entry))
 
     if problems:
         return result(LEDGER_INVALID, "the ledger does not verify: " + "; ".join(problems[:3]))

@@ -112,12 +112,12 @@ def test_cli_replay_matches_and_reports_bad_input(federation: dict) -> None:
     args = [str(federation["ledger"]), "--round", "2", "--data", str(federation["csv"]),
             "--schema", "common/data/credit_data.toml", "--opening", str(federation["openings"]),
             "--keys", str(federation["keys"]),
-            "--signing-key", str(federation["keys"] / "bank.key")]
+            "--split-key", str(federation["keys"] / "bank.key")]
     ok = CliRunner().invoke(audit_app, ["replay", *args])
     assert ok.exit_code == 0, ok.output
     assert "MATCH" in ok.output
     no_key = CliRunner().invoke(audit_app, ["replay", *args[:-2]])
-    assert no_key.exit_code == 2 and "--signing-key" in no_key.output
+    assert no_key.exit_code == 2 and "--split-key" in no_key.output
     missing = CliRunner().invoke(audit_app, ["replay", *args[:2], "9", *args[3:]])
     assert missing.exit_code == 2 and "no train entry for round 9" in missing.output
     assert missing.exception is None or isinstance(missing.exception, SystemExit)

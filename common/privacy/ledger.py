@@ -49,7 +49,7 @@ LEDGER_FIELDS = {"kind", "seq", "run_id", "round", "partner", "key_fingerprint",
 LEDGER_OPTIONAL_FIELDS = {"replay_commitment"}
 """Fields a ledger entry may carry: a `train` entry's `replay_commitment` (SHA-256 hex of a
 salted commitment to the round's randomness seed, training rows and settings, see
-`common.privacy.randomness.replay_commitment`); ledgers written before it verify without it."""
+`common.replay.replay_commitment`); ledgers written before it verify without it."""
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "seq": int, "round": int, "run_id": str, "partner": str, "key_fingerprint": str,
     "timestamp": str, "prev_entry_sha256": str, "signature": str, "event": str,

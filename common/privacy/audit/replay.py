@@ -2,7 +2,7 @@
 and check that the update hashes to what the ledger (and the coordinator's receipt) recorded.
 
 A `train` entry's `replay_commitment` binds the round's randomness seed, the SHA-256 of the
-training rows and the optimiser settings (`common.privacy.randomness.replay_commitment`). Given
+training rows and the optimiser settings (`common.replay.replay_commitment`). Given
 the opening (kept by the partner beside its ledger, never sent), the rows and the global model
 the round started from (kept by the partner, bound by `model_received_sha256`), DP-SGD runs again
 with the mechanism the ENTRY logs (q, σ, clipping norm, steps; the normaliser q·ñ from its
@@ -30,7 +30,7 @@ from common.privacy.ledger import (
     plan_from_calibration,
     read_lines,
 )
-from common.privacy.randomness import (
+from common.replay import (
     ReplayOpening,
     read_openings,
     received_models_dir,

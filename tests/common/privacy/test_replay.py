@@ -30,14 +30,14 @@ from common.privacy.audit.replay import (
 from common.privacy.audit.verification import verify
 from common.privacy.crypto import generate_signing_key, load_private_key, write_key_pair
 from common.privacy.ledger import read_lines
-from common.privacy.randomness import (
+from common.protocol import REFUSED
+from common.replay import (
     committed_message,
     openings_path,
     read_openings,
     replay_commitment,
     training_rows_sha256,
 )
-from common.protocol import REFUSED
 from simulations.audit.cli import audit_app
 from tests.audit_fixtures import dump, resign_and_rechain
 

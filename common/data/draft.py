@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from common.data.csv_table import RawTable
+from common.data.toml_text import toml_string, toml_value
 from common.errors import DataValidationError
 
 LEARNED_MARK = "# LEARNED FROM YOUR DATA: replace with a value you can justify without it"
@@ -38,14 +39,6 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _toml_list(items: list[str]) -> str:
-    return "[" + ", ".join(_toml_string(item) for item in items) + "]"
 
 
 def _format(value: float) -> str:
@@ -79,11 +72,11 @@ def draft_schema(table: RawTable, *, label: str, bad_value: str | None = None,
         "# product limits, regulation), delete the mark, then run `fedcredit schema check`.",
         "",
         "[dataset]",
-        f"name = {_toml_string(name)}",
-        f"label = {_toml_string(label)}",
-        f"label_values = {_toml_list([good, bad_value])}  {LEARNED_MARK}",
-        f"bad_value = {_toml_string(bad_value)}",
-        f"missing_values = {_toml_list(list(MISSING_TOKENS))}",
+        f"name = {toml_string(name)}",
+        f"label = {toml_string(label)}",
+        f"label_values = {toml_value([good, bad_value])}  {LEARNED_MARK}",
+        f"bad_value = {toml_string(bad_value)}",
+        f"missing_values = {toml_value(list(MISSING_TOKENS))}",
     ]
     for column in table.header:
         if column == label:
@@ -91,7 +84,7 @@ def draft_schema(table: RawTable, *, label: str, bad_value: str | None = None,
         raw = [v.strip() for v in table.column(column)]
         present = [v for v in raw if v not in MISSING_TOKENS]
         has_missing = len(present) < len(raw)
-        lines += ["", "[[columns]]", f"name = {_toml_string(column)}"]
+        lines += ["", "[[columns]]", f"name = {toml_string(column)}"]
         numbers = [_number(v) for v in present]
         if present and all(n is not None for n in numbers):
             low, high = min(numbers), max(numbers)
@@ -111,7 +104,7 @@ def draft_schema(table: RawTable, *, label: str, bad_value: str | None = None,
                       f"# {len(counts)} distinct values: left out; declare it yourself to use it"]
             continue
         categories = sorted(counts, key=lambda v: (-counts[v], v))
-        lines += ['type = "categorical"', f"categories = {_toml_list(categories)}  "
+        lines += ['type = "categorical"', f"categories = {toml_value(categories)}  "
                   f"{LEARNED_MARK}", 'unknown = "bucket"']
         learned.append(f"{column}: categories {categories}")
         if has_missing:

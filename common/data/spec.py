@@ -35,6 +35,7 @@ from common.data.csv_table import RawTable, read_csv
 from common.data.scenarios import get_scenario, load_scenario
 from common.data.schema import load_schema
 from common.data.tables import PartnerData, bundled_path, split_train_test, subset
+from common.data.toml_text import toml_string, toml_value
 from common.data.vertical_spec import VERTICAL_MODE, VerticalSpec, parse_vertical_spec
 from common.errors import DataValidationError
 from common.privacy.randomness import split_key
@@ -152,26 +153,21 @@ class DataSpec:
 
     def to_toml(self) -> str:
         """The spec as a TOML file `load_spec` reads back (absolute paths)."""
-        lines = [f"schema = {_quote(self.schema.resolve())}"]
+        lines = [f"schema = {toml_string(self.schema.resolve())}"]
         if self.data is not None:
-            lines += [f"data = {_quote(self.data.resolve())}",
-                      f"partner_column = {_quote(self.partner_column)}"]
+            lines += [f"data = {toml_string(self.data.resolve())}",
+                      f"partner_column = {toml_string(self.partner_column)}"]
             if self.groups:
                 lines += ["", "[groups]"] + [
-                    f"{_quote(n)} = [{', '.join(_quote(v) for v in g)}]" for n, g in self.groups]
+                    f"{toml_string(n)} = {toml_value(list(g))}" for n, g in self.groups]
         else:
-            lines += ["", "[partners]"] + [f"{_quote(n)} = {_quote(p.resolve())}"
+            lines += ["", "[partners]"] + [f"{toml_string(n)} = {toml_string(p.resolve())}"
                                            for n, p in self.files]
         if self.budgets:
             lines += ["", "[budgets]"] + [
-                f"{_quote(n)} = " + (repr(e) if d is None else _quote(f"{e!r}:{d!r}"))
+                f"{toml_string(n)} = " + (repr(e) if d is None else toml_string(f"{e!r}:{d!r}"))
                 for n, e, d in self.budgets]
         return "\n".join(lines) + "\n"
-
-
-def _quote(value: object) -> str:
-    """A TOML basic string."""
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _stamp(path: Path) -> tuple[int, int]:

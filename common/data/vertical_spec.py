@@ -31,6 +31,7 @@ from typing import Any
 from common.data.csv_table import read_csv
 from common.data.scenarios import LENDER, PARTIES
 from common.data.schema import Schema, load_schema
+from common.data.toml_text import toml_string
 from common.errors import DataValidationError
 
 VERTICAL_MODE = "vertical"
@@ -118,17 +119,12 @@ class VerticalSpec:
 
     def to_toml(self) -> str:
         """The spec as a TOML file `load_vertical_spec` reads back (absolute paths)."""
-        lines = [f"mode = {_quote(VERTICAL_MODE)}"]
+        lines = [f"mode = {toml_string(VERTICAL_MODE)}"]
         for p in self.parties:
-            lines += ["", f"[parties.{p.party}]", f"data = {_quote(p.data.resolve())}",
-                      f"schema = {_quote(p.schema.resolve())}",
-                      f"id_column = {_quote(p.id_column)}"]
+            lines += ["", f"[parties.{p.party}]", f"data = {toml_string(p.data.resolve())}",
+                      f"schema = {toml_string(p.schema.resolve())}",
+                      f"id_column = {toml_string(p.id_column)}"]
         return "\n".join(lines) + "\n"
-
-
-def _quote(value: object) -> str:
-    """A TOML basic string."""
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def parse_vertical_spec(raw: dict[str, Any], base: Path, where: str) -> VerticalSpec:

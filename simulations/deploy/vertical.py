@@ -13,13 +13,13 @@ credit_data_vertical as one CSV and schema per party (`export_vertical_party_fil
 from __future__ import annotations
 
 import csv
-import json
 import tomllib
 from pathlib import Path
 
 from common.config import RunConfig
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS, VERTICAL_DATASET
 from common.data.tables import bundled_path, load_bundled
+from common.data.toml_text import toml_value
 from common.data.vertical_spec import VerticalSpec
 from common.vertical.parties import known_ids
 from simulations.deploy.commands import VERTICAL_ID_COLUMN, PartyTable
@@ -57,16 +57,6 @@ def check_vertical_demo(spec: VerticalSpec | None, *, epsilon: float, delta: flo
     check_vertical_plan(VerticalSettings(epsilon=epsilon, delta=delta), seed, spec)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a TOML basic string
-
-
 def party_schema_toml(party: str) -> str:
     """The bundled credit_data schema cut to `party`'s columns (`PARTY_COLUMNS`): the lender's
     keeps the label, a passive party's declares none; the ratio columns, which read two parties'
@@ -77,10 +67,10 @@ def party_schema_toml(party: str) -> str:
     dataset["name"] = f"{raw['dataset']['name']}-{party}"
     lines = [f"# {party}'s columns of credit_data (credit_data_vertical), written by "
              "`fedcredit federation demo --mode vertical`", "", "[dataset]",
-             *(f"{k} = {_toml_value(v)}" for k, v in dataset.items())]
+             *(f"{k} = {toml_value(v)}" for k, v in dataset.items())]
     for column in raw["columns"]:
         if column["name"] in PARTY_COLUMNS[party]:
-            lines += ["", "[[columns]]", *(f"{k} = {_toml_value(v)}" for k, v in column.items())]
+            lines += ["", "[[columns]]", *(f"{k} = {toml_value(v)}" for k, v in column.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -312,13 +312,15 @@ def run_empirical_audit(data: PartnerData, run: RunConfig, *, epsilon: float, de
     partner's training rows, non-members = its test rows (canary columns 0), ceiling at the
     accounted ε."""
     from common.learning.model import build_model
-    from common.learning.training import TrainSettings, train
+    from common.learning.training import train
+    from common.partner import train_settings
     from common.privacy.budget import (
         PrivacyState,
         authorize_round,
         calibrate_plan,
         record_round,
     )
+    from common.protocol import LEARNING_RATE
 
     if mechanism_override not in MECHANISM_OVERRIDES:
         raise ValueError(f"mechanism override must be one of {MECHANISM_OVERRIDES}, got "
@@ -351,9 +353,7 @@ def run_empirical_audit(data: PartnerData, run: RunConfig, *, epsilon: float, de
         decision = authorize_round(plan, state, requested_epochs=run.local_epochs)
         if not decision.allowed:  # the plan's own rounds always fit; kept as train_round does
             break
-        settings = TrainSettings(epochs=run.local_epochs, batch_size=run.nonprivate_batch_size,
-                                 learning_rate=run.learning_rate_at(server_round),
-                                 optimizer=run.optimizer)
+        settings = train_settings(run, {LEARNING_RATE: run.learning_rate_at(server_round)})
         outcome = train(model, rows, settings, seed=int(rng.integers(1 << 62)),
                         dp=replace(decision.event, noise_multiplier=used),
                         expected_batch_size=plan.expected_batch_size)

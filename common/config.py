@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.data.scenarios import PARTIES, SCENARIOS, SPLITS, VERTICAL_SCENARIO
+from common.data.scenarios import (
+    PARTIES,
+    SCENARIOS,
+    SPLITS,
+    VERTICAL_SCENARIO,
+    scenario_partners,
+)
 from common.data.spec import load_spec
 from common.outputs import ledger_file
 from common.privacy.accounting import check_budget
@@ -64,6 +70,8 @@ class RunConfig:
     scenario: str = "credit_data"
     split: str = "natural"
     dirichlet_alpha: float = 0.5
+    num_partners: int = 0
+    fraction_train: float = 1.0
     data_spec: str = ""
     out_dir: str = "runs/latest"
     schema_path: str = ""
@@ -109,7 +117,9 @@ class RunConfig:
         """The partners of the run's data spec or scenario, in partition-id order."""
         if self.data_spec and not self.vertical:
             return load_spec(self.data_spec).partner_names
-        return list(PARTIES) if self.vertical else SCENARIOS[self.scenario].partners
+        if self.vertical:
+            return list(PARTIES)
+        return scenario_partners(self.scenario, self.split, self.num_partners)
 
     @property
     def partners_source(self) -> str:
@@ -178,6 +188,9 @@ class RunConfig:
             (self.split in SPLITS, "split", f"must be one of {SPLITS}"),
             (0 < self.dirichlet_alpha < math.inf, "dirichlet-alpha",
              "must be a finite number > 0"),
+            (0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]"),
+            (not self.num_partners or not (self.data_spec or self.vertical), "num-partners",
+             "must be 0 with data-spec or a vertical run (they name their own partners)"),
             (bool(self.out_dir), "out-dir", "must not be empty"),
             (0 < self.secagg_clipping_range < math.inf, "secagg-clipping-range",
              "must be a finite number > 0"),
@@ -206,6 +219,8 @@ class RunConfig:
         try:
             partners = self.partners
         except ValueError as exc:
+            if not self.data_spec:
+                raise
             raise type(exc)(f"{exc} (run config key 'data-spec')") from None
         for name, (eps, delta) in parse_budgets(self.sim_budgets, self.sim_delta).items():
             if name not in partners:

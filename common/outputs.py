@@ -34,6 +34,7 @@ REPORT_MD = "report.md"
 AUDIT_HTML = "audit.html"
 AUC_PLOT = "pooled_auc_per_round.png"
 EPSILON_PLOT = "epsilon_per_round.png"
+PARTNERS_CSV = "partners.csv"  # every partner's figures (report.md summarises many partners)
 DATA_SPEC_FILE = "data-spec.toml"  # the partners' data of a run on one's own CSVs
 
 # Folders of a `fedcredit simulate` run directory.
@@ -56,8 +57,8 @@ RUN_MANIFEST = "fedcredit-run.json"
 """Written by `fedcredit simulate` into its --out before anything else: what the run is, its
 status (`running`, `completed`, `failed`, `interrupted`) and, once it ended, every file it wrote.
 Only a directory holding one is recognised as an earlier run that `--overwrite` may replace."""
-RUN_OUTPUTS = (REPORT_JSON, REPORT_MD, AUDIT_HTML, AUC_PLOT, EPSILON_PLOT, KEYS_DIR, DATA_SPEC_FILE,
-               FEDERATED_DP_DIR, FEDERATED_DIR, VERTICAL_LEDGER_DIR, FLOWER_RUN_DIR)
+RUN_OUTPUTS = (REPORT_JSON, REPORT_MD, AUDIT_HTML, AUC_PLOT, EPSILON_PLOT, PARTNERS_CSV, KEYS_DIR,
+               DATA_SPEC_FILE, FEDERATED_DP_DIR, FEDERATED_DIR, VERTICAL_LEDGER_DIR, FLOWER_RUN_DIR)
 """Every name a `fedcredit simulate` run writes at the top of its --out (besides the manifest):
 a run starts only where none of them exists, or where they belong to an earlier run's manifest."""
 MANIFEST_WRITER = "fedcredit simulate"

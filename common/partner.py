@@ -83,7 +83,7 @@ def load_data(partner: PartnerConfig, run: RunConfig) -> PartnerData:
         return load_run_partners(run, only=partner.partner)[0]
     return load_scenario_partner(run.scenario, partner.partition_id, split=run.split,
                                  seed=run.seed, alpha=run.dirichlet_alpha,
-                                 test_fraction=run.test_fraction)
+                                 test_fraction=run.test_fraction, num_partners=run.num_partners)
 
 
 def check_layout(partner: PartnerConfig, run: RunConfig,

@@ -66,6 +66,7 @@ def run_federation(grid: Grid, run: RunConfig, run_id: str = "",
                               run_id=run_id)
     strategy = ValidatingFedAvg(min_partners=run.min_partners, on_round_end=on_round_end,
                                 evaluate_every=run.evaluate_every,
+                                fraction_train=run.fraction_train, seed=run.seed,
                                 learning_rate_at=run.learning_rate_at, receipts=receipts,
                                 wait_seconds=run.wait_for_partners,
                                 fold_evaluation=not run.secure_aggregation,

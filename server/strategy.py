@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -214,13 +215,13 @@ def train_config(run: RunConfig) -> ConfigRecord:
 class ValidatingFedAvg(FedAvg):
     """FedAvg weighted by `num-examples`; refused, failed and invalid replies never aggregate."""
 
-    def __init__(self, *, min_partners: int, evaluate_every: int = 1,
+    def __init__(self, *, min_partners: int, evaluate_every: int = 1, fraction_train: float = 1.0,
                  learning_rate_at: Callable[[int], float] | None = None,
                  on_round_end: Callable[[RoundRecord], None] | None = None,
                  receipts: ReceiptLog | None = None, wait_seconds: float = 300.0,
                  fold_evaluation: bool = False,
-                 feature_layout: FeatureLayout | None = None) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
+                 feature_layout: FeatureLayout | None = None, seed: int = 0) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0,
                          min_train_nodes=min_partners, min_evaluate_nodes=min_partners,
                          min_available_nodes=min_partners)
         self.min_partners = min_partners
@@ -243,6 +244,7 @@ class ValidatingFedAvg(FedAvg):
         # The run's encoded feature layout: announced in every instruction, echoed in replies.
         self.feature_layout = feature_layout
         self.layout_sha256 = None if feature_layout is None else feature_layout.sha256
+        self.seed = seed
 
     def announce_layout(self, config: ConfigRecord) -> ConfigRecord:
         """`config` with the run's feature layout and its hash (when the run has one)."""
@@ -295,8 +297,27 @@ class ValidatingFedAvg(FedAvg):
         self.current_weights = {k: a.numpy() for k, a in arrays.items()}
         wait_for_partners(lambda: len(list(grid.get_node_ids())), self.min_partners,
                           self.wait_seconds, server_round)
-        return self._remember(super().configure_train(
-            server_round, arrays, self.round_config(server_round, config), grid))
+        config = self.round_config(server_round, config)
+        if self.fraction_train >= 1.0:
+            return self._remember(super().configure_train(server_round, arrays, config, grid))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._remember(self._construct_messages(
+            record, self.sample_partners(server_round, grid), MessageType.TRAIN))
+
+    def sample_partners(self, server_round: int, grid: Grid) -> list[int]:
+        """The nodes that train in `server_round` under `fraction-train` < 1: a fraction of the
+        connected nodes (at least `min-partners`), drawn uniformly without replacement by a
+        generator seeded with the run's seed and the round (Flower's FedAvg draws from Python's
+        unseeded global generator). Who is drawn is public: no privacy amplification by this
+        sampling is claimed; a node not drawn receives nothing and spends nothing."""
+        nodes = sorted(grid.get_node_ids())
+        size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
+        drawn = random.Random(f"fedcredit-partner-sampling:{self.seed}:{server_round}").sample(
+            nodes, size)
+        log.info("round %d: %d of %d partners drawn (fraction-train %g)", server_round,
+                 len(drawn), len(nodes), self.fraction_train)
+        return sorted(drawn)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -56,7 +56,9 @@ def build_run_config(*, scenario: str, epsilon: float, delta: float, rounds: int
         if check:
             from simulations.simulate.plan import check_plan
 
-            check_plan(run)
+            with console.status(f"checking each partner's DP plan ({len(run.partners)} "
+                                "partners)"):
+                check_plan(run)
         return run
     except ValueError as exc:
         key = re.search(r"key '([a-z-]+)", str(exc))
@@ -69,7 +71,8 @@ CLI_OPTIONS = {"sim-epsilon": "--epsilon", "sim-delta": "--delta", "num-server-r
                "dirichlet-alpha": "--alpha", "local-epochs": "--local-epochs",
                "batch-size": "--batch-size", "learning-rate": "--learning-rate",
                "hidden-layers": "--hidden-layers", "seed": "--seed", "out-dir": "--out",
-               "data-spec": "--spec/--data"}
+               "data-spec": "--spec/--data", "num-partners": "--partners",
+               "fraction-train": "--fraction-train"}
 BenchScenarioOpt = Annotated[str, typer.Option(
     "--scenario", help="Bundled horizontal scenario: credit_data or lending_club.")]
 SplitOpt = Annotated[str, typer.Option(help="Partner split: natural, iid or dirichlet.")]
@@ -77,7 +80,8 @@ AlphaOpt = Annotated[float, typer.Option(help="Dirichlet concentration for --spl
 BudgetOpt = Annotated[str, typer.Option(
     "--budget", help="Per-partner budgets overriding --epsilon, e.g. 'bank=1,lender=3:1e-6'.")]
 ScenarioOpt = Annotated[str | None, typer.Option(
-    help="Bundled scenario: credit_data (default), lending_club, or credit_data_vertical.")]
+    help="Bundled scenario: credit_data (default), lending_club, lending_club_states (one "
+         "partner per US state), or credit_data_vertical.")]
 DataOpt = Annotated[list[str] | None, typer.Option(
     "--data", help="Your own data instead of --scenario: NAME=CSV once per partner, or one CSV "
                    "with --partner-column.")]
@@ -85,6 +89,12 @@ PartnerColumnOpt = Annotated[str, typer.Option(
     "--partner-column", help="With one --data CSV: the column naming each row's partner.")]
 SchemaOpt = Annotated[Path | None, typer.Option(
     "--schema", help="With --data: the schema TOML of the CSVs (`fedcredit schema draft`).")]
+PartnersOpt = Annotated[int | None, typer.Option(
+    "--partners", help="With --split iid or dirichlet: deal the rows to N partners named p001, "
+                       "p002, ... instead of the scenario's own.")]
+FractionTrainOpt = Annotated[float | None, typer.Option(
+    "--fraction-train", help="Share of the partners drawn to train each round (seeded); a "
+                             "partner not drawn spends no privacy budget in that round.")]
 SpecOpt = Annotated[Path | None, typer.Option(
     "--spec", help="Your own data instead of --scenario: a data spec TOML (partners' CSVs, "
                    "schema, budgets; see the README).")]
@@ -101,6 +111,8 @@ def simulate(
     split: SplitOpt = "natural",
     alpha: AlphaOpt = 0.5,
     budgets: BudgetOpt = "",
+    partners: PartnersOpt = None,
+    fraction_train: FractionTrainOpt = None,
     local_epochs: Annotated[float | None, typer.Option(help="Local epochs per round.")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Expected DP batch size; 0: the plan rule (q = 0.1 of the noisy count).")] = None,
@@ -135,6 +147,7 @@ def simulate(
         unused = [option for option, value, default in (
             ("--rounds", rounds, 20), ("--split", split, "natural"), ("--alpha", alpha, 0.5),
             ("--budget", budgets, ""), ("--local-epochs", local_epochs, None),
+            ("--partners", partners, None), ("--fraction-train", fraction_train, None),
             ("--batch-size", batch_size, None), ("--learning-rate", learning_rate, None),
             ("--hidden-layers", hidden_layers, None),
             ("--secure-aggregation", secure_aggregation, False)) if value != default]
@@ -148,7 +161,8 @@ def simulate(
     options = dict(scenario=scenario, epsilon=epsilon, delta=delta, rounds=rounds, seed=seed,
                    out=out, split=split, alpha=alpha, budgets=budgets, local_epochs=local_epochs,
                    batch_size=batch_size, learning_rate=learning_rate,
-                   hidden_layers=hidden_layers, secure_aggregation=secure_aggregation or None)
+                   hidden_layers=hidden_layers, secure_aggregation=secure_aggregation or None,
+                   num_partners=partners, fraction_train=fraction_train)
     if data_spec is None:
         run = build_run_config(**options)
         prepare_out_dir(out, overwrite)  # only once every option is valid: nothing lost on a typo

@@ -2,8 +2,10 @@
 
 `natural` splits give each partner a different population, as in the real market: credit_data by
 `Home` (bank = owners, lender = renters and private, e-commerce = parents, other, ignore and
-missing), lending_club by US census region of `addr_state`. `iid` and `dirichlet` are controls
-that deal the same rows out at random / label-skewed. The vertical scenario (`credit_data_vertical`)
+missing), lending_club by US census region of `addr_state`, lending_club_states by the state itself
+(50 partners of 16 to 1,324 rows). `iid` and `dirichlet` are controls that deal the same rows out
+at random / label-skewed, to the scenario's own partners or to `num_partners` partners named
+`p001`, `p002`, ... The vertical scenario (`credit_data_vertical`)
 splits credit_data's columns by party instead (`PARTY_COLUMNS`). Partner sizes and bad rates:
 docs/architecture.md ("Bundled data and scenarios").
 """
@@ -65,10 +67,15 @@ class ScenarioSpec:
         return list(self.groups)
 
 
+_STATES = sorted(set().union(*_REGIONS.values()) - {"IA"})  # lending_club has no Iowa loans
 SCENARIOS: dict[str, ScenarioSpec] = {
     "credit_data": ScenarioSpec("credit_data", "credit_data", "Home", _CREDIT_DATA_HOME),
     "lending_club": ScenarioSpec("lending_club", "lending_club", "addr_state", _REGIONS),
+    "lending_club_states": ScenarioSpec("lending_club_states", "lending_club", "addr_state",
+                                        {state.lower(): {state} for state in _STATES}),
 }
+MAX_PARTNERS = 10_000
+"""Most partners an iid or dirichlet split deals rows to (`num-partners`)."""
 
 
 def get_scenario(name: str) -> ScenarioSpec:
@@ -79,12 +86,36 @@ def get_scenario(name: str) -> ScenarioSpec:
     return SCENARIOS[name]
 
 
+def scenario_partners(name: str, split: str = "natural", num_partners: int = 0) -> list[str]:
+    """Partner names of a scenario under `split`, in partition-id order: the scenario's own, or
+    `p001` ... for `num_partners` > 0 (iid and dirichlet splits only)."""
+    return _partner_names(get_scenario(name), split, num_partners)
+
+
+def _partner_names(spec: ScenarioSpec, split: str, num_partners: int) -> list[str]:
+    """`scenario_partners` of a scenario spec."""
+    name = spec.name
+    if not num_partners:
+        return spec.partners
+    if split == "natural":
+        raise ValueError(f"num-partners needs split 'iid' or 'dirichlet': the natural split of "
+                         f"{name!r} has its own {len(spec.partners)} partners (config key "
+                         f"'num-partners')")
+    if not 2 <= num_partners <= MAX_PARTNERS:
+        raise ValueError(f"num-partners must be 0 (the scenario's own partners) or 2 to "
+                         f"{MAX_PARTNERS:,}, got {num_partners} (config key 'num-partners')")
+    width = max(3, len(str(num_partners)))
+    return [f"p{k:0{width}d}" for k in range(1, num_partners + 1)]
+
+
 def partner_rows(table: RawTable, spec: ScenarioSpec, *, split: str, seed: int,
-                 alpha: float, label_column: str, bad_value: str) -> dict[str, np.ndarray]:
+                 alpha: float, label_column: str, bad_value: str,
+                 num_partners: int = 0) -> dict[str, np.ndarray]:
     """Row indices held by each partner under `split`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (config key 'split'); choose from {SPLITS}")
-    n_partners = len(spec.groups)
+    names = _partner_names(spec, split, num_partners)
+    n_partners = len(names)
     rng = np.random.default_rng(seed)
     if split == "natural":
         values = table.column(spec.partition_column)
@@ -97,7 +128,7 @@ def partner_rows(table: RawTable, spec: ScenarioSpec, *, split: str, seed: int,
         return rows
     if split == "iid":
         assignment = rng.permutation(len(table.rows)) % n_partners
-        return {p: np.flatnonzero(assignment == k) for k, p in enumerate(spec.partners)}
+        return {p: np.flatnonzero(assignment == k) for k, p in enumerate(names)}
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0 for the dirichlet split, got {alpha} (key 'alpha')")
     labels = np.array([v == bad_value for v in table.column(label_column)])
@@ -108,11 +139,12 @@ def partner_rows(table: RawTable, spec: ScenarioSpec, *, split: str, seed: int,
         cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
         for k, part in enumerate(np.split(idx, cuts)):
             assignment[part] = k
-    return {p: np.flatnonzero(assignment == k) for k, p in enumerate(spec.partners)}
+    return {p: np.flatnonzero(assignment == k) for k, p in enumerate(names)}
 
 
 def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: float = 0.5,
-                  test_fraction: float = 0.25, only: str | None = None) -> list[PartnerData]:
+                  test_fraction: float = 0.25, only: str | None = None,
+                  num_partners: int = 0) -> list[PartnerData]:
     """Every partner's encoded train/test data for a bundled scenario, in partition-id order.
 
     `only` restricts encoding to one partner (what a simulated ClientApp needs).
@@ -120,28 +152,36 @@ def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: fl
     spec = get_scenario(name)
     table, schema = load_bundled(spec.dataset)
     rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
-                        label_column=schema.label, bad_value=schema.bad_value)
+                        label_column=schema.label, bad_value=schema.bad_value,
+                        num_partners=num_partners)
+    # Many small partners (a state, one of N): some hold few or no bad rows, as in the market.
+    many = len(rows) > len(spec.partners) or len(rows) > 3
     partners = []
     for partner, idx in rows.items():
         if only is not None and partner != only:
             continue
+        if len(idx) < 2:
+            raise ValueError(f"partner {partner} holds {len(idx)} row(s) under the {split} split "
+                             f"of {name!r} with seed {seed}: deal the rows to fewer partners "
+                             f"(config key 'num-partners') or raise dirichlet-alpha")
         train, test = split_train_test(subset(table, idx, partner), schema,
                                        test_fraction=test_fraction,
-                                       key=split_key(partner=partner, seed=seed))
+                                       key=split_key(partner=partner, seed=seed),
+                                       both_classes=not many)
         partners.append(PartnerData(partner=partner, train=train, test=test))
     return partners
 
 
 def load_scenario_partner(name: str, partition_id: int, *, split: str = "natural",
-                          seed: int = 0, alpha: float = 0.5,
-                          test_fraction: float = 0.25) -> PartnerData:
+                          seed: int = 0, alpha: float = 0.5, test_fraction: float = 0.25,
+                          num_partners: int = 0) -> PartnerData:
     """One partner's data by partition id (what a simulated ClientApp loads)."""
-    partners = get_scenario(name).partners
+    partners = scenario_partners(name, split, num_partners)
     if not 0 <= partition_id < len(partners):
         raise ValueError(f"partition id {partition_id} out of range for scenario {name!r} "
                          f"with {len(partners)} partners")
-    return load_scenario(name, split=split, seed=seed, alpha=alpha,
-                         test_fraction=test_fraction, only=partners[partition_id])[0]
+    return load_scenario(name, split=split, seed=seed, alpha=alpha, test_fraction=test_fraction,
+                         only=partners[partition_id], num_partners=num_partners)[0]
 
 
 def export_partner_files(name: str, out_dir: Path, *, split: str = "natural", seed: int = 0,

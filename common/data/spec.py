@@ -333,6 +333,8 @@ class RunData(Protocol):
     def dirichlet_alpha(self) -> float: ...
     @property
     def test_fraction(self) -> float: ...
+    @property
+    def num_partners(self) -> int: ...
 
 
 def load_run_partners(run: RunData, only: str | None = None) -> list[PartnerData]:
@@ -341,4 +343,5 @@ def load_run_partners(run: RunData, only: str | None = None) -> list[PartnerData
         return load_spec(run.data_spec).load_partners(seed=run.seed,
                                                       test_fraction=run.test_fraction, only=only)
     return load_scenario(run.scenario, split=run.split, seed=run.seed, alpha=run.dirichlet_alpha,
-                         test_fraction=run.test_fraction, only=only)
+                         test_fraction=run.test_fraction, only=only,
+                         num_partners=run.num_partners)

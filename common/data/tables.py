@@ -96,9 +96,11 @@ def record_in_test(key: bytes, header: tuple[str, ...], row: tuple[str, ...],
 
 
 def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
-                     key: bytes) -> tuple[Split, Split]:
+                     key: bytes, both_classes: bool = True) -> tuple[Split, Split]:
     """Encode `table` and split it into train/test by `record_in_test` under `key` (the
-    partner's secret split key, see `common.privacy.randomness.split_key`)."""
+    partner's secret split key, see `common.privacy.randomness.split_key`). Each split must hold
+    good and bad rows (`both_classes`), or, for a small simulated partner, at least one row
+    (its own rank metrics are then undefined; pooled ones are not)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
     features, labels = encode_table(table, schema)
@@ -108,11 +110,11 @@ def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
                    Split(features[in_test], labels[in_test]))
     for name, part in (("training", train), ("test", test)):
         counts = np.bincount(part.labels.astype(int), minlength=2)
-        if counts.min() < 1:
+        if (counts.min() if both_classes else counts.sum()) < 1:
             raise DataValidationError(
                 f"{table.path}: the {name} split has {int(counts[0])} good and "
-                f"{int(counts[1])} bad rows; it needs both (more rows, or another test "
-                f"fraction)")
+                f"{int(counts[1])} bad rows; it needs {'both' if both_classes else 'a row'} "
+                f"(more rows, or another test fraction)")
     return train, test
 
 

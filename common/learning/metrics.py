@@ -29,7 +29,7 @@ def credit_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     positives = float(labels.sum())
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
-        log.warning("only one class among %d labels: AUC, KS, Gini, PR-AUC undefined", len(labels))
+        log.debug("only one class among %d labels: AUC, KS, Gini, PR-AUC undefined", len(labels))
         result.update(auc=float("nan"), ks=float("nan"), gini=float("nan"), pr_auc=float("nan"))
         return {name: result[name] for name in METRIC_NAMES}
     true_pos, false_pos = _cumulative_counts(labels, scores)

@@ -231,7 +231,8 @@ def audit_run(layout: RunLayout, partners: list[str]) -> dict[str, Any]:
 
 
 def privacy_summary(run: RunConfig, history: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per partner: ε spent (composed over every round), budget, δ, σ, rounds trained.
+    """Per partner: ε spent (composed over every round), budget, δ, σ, rounds trained, and ε
+    after each round it trained (`epsilon_per_round`, at the rounds `trained_rounds`).
 
     Replies that carry no ε figures (a partner that refused before accounting) are skipped.
     """
@@ -249,5 +250,7 @@ def privacy_summary(run: RunConfig, history: dict[str, Any]) -> dict[str, dict[s
                 "rounds_trained": int(figures.get("rounds-trained", 0)),
                 "epsilon_per_round": summary.get(partner, {}).get("epsilon_per_round", [])
                 + [figures["epsilon-spent"]],
+                "trained_rounds": summary.get(partner, {}).get("trained_rounds", [])
+                + [record["round"]],
             }
     return summary

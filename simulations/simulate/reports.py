@@ -27,6 +27,12 @@ from common.outputs import (  # noqa: E402
     format_number,
     write_json,
 )
+from simulations.simulate.many_partners import (  # noqa: E402
+    is_many,
+    spread,
+    summary_markdown,
+    write_partners_csv,
+)
 
 SETTING_TITLES = {
     "federated_dp": "Federated + DP",
@@ -38,10 +44,11 @@ SETTING_TITLES = {
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
-    """Write report.json, the two plots and report.md into `out_dir`."""
+    """Write report.json, partners.csv, the two plots and report.md into `out_dir`."""
     layout = RunLayout(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(layout.report_json, report)
+    write_partners_csv(out_dir, report)
     plot_pooled_auc(out_dir / AUC_PLOT, report)
     plot_epsilon(out_dir / EPSILON_PLOT, report)
     layout.report_md.write_text(render_markdown(report))
@@ -99,18 +106,24 @@ def epsilon_figure(report: dict[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     privacy = report["privacy"]
     budgets = {figures["epsilon_budget"] for figures in privacy.values()}
+    many = is_many(report)
     for i, (partner, figures) in enumerate(privacy.items()):
         color = f"C{i}"
         marker, style = PARTNER_STYLES[i % len(PARTNER_STYLES)]
         series = figures["epsilon_per_round"]
-        ax.plot(range(1, len(series) + 1), series, marker=marker, linestyle=style,
+        rounds = figures.get("trained_rounds") or range(1, len(series) + 1)
+        if many:  # one thin line each, no legend entry: the spread is what shows
+            ax.plot(rounds, series, color="C0", alpha=0.25, linewidth=0.8,
+                    label="one partner each" if i == 0 else None)
+            continue
+        ax.plot(rounds, series, marker=marker, linestyle=style,
                 markersize=7 - 1.5 * (i % 3), alpha=0.75, color=color, label=f"{partner} spent")
-        if len(budgets) > 1:
+        if len(budgets) > 1 and not many:
             ax.axhline(figures["epsilon_budget"], color=color, linestyle="--", linewidth=1,
                        label=f"{partner} budget")
-    if len(budgets) == 1:
-        ax.axhline(next(iter(budgets)), color="grey", linestyle="--", linewidth=1,
-                   label="budget (every partner)")
+    if len(budgets) == 1 or many:
+        ax.axhline(max(budgets), color="grey", linestyle="--", linewidth=1,
+                   label="budget (every partner)" if len(budgets) == 1 else "largest budget")
     _integer_rounds(ax)
     ax.set_ylabel("epsilon spent (RDP, composed over rounds)")
     ax.set_title(f"Privacy spent per partner (delta={report['delta']:g})")
@@ -154,6 +167,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         m = res[setting]["pooled"]
         lines.append(f"| {title} | " + " | ".join(
             format_number(m[key]) for key in ("auc", "ks", "gini", "brier", "pr_auc")) + " |")
+    if is_many(report):
+        return "\n".join(lines + [""] + summary_markdown(report, SETTING_TITLES)
+                         + privacy_note(report) + audit_lines(report))
     lines += ["", "## Per partner: AUC on the partner's own test split", "",
               "| partner | rows (train/test) | " + " | ".join(SETTING_TITLES.values()) + " |",
               "|---|---|" + "---|" * len(SETTING_TITLES)]
@@ -175,14 +191,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {p} | {format_number(f['epsilon_spent'])} | {f['epsilon_budget']:g} | "
                      f"{f['delta']:g} | {format_number(f['noise_multiplier'], 3)} | "
                      f"{format_number(f['sample_rate'], 4)} | {f['rounds_trained']} |")
-    lines += [
-        "", "ε is composed over every DP-SGD step of every round (one RDP accountant, Opacus "
-        "analysis, Balle et al. 2020 conversion) and covers each partner's released model "
-        "updates. Not covered: evaluation metrics and example counts the partners report "
-        "(see README, Privacy).",
+    return "\n".join(lines + privacy_note(report) + audit_lines(report))
+
+
+def privacy_note(report: dict[str, Any]) -> list[str]:
+    """What ε covers, and the two plots."""
+    return [
+        "", "ε is composed over every DP-SGD step of every round the partner trained (one RDP "
+        "accountant, Opacus analysis, Balle et al. 2020 conversion) and covers each partner's "
+        "released model updates. Not covered: evaluation metrics and example counts the partners "
+        "report (see README, Privacy).",
         "", f"![pooled AUC per round]({AUC_PLOT})", "", f"![epsilon per round]({EPSILON_PLOT})",
         "",
     ]
+
+
+def audit_lines(report: dict[str, Any]) -> list[str]:
+    """The "Privacy audit" section (a spread across partners when there are many)."""
+    lines: list[str] = []
     audit = report.get("audit")
     if audit and audit.get("report"):
         verdict = ("verified: every signature, hash chain and receipt checks out and every "
@@ -193,14 +219,22 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"(`{FEDERATED_DP_DIR}/{LEDGER_DIR}/`, `{FEDERATED_DP_DIR}/{RECEIPTS_FILE}`, "
                   f"`{KEYS_DIR}/`). Audit: "
                   f"{verdict}. Full report: [{audit['report']}]({audit['report']}).", "",
-                  "| partner | eps claimed | eps recomputed (RDP) | eps recomputed (PLD) |",
+                  ]
+        if is_many(report):
+            figures = audit["partners"].values()
+            lines += [f"- {title} across partners: {spread([f[key] for f in figures])}"
+                      for key, title in (("epsilon_claimed", "eps claimed"),
+                                         ("epsilon_rdp_recomputed", "eps recomputed (RDP)"),
+                                         ("epsilon_pld_recomputed", "eps recomputed (PLD)"))]
+            return lines + [f"- {finding}" for finding in audit["findings"]] + [""]
+        lines += ["| partner | eps claimed | eps recomputed (RDP) | eps recomputed (PLD) |",
                   "|---|---|---|---|"]
         for partner, f in audit["partners"].items():
             lines.append(f"| {partner} | {format_number(f['epsilon_claimed'])} | "
                          f"{format_number(f['epsilon_rdp_recomputed'])} | "
                          f"{format_number(f['epsilon_pld_recomputed'])} |")
         lines += [f"- {finding}" for finding in audit["findings"]] + [""]
-    return "\n".join(lines)
+    return lines
 
 
 def _budget(report: dict[str, Any], partner: str) -> float | None:
@@ -213,7 +247,7 @@ def verdict_lines(report: dict[str, Any]) -> list[str]:
     """The "Did joining pay off?" section: one sentence per partner from report.json `verdict`
     (none for a report without one)."""
     verdict = report.get("verdict")
-    if not verdict:
+    if not verdict or is_many(report):  # many partners: counts in the summary, rows in the CSV
         return []
     return [
         "## Did joining pay off?", "",

@@ -16,8 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common.errors import SimulationFailed
-from common.outputs import RUN_MANIFEST, RunLayout
+from common.outputs import PARTNERS_CSV, RUN_MANIFEST, RunLayout
 from simulations.simulate.interrupt import stop_on_signal, wait_for_stop
+from simulations.simulate.many_partners import is_many, partner_records, spread
 from simulations.simulate.rundir import finish_run_dir
 
 T = TypeVar("T")
@@ -97,6 +98,17 @@ def show_summary(report: dict[str, Any], out: Path) -> None:
         m = result["pooled"]
         table.add_row(setting, *(f"{m[k]:.4f}" for k in ("auc", "ks", "gini", "brier")))
     Console().print(table)
+    layout = RunLayout(out)
+    if is_many(report):
+        records = partner_records(report)
+        spent = [float(r["epsilon_spent"]) for r in records]
+        trained = [int(r["rounds_trained"]) for r in records]
+        Console().print(f"privacy spent (federated_dp), {len(report['partners'])} partners: eps "
+                        f"{spread(spent)}; rounds trained {spread(trained)}; every partner: "
+                        f"{layout.root / PARTNERS_CSV}")
+        Console().print(f"report: {layout.report_md}  (json: {layout.report_json}), "
+                        f"{report['timing']['wall_seconds']:.1f} s")
+        return
     privacy = Table(title="privacy spent (federated_dp)")
     for column in ("partner", "eps spent", "eps budget", "delta", "sigma", "rounds"):
         privacy.add_column(column)
@@ -105,7 +117,6 @@ def show_summary(report: dict[str, Any], out: Path) -> None:
                         f"{f['delta']:g}", f"{f['noise_multiplier']:.3f}",
                         str(f["rounds_trained"]))
     Console().print(privacy)
-    layout = RunLayout(out)
     Console().print(f"report: {layout.report_md}  (json: {layout.report_json}), "
                     f"{report['timing']['wall_seconds']:.1f} s")
 

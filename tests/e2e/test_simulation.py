@@ -10,18 +10,26 @@ import pytest
 from typer.testing import CliRunner
 
 from common.config import RunConfig
-from common.data.scenarios import load_scenario
+from common.data.spec import load_run_partners
+from common.outputs import RunLayout
+from common.privacy.accounting import SubsampledGaussianEvent
 from common.protocol import EVALUATE_METRIC_KEYS, FOLDED_EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
 from server.strategy import ValidatingFedAvg
 from simulations.cli import app
-from simulations.simulate.horizontal import run_federation
+from simulations.simulate.horizontal import create_run_keys, federation_runs, run_federation
 
 pytestmark = pytest.mark.slow
 RUNNER = CliRunner(env={"COLUMNS": "240"})
 
 
-def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypatch) -> None:
-    seen: list[tuple[str, dict]] = []
+@pytest.fixture(scope="module")
+def sampled_federation(tmp_path_factory):
+    """Six iid partners, half of them drawn to train each of 2 rounds (`fraction-train` 0.5),
+    with ledgers and receipts; every reply the coordinator receives is recorded."""
+    from flwr.app import Message
+
+    tmp = tmp_path_factory.mktemp("sampled")
+    seen: list[tuple[str, dict, Message]] = []
     original_train = ValidatingFedAvg.aggregate_train
     original_evaluate = ValidatingFedAvg.aggregate_evaluate
 
@@ -36,27 +44,40 @@ def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypat
 
     def spy_train(self, server_round, replies):
         replies = list(replies)
-        seen.extend(("train", describe(m)) for m in replies)
+        seen.extend(("train", describe(m), m) for m in replies)
         return original_train(self, server_round, replies)
 
     def spy_evaluate(self, server_round, replies):
         replies = list(replies)
-        seen.extend(("evaluate", describe(m)) for m in replies)
+        seen.extend(("evaluate", describe(m), m) for m in replies)
         return original_evaluate(self, server_round, replies)
 
-    monkeypatch.setattr(ValidatingFedAvg, "aggregate_train", spy_train)
-    monkeypatch.setattr(ValidatingFedAvg, "aggregate_evaluate", spy_evaluate)
-    run = RunConfig(num_server_rounds=2, evaluate_every=1, out_dir=str(tmp_path / "fed"))
-    partners = load_scenario(run.scenario, seed=run.seed)
-    result = run_federation(run, partners)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(ValidatingFedAvg, "aggregate_train", spy_train)
+    patch.setattr(ValidatingFedAvg, "aggregate_evaluate", spy_evaluate)
+    layout = RunLayout(tmp / "run")
+    base = RunConfig(num_server_rounds=2, evaluate_every=1, split="iid", num_partners=6,
+                     fraction_train=0.5, out_dir=str(layout.root))
+    run = federation_runs(base, layout)["federated_dp"]
+    partners = load_run_partners(run)
+    create_run_keys(layout.keys, [p.partner for p in partners])
+    try:
+        result = run_federation(run, partners)
+    finally:
+        patch.undo()
+    return run, layout, result, seen
+
+
+def test_only_arrays_metrics_and_config_leave_a_client(sampled_federation) -> None:
+    _, _, result, seen = sampled_federation
     assert result.history["status"] == "completed"
-    kinds = [kind for kind, _ in seen]
-    # Round 1's evaluation rides on round 2's train message; the last round's has its own.
-    assert kinds.count("train") == 6 and kinds.count("evaluate") == 3
-    folded = [d for kind, d in seen if kind == "train"
-              and d["metric_keys"] & set(FOLDED_EVALUATE_METRIC_KEYS)]
-    assert len(folded) == 3
-    for kind, described in seen:
+    kinds = [kind for kind, _, _ in seen]
+    # 3 of 6 partners train each round; round 1's evaluation rides on round 2's train message
+    # (the partners drawn again), the last round's goes to every partner.
+    assert kinds.count("train") == 6 and kinds.count("evaluate") == 6
+    assert any(d["metric_keys"] & set(FOLDED_EVALUATE_METRIC_KEYS)
+               for kind, d, _ in seen if kind == "train")
+    for kind, described, _ in seen:
         assert described["other"] == set()
         assert described["configs"] == ["info"]
         assert described["config_keys"] == {"partner", "refusal-reason", "ledger-entry-sha256",
@@ -66,6 +87,33 @@ def test_only_arrays_metrics_and_config_leave_a_client(tmp_path: Path, monkeypat
                    else set(EVALUATE_METRIC_KEYS))
         assert described["metric_keys"] <= allowed
         assert described["arrays"] == (["arrays"] if kind == "train" else [])
+
+
+def test_a_partner_not_drawn_spends_nothing_and_epsilon_stays_per_partner(
+        sampled_federation) -> None:
+    from common.privacy.accounting import composed_epsilon
+    from common.privacy.audit import verify
+
+    run, layout, result, _ = sampled_federation
+    drawn = {record["round"]: set(record["accepted"]) for record in result.history["rounds"]}
+    assert [len(names) for names in drawn.values()] == [3, 3]
+    audit = verify(sorted(layout.dp_ledgers.glob("*.jsonl")), layout.keys, layout.dp_receipts)
+    assert audit.ok, audit.findings
+    by_partner = {p.partner: p for p in audit.partners}
+    for name in run.partners:
+        rounds = [r for r, names in drawn.items() if name in names]
+        partner = by_partner.get(name)
+        if not rounds:  # never drawn: no DP-SGD release, nothing trained, nothing logged
+            assert partner is None or partner.rounds_trained == 0
+            continue
+        trained = [e for e in partner.entries if e.event == "train"]
+        assert [e.round for e in trained] == rounds
+        events = [SubsampledGaussianEvent(e.sample_rate, e.noise_multiplier, e.steps)
+                  for e in partner.entries if e.sample_rate is not None]
+        # The partner's ε composes its own releases only (its count, the rounds it trained).
+        assert partner.epsilon_claimed == pytest.approx(
+            composed_epsilon(events, delta=run.sim_delta), rel=1e-9)
+        assert partner.epsilon_claimed <= run.sim_epsilon
 
 
 def _simulate(out: Path, *extra: str):

@@ -411,3 +411,28 @@ def test_a_node_that_never_named_itself_does_not_make_the_run_incomplete() -> No
     outcomes = partner_outcomes(history)
     assert outcomes["node-42"]["failed"] == 1
     assert never_contributed(outcomes) == ""
+
+
+class _Nodes:
+    """A grid that only lists node ids (what partner sampling reads)."""
+
+    def __init__(self, count: int) -> None:
+        self.ids = [1000 + 7 * k for k in range(count)]
+
+    def get_node_ids(self) -> list[int]:
+        return list(reversed(self.ids))
+
+
+@pytest.mark.parametrize(("fraction", "count", "drawn"), [(0.1, 100, 10), (0.5, 5, 2),
+                                                          (0.01, 30, 2), (0.99, 3, 2)])
+def test_partner_sampling_draws_a_seeded_fraction_but_at_least_min_partners(
+        weights, fraction, count, drawn) -> None:
+    grid = _Nodes(count)
+    strategy = ValidatingFedAvg(min_partners=2, fraction_train=fraction, seed=3)
+    rounds = [strategy.sample_partners(r, grid) for r in (1, 2, 3)]
+    assert [len(nodes) for nodes in rounds] == [drawn] * 3
+    assert all(set(nodes) <= set(grid.ids) and len(set(nodes)) == drawn for nodes in rounds)
+    again = ValidatingFedAvg(min_partners=2, fraction_train=fraction, seed=3)
+    assert again.sample_partners(2, grid) == rounds[1]  # the same seed draws the same nodes
+    if count > drawn + 2:
+        assert len({tuple(nodes) for nodes in rounds}) > 1  # each round draws afresh

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from common.data.tables import Split
+from common.learning import training
 from common.learning.metrics import METRIC_NAMES
 from common.learning.model import CreditRiskMLP, build_model, get_weights, set_weights
 from common.learning.training import (
     TrainSettings,
     evaluate,
     num_steps,
+    poisson_sampler,
     predict,
     steps_per_epoch,
     train,
@@ -263,3 +265,46 @@ def test_evaluate_of_a_coin_flip_model(test_split: Split) -> None:
     assert metrics["log_loss"] == pytest.approx(math.log(2), rel=1e-6)
     assert metrics["brier"] == pytest.approx(0.25)
     assert metrics["auc"] == pytest.approx(0.5)
+
+
+def _assert_poisson(draw, rows: int, rate: float, draws: int = 4_000) -> None:
+    """Each row kept independently with probability `rate`: per-row rates (the first and last
+    row too), binomial batch sizes, neighbours kept together as often as chance says."""
+    kept = np.zeros(rows)
+    sizes = []
+    for _ in range(draws):
+        sample = draw().numpy()
+        assert np.all(np.diff(sample) > 0) and sample.min() >= 0 and sample.max() < rows
+        kept[sample] += 1
+        sizes.append(len(sample))
+    per_row_sd = np.sqrt(draws * rate * (1 - rate))
+    assert np.abs(kept - draws * rate).max() < 5 * per_row_sd
+    assert abs(np.mean(sizes) - rows * rate) < 5 * np.sqrt(rows * rate * (1 - rate) / draws)
+    assert np.var(sizes) == pytest.approx(rows * rate * (1 - rate), rel=0.15)  # binomial
+    pairs = np.mean([np.isin(s + 1, s).sum() for s in (draw().numpy() for _ in range(400))])
+    assert pairs == pytest.approx((rows - 1) * rate**2, rel=0.1)
+
+
+@pytest.mark.parametrize("mask_max_rows", [100, 10_000])  # by geometric gaps / by per-row mask
+def test_poisson_sampling_keeps_each_row_independently_with_probability_q(
+        monkeypatch: pytest.MonkeyPatch, mask_max_rows: int) -> None:
+    monkeypatch.setattr(training, "POISSON_MASK_MAX_ROWS", mask_max_rows)
+    _assert_poisson(poisson_sampler(1_000, 0.2, torch.Generator().manual_seed(0)), 1_000, 0.2)
+
+
+def test_the_poisson_check_catches_a_fixed_size_sample() -> None:
+    generator = torch.Generator().manual_seed(0)
+
+    def fixed_size() -> torch.Tensor:  # sampling without replacement: batch size never varies
+        return torch.randperm(1_000, generator=generator)[:200].sort().values
+
+    with pytest.raises(AssertionError):
+        _assert_poisson(fixed_size, 1_000, 0.2)
+
+
+def test_batched_scores_equal_whole_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    features = np.random.default_rng(0).normal(size=(1_000, 7)).astype(np.float32)
+    model = build_model(7, (4,), 0)
+    whole = predict(model, features)
+    monkeypatch.setattr(training, "PREDICT_BATCH_ROWS", 128)
+    np.testing.assert_allclose(predict(model, features), whole, rtol=1e-6)

@@ -308,17 +308,33 @@ def bench(
         min=2, help="With --deployment: rounds of the plain federation.")] = 5,
     secure_rounds: Annotated[int, typer.Option(
         min=2, help="With --deployment: rounds of the SecAgg+ federation.")] = 3,
-    out: Annotated[Path, typer.Option(
-        help="With --deployment: workspace of the benchmark federations.")] = Path(
-            "runs/bench-deployment"),
+    out: Annotated[Path | None, typer.Option(
+        help="With --deployment: workspace of the benchmark federations (default "
+             "runs/bench-deployment); with --scale: figures, plots and synthetic data (default "
+             "runs/bench-scale).")] = None,
     overwrite: Annotated[bool, typer.Option(
-        help="With --deployment: replace an earlier benchmark in --out.")] = False,
+        help="With --deployment or --scale: replace an earlier benchmark in --out.")] = False,
+    scale: Annotated[str | None, typer.Option(
+        help="Instead: how cost grows (docs/scale.md): partners (round time and memory vs "
+             "partners), rows (DP-SGD throughput vs rows per partner), accounting (time vs "
+             "rounds), utility (AUC vs rows per partner, synthetic), or all; partners and "
+             "utility run min(--rounds, 10) rounds.")] = None,
+    counts: Annotated[str, typer.Option(
+        help="With --scale partners: partner counts.")] = "3,10,30,100,200",
+    sizes: Annotated[str, typer.Option(
+        help="With --scale rows/utility: rows per synthetic partner.")] = "10000,100000,1000000",
 ) -> None:
     """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory;
-    with --deployment, real deployed rounds on loopback."""
+    with --deployment, real deployed rounds on loopback; with --scale, scaling curves."""
+    if scale is not None:
+        from simulations.bench.scale_cli import bench_scale
+
+        bench_scale(scale, out or Path("runs/bench-scale"), counts=counts, sizes=sizes,
+                    rounds=rounds, epsilon=epsilon, seed=seed, overwrite=overwrite)
+        return
     if deployment:
-        bench_deployment(out, plain_rounds=plain_rounds, secure_rounds=secure_rounds,
-                         overwrite=overwrite)
+        bench_deployment(out or Path("runs/bench-deployment"), plain_rounds=plain_rounds,
+                         secure_rounds=secure_rounds, overwrite=overwrite)
         return
     from simulations.bench.horizontal import run_benchmark
 

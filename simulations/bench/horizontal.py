@@ -31,14 +31,16 @@ from simulations.simulate.interrupt import descendants
 _CHILD = """
 import json, sys, time
 from common.config import RunConfig
-from common.data.scenarios import load_scenario
-from simulations.simulate.horizontal import create_run_keys, run_federation
+from common.data.spec import load_run_partners
+from simulations.simulate.horizontal import create_run_keys, privacy_summary, run_federation
 marks = []
 run = RunConfig.from_flower(json.loads(sys.argv[1]))
-partners = load_scenario(run.scenario, seed=run.seed)
+partners = load_run_partners(run)
 create_run_keys(run.sim_keys_dir, [p.partner for p in partners])
-run_federation(run, partners, progress=lambda label, done, total: marks.append(time.time()))
-json.dump({"round_ends": marks}, open(sys.argv[2], "w"))
+result = run_federation(run, partners,
+                        progress=lambda label, done, total: marks.append(time.time()))
+json.dump({"round_ends": marks, "status": result.history["status"],
+           "privacy": privacy_summary(run, result.history)}, open(sys.argv[2], "w"))
 """
 
 
@@ -84,11 +86,13 @@ def full_simulation(run: RunConfig) -> dict[str, float]:
         sampler.join()
         if code != 0:
             raise RuntimeError(f"benchmark simulation failed with exit code {code}")
-        marks = json.loads(marks_file.read_text())["round_ends"]
+        outcome = json.loads(marks_file.read_text())
+    marks = outcome["round_ends"]
     gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
     return {"wall_seconds": wall, "startup_to_round1_seconds": marks[0] - started,
             "steady_round_seconds": statistics.median(gaps) if gaps else float("nan"),
-            "peak_rss_mib": peak / 2**20}
+            "round_seconds": [marks[0] - started, *gaps], "peak_rss_mib": peak / 2**20,
+            "status": outcome["status"], "privacy": outcome["privacy"]}
 
 
 def epoch_times(run: RunConfig, repeats: int = 5) -> dict[str, float]:

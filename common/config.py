@@ -208,6 +208,10 @@ class RunConfig:
             raise ValueError("run config keys 'sim-ledger-dir' and 'sim-keys-dir' go together")
         if bool(self.receipts_path) != bool(self.receipt_key):
             raise ValueError("run config keys 'receipts-path' and 'receipt-key' go together")
+        if self.secure_aggregation and self.fraction_train < 1:
+            raise ValueError(f"fraction-train must be 1 with secure-aggregation (SecAgg+ "
+                             f"rounds include every connected partner), got "
+                             f"{self.fraction_train} (run config key 'fraction-train')")
         if self.secure_aggregation and self.min_partners < 2:
             raise ValueError(f"min-partners must be >= 2 with secure-aggregation (the sum of one "
                              f"partner's update is that update), got {self.min_partners} "

@@ -18,7 +18,7 @@ import numpy as np
 
 from common.config import PartnerConfig, RunConfig
 from common.data.tables import PartnerData
-from common.learning.training import TrainSettings
+from common.learning.training import TrainSettings, sampler_for
 from common.privacy.ledger import canonical_bytes
 
 REPLAY_COMMITMENT_TAG = b"fedcredit replay commitment v1\x00"
@@ -144,11 +144,14 @@ def read_openings(path: Path) -> list[ReplayOpening]:
     return openings
 
 
-def replay_settings(run: RunConfig, settings: TrainSettings) -> dict[str, Any]:
-    """The optimiser settings a DP round's update depends on beyond its logged mechanism and
-    seed (committed with them; `common.privacy.audit.replay` trains with them)."""
+def replay_settings(run: RunConfig, settings: TrainSettings, train_rows: int) -> dict[str, Any]:
+    """The settings a DP round's update depends on beyond its logged mechanism and seed: the
+    optimiser's, the model's and how the Poisson sample was drawn (committed with them;
+    `common.privacy.audit.replay` trains with them; an opening without `poisson_sampler` was
+    written when every sample was drawn by `mask`)."""
     return {"learning_rate": settings.learning_rate, "optimizer": settings.optimizer,
-            "weight_decay": settings.weight_decay, "hidden_layers": list(run.hidden)}
+            "weight_decay": settings.weight_decay, "hidden_layers": list(run.hidden),
+            "poisson_sampler": sampler_for(train_rows)}
 
 
 def replay_opening(partner: PartnerConfig, run: RunConfig, ledger_path: Path, run_id: str,
@@ -167,7 +170,7 @@ def replay_opening(partner: PartnerConfig, run: RunConfig, ledger_path: Path, ru
         split = {"source": "spec" if run.data_spec else "scenario", "seed": run.seed}
     return new_opening(run_id=run_id, server_round=server_round, seed=seed,
                        data_sha256=training_rows_sha256(data.train.features, data.train.labels),
-                       settings=replay_settings(run, settings), split=split,
+                       settings=replay_settings(run, settings, len(data.train)), split=split,
                        global_model=model_file.name)
 
 

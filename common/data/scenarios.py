@@ -74,6 +74,9 @@ SCENARIOS: dict[str, ScenarioSpec] = {
     "lending_club_states": ScenarioSpec("lending_club_states", "lending_club", "addr_state",
                                         {state.lower(): {state} for state in _STATES}),
 }
+MIN_TRAIN_ROWS = 3
+"""Fewest training rows a simulated partner may hold (its personalisation cross-validates in 3
+folds)."""
 MAX_PARTNERS = 10_000
 """Most partners an iid or dirichlet split deals rows to (`num-partners`)."""
 
@@ -160,14 +163,17 @@ def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: fl
     for partner, idx in rows.items():
         if only is not None and partner != only:
             continue
-        if len(idx) < 2:
-            raise ValueError(f"partner {partner} holds {len(idx)} row(s) under the {split} split "
-                             f"of {name!r} with seed {seed}: deal the rows to fewer partners "
-                             f"(config key 'num-partners') or raise dirichlet-alpha")
+        too_few = (f"partner {partner} holds {len(idx)} row(s) under the {split} split of "
+                   f"{name!r} with seed {seed}, too few to train and test on: deal the rows to "
+                   f"fewer partners (config key 'num-partners') or raise dirichlet-alpha")
+        if len(idx) < MIN_TRAIN_ROWS + 1:
+            raise ValueError(too_few)
         train, test = split_train_test(subset(table, idx, partner), schema,
                                        test_fraction=test_fraction,
                                        key=split_key(partner=partner, seed=seed),
                                        both_classes=not many)
+        if len(train) < MIN_TRAIN_ROWS:
+            raise ValueError(too_few)
         partners.append(PartnerData(partner=partner, train=train, test=test))
     return partners
 

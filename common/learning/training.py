@@ -29,6 +29,17 @@ POISSON_MASK_MAX_ROWS = 65_536
 """Up to this many rows a DP-SGD step draws its Poisson sample as one uniform per row (row kept
 if u < q); above it, as geometric gaps between kept rows: the same distribution in O(q·n) work
 instead of O(n) (on a 10^6-row partner the per-row mask dominated a step)."""
+SAMPLERS = ("mask", "gaps-v1")
+"""The two ways of drawing the same Poisson sample (different draws from the same seed): a
+replayed round must use the one it ran with (`common.replay.replay_settings` commits it)."""
+GAP_BLOCK_MIN = 64
+"""Uniforms drawn at once by the gap sampler beyond the expected sample (more blocks follow
+when a block's gaps end before the last row)."""
+
+
+def sampler_for(rows: int) -> str:
+    """The sampler DP-SGD uses on `rows` training rows (see `POISSON_MASK_MAX_ROWS`)."""
+    return SAMPLERS[0] if rows <= POISSON_MASK_MAX_ROWS else SAMPLERS[1]
 PREDICT_BATCH_ROWS = 65_536
 """`predict` scores at most this many rows at a time (one batch for smaller inputs)."""
 
@@ -93,7 +104,7 @@ def reproducible_cpu() -> Iterator[None]:
 
 def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
           dp: SubsampledGaussianEvent | None = None,
-          expected_batch_size: int | None = None) -> TrainOutcome:
+          expected_batch_size: int | None = None, sampler: str | None = None) -> TrainOutcome:
     """Train `model` in place on `data`; returns what was done.
 
     Without `dp`: `settings.epochs` epochs of shuffled minibatches. With `dp`: exactly `dp.steps`
@@ -102,7 +113,8 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
     `expected_batch_size` (default q·len(data); pass a public value when len(data) is private).
     Sampling and noise use two independent streams
     derived from `seed`; whoever knows `seed` can reproduce both, so a deployed partner passes
-    fresh OS randomness (see `common.partner.round_seed`).
+    fresh OS randomness (see `common.partner.round_seed`). `sampler` (`SAMPLERS`) picks how the
+    Poisson sample is drawn (default `sampler_for(len(data))`; a replay passes the one logged).
     """
     if len(data) == 0:
         raise ValueError("cannot train on an empty data split")
@@ -132,13 +144,15 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, *, seed: int,
                             mean_loss=float(np.mean(losses)), dp=None)
 
     with reproducible_cpu():
-        return _train_dp(model, features, labels, settings, dp, sampling, noise_seed,
-                         expected_batch_size)
+        return _train_dp(model, features, labels, settings, dp,
+                         poisson_sampler(len(labels), dp.sample_rate, sampling, sampler),
+                         noise_seed, expected_batch_size)
 
 
 def _train_dp(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
-              settings: TrainSettings, dp: SubsampledGaussianEvent, sampling: torch.Generator,
-              noise_seed: int, expected_batch_size: int | None) -> TrainOutcome:
+              settings: TrainSettings, dp: SubsampledGaussianEvent,
+              draw_sample: Callable[[], torch.Tensor], noise_seed: int,
+              expected_batch_size: int | None) -> TrainOutcome:
     """`train`'s DP-SGD branch (see there)."""
     # Opacus loads only when a DP round trains (its package import takes about a second).
     from opacus import GradSampleModule
@@ -155,7 +169,6 @@ def _train_dp(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
                                  or max(1, round(dp.sample_rate * len(labels)))),
             loss_reduction="mean", generator=torch.Generator().manual_seed(noise_seed))
     losses = []
-    draw_sample = poisson_sampler(len(labels), dp.sample_rate, sampling)
     try:
         for _ in range(dp.steps):
             batch = draw_sample()
@@ -173,17 +186,23 @@ def _train_dp(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
                         mean_loss=float(np.mean(losses)) if losses else float("nan"), dp=dp)
 
 
-def poisson_sampler(rows: int, sample_rate: float,
-                    generator: torch.Generator) -> Callable[[], torch.Tensor]:
+def poisson_sampler(rows: int, sample_rate: float, generator: torch.Generator,
+                    sampler: str | None = None,
+                    block: int | None = None) -> Callable[[], torch.Tensor]:
     """A function that draws one Poisson sample: the ascending indices of the rows kept, each of
     `rows` rows independently with probability `sample_rate`, from `generator` alone.
 
-    Up to `POISSON_MASK_MAX_ROWS` rows: one uniform u per row, kept if u < q (in buffers reused
-    across steps). Above: the gaps between kept rows of a Bernoulli(q) sequence are independent
-    Geometric(q) variables, G = floor(log(1 - u) / log(1 - q)) + 1 with P(G > k) = (1 - q)^k, so
-    the kept rows are the partial sums of such gaps below `rows`: the same distribution.
+    `mask` (the default up to `POISSON_MASK_MAX_ROWS` rows): one uniform u per row, kept if
+    u < q (in buffers reused across steps). `gaps-v1` (the default above): the gaps between kept
+    rows of a Bernoulli(q) sequence are independent Geometric(q) variables,
+    G = floor(log(1 - u) / log(1 - q)) + 1 with P(G > k) = (1 - q)^k, so the kept rows are the
+    partial sums of such gaps below `rows`: the same distribution. `block`: uniforms drawn at
+    once (default: the expected sample plus 6 standard deviations plus `GAP_BLOCK_MIN`).
     """
-    if rows <= POISSON_MASK_MAX_ROWS:
+    sampler = sampler or sampler_for(rows)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown Poisson sampler {sampler!r}; known: {SAMPLERS}")
+    if sampler == "mask":
         uniform = torch.empty(rows)
         mask = torch.empty(rows, dtype=torch.bool)
 
@@ -195,7 +214,7 @@ def poisson_sampler(rows: int, sample_rate: float,
         return lambda: torch.arange(rows)
     log_skip = math.log1p(-sample_rate)
     expected = sample_rate * rows
-    block = int(expected + 6.0 * math.sqrt(expected) + 64)  # one block almost always suffices
+    block = block or int(expected + 6.0 * math.sqrt(expected) + GAP_BLOCK_MIN)
 
     def by_gaps() -> torch.Tensor:
         pieces, last = [], -1.0

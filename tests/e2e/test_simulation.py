@@ -32,6 +32,8 @@ def sampled_federation(tmp_path_factory):
     seen: list[tuple[str, dict, Message]] = []
     original_train = ValidatingFedAvg.aggregate_train
     original_evaluate = ValidatingFedAvg.aggregate_evaluate
+    original_configure = ValidatingFedAvg.configure_train
+    sent: dict[int, list[int]] = {}  # round -> node ids sent a train instruction
 
     def describe(msg) -> dict:
         content = msg.content
@@ -41,6 +43,11 @@ def sampled_federation(tmp_path_factory):
                 "config_keys": {k for r in content.config_records.values() for k in r},
                 "other": set(content.keys()) - set(content.array_records)
                 - set(content.metric_records) - set(content.config_records)}
+
+    def spy_configure(self, server_round, arrays, config, grid):
+        messages = list(original_configure(self, server_round, arrays, config, grid))
+        sent[server_round] = [m.metadata.dst_node_id for m in messages]
+        return messages
 
     def spy_train(self, server_round, replies):
         replies = list(replies)
@@ -55,6 +62,7 @@ def sampled_federation(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(ValidatingFedAvg, "aggregate_train", spy_train)
     patch.setattr(ValidatingFedAvg, "aggregate_evaluate", spy_evaluate)
+    patch.setattr(ValidatingFedAvg, "configure_train", spy_configure)
     layout = RunLayout(tmp / "run")
     base = RunConfig(num_server_rounds=2, evaluate_every=1, split="iid", num_partners=6,
                      fraction_train=0.5, out_dir=str(layout.root))
@@ -65,11 +73,11 @@ def sampled_federation(tmp_path_factory):
         result = run_federation(run, partners)
     finally:
         patch.undo()
-    return run, layout, result, seen
+    return run, layout, result, seen, sent
 
 
 def test_only_arrays_metrics_and_config_leave_a_client(sampled_federation) -> None:
-    _, _, result, seen = sampled_federation
+    _, _, result, seen, _ = sampled_federation
     assert result.history["status"] == "completed"
     kinds = [kind for kind, _, _ in seen]
     # 3 of 6 partners train each round; round 1's evaluation rides on round 2's train message
@@ -94,18 +102,23 @@ def test_a_partner_not_drawn_spends_nothing_and_epsilon_stays_per_partner(
     from common.privacy.accounting import composed_epsilon
     from common.privacy.audit import verify
 
-    run, layout, result, _ = sampled_federation
-    drawn = {record["round"]: set(record["accepted"]) for record in result.history["rounds"]}
-    assert [len(names) for names in drawn.values()] == [3, 3]
+    run, layout, result, seen, sent = sampled_federation
+    names = {m.metadata.src_node_id: str(m.content["info"]["partner"]) for _, _, m in seen}
+    drawn = {r: {names[node] for node in nodes} for r, nodes in sent.items()}
+    assert [len(partners) for partners in drawn.values()] == [3, 3]
+    assert {r["round"]: set(r["accepted"]) for r in result.history["rounds"]} == drawn
     audit = verify(sorted(layout.dp_ledgers.glob("*.jsonl")), layout.keys, layout.dp_receipts)
     assert audit.ok, audit.findings
     by_partner = {p.partner: p for p in audit.partners}
-    for name in run.partners:
-        rounds = [r for r, names in drawn.items() if name in names]
-        partner = by_partner.get(name)
-        if not rounds:  # never drawn: no DP-SGD release, nothing trained, nothing logged
-            assert partner is None or partner.rounds_trained == 0
-            continue
+    never_drawn = [name for name in run.partners
+                   if not any(name in partners for partners in drawn.values())]
+    for name in never_drawn:  # no instruction to train: no count, no update, no ledger at all
+        assert name not in by_partner
+        assert not (layout.dp_ledgers / f"{name}.jsonl").exists()
+    for name in set(run.partners) - set(never_drawn):
+        rounds = [r for r, partners in drawn.items() if name in partners]
+        partner = by_partner[name]
+        assert {e.round for e in partner.entries} <= set(rounds)  # count, train: drawn rounds
         trained = [e for e in partner.entries if e.event == "train"]
         assert [e.round for e in trained] == rounds
         events = [SubsampledGaussianEvent(e.sample_rate, e.noise_multiplier, e.steps)

@@ -179,7 +179,7 @@ def replay_round(ledger_path: Path, server_round: int, rows: Split, openings_fil
     """Replay round `server_round` of the ledger on `rows` (the partner's training rows) with
     its opening; AuditInputError for missing or unreadable inputs."""
     from common.learning.model import build_model, get_weights, set_weights
-    from common.learning.training import TrainSettings, train
+    from common.learning.training import SAMPLERS, TrainSettings, train
     from common.privacy.crypto import hash_weights
 
     entry, problems = ledger_round(Path(ledger_path), server_round, keys_dir)
@@ -228,10 +228,14 @@ def replay_round(ledger_path: Path, server_round: int, rows: Split, openings_fil
         optimiser = TrainSettings(learning_rate=float(settings["learning_rate"]),
                                   optimizer=str(settings["optimizer"]),
                                   weight_decay=float(settings.get("weight_decay", 0.0)))
+        sampler = str(settings.get("poisson_sampler", SAMPLERS[0]))
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown poisson_sampler {sampler!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise AuditInputError(f"cannot rebuild round {server_round}'s training: {exc}") from exc
     train(model, rows, optimiser, seed=opening.seed, dp=ledger_event(entry),
-          expected_batch_size=plan.expected_batch_size)
+          expected_batch_size=plan.expected_batch_size,
+          sampler=sampler)
     replayed = hash_weights(get_weights(model))
     if replayed != logged:
         return result(UPDATE_MISMATCH, f"the replayed update hashes to {replayed[:16]}..., the "

@@ -58,6 +58,7 @@ def test_small_partners_may_hold_one_class_but_not_nothing() -> None:
     ({"split": "iid", "num_partners": 1}, "num-partners"),
     ({"fraction_train": 0.0}, "fraction-train"),
     ({"fraction_train": 1.5}, "fraction-train"),
+    ({"fraction_train": 0.5, "secure_aggregation": True}, "fraction-train"),
 ])
 def test_bad_partner_settings_name_their_key(changes, key) -> None:
     with pytest.raises(ValueError, match=f"'{key}'"):

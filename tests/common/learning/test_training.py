@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -281,25 +282,51 @@ def _assert_poisson(draw, rows: int, rate: float, draws: int = 4_000) -> None:
     assert np.abs(kept - draws * rate).max() < 5 * per_row_sd
     assert abs(np.mean(sizes) - rows * rate) < 5 * np.sqrt(rows * rate * (1 - rate) / draws)
     assert np.var(sizes) == pytest.approx(rows * rate * (1 - rate), rel=0.15)  # binomial
-    pairs = np.mean([np.isin(s + 1, s).sum() for s in (draw().numpy() for _ in range(400))])
+    samples = [draw().numpy() for _ in range(400)]
+    pairs = np.mean([np.isin(s + 1, s).sum() for s in samples])
     assert pairs == pytest.approx((rows - 1) * rate**2, rel=0.1)
+    # Independent steps: consecutive samples share as many rows as chance says.
+    shared = np.mean([np.isin(a, b).sum() for a, b in zip(samples, samples[1:], strict=False)])
+    assert shared == pytest.approx(rows * rate**2, rel=0.1)
 
 
-@pytest.mark.parametrize("mask_max_rows", [100, 10_000])  # by geometric gaps / by per-row mask
+@pytest.mark.parametrize(("sampler", "block"), [("mask", None), ("gaps-v1", None),
+                                                ("gaps-v1", 8)])  # 8: ~26 blocks per sample
 def test_poisson_sampling_keeps_each_row_independently_with_probability_q(
-        monkeypatch: pytest.MonkeyPatch, mask_max_rows: int) -> None:
-    monkeypatch.setattr(training, "POISSON_MASK_MAX_ROWS", mask_max_rows)
-    _assert_poisson(poisson_sampler(1_000, 0.2, torch.Generator().manual_seed(0)), 1_000, 0.2)
+        sampler: str, block: int | None) -> None:
+    draw = poisson_sampler(1_000, 0.2, torch.Generator().manual_seed(0), sampler, block)
+    _assert_poisson(draw, 1_000, 0.2)
 
 
-def test_the_poisson_check_catches_a_fixed_size_sample() -> None:
+def test_the_sampler_follows_the_partner_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert training.sampler_for(training.POISSON_MASK_MAX_ROWS) == "mask"
+    assert training.sampler_for(training.POISSON_MASK_MAX_ROWS + 1) == "gaps-v1"
+    with pytest.raises(ValueError, match="unknown Poisson sampler"):
+        poisson_sampler(10, 0.5, torch.Generator(), "reservoir")
+
+
+def _repeating(generator: torch.Generator) -> Callable[[], torch.Tensor]:
+    """Correct per step, dependent across steps: repeats the previous sample 20% of the time."""
+    fresh = poisson_sampler(1_000, 0.2, generator, "mask")
+    last: list[torch.Tensor] = []
+
+    def draw() -> torch.Tensor:
+        if not last or torch.rand(1, generator=generator).item() >= 0.2:
+            last[:] = [fresh()]
+        return last[0]
+    return draw
+
+
+@pytest.mark.parametrize("broken", ["fixed_size", "repeating"])
+def test_the_poisson_check_catches_a_broken_sampler(broken: str) -> None:
     generator = torch.Generator().manual_seed(0)
 
     def fixed_size() -> torch.Tensor:  # sampling without replacement: batch size never varies
         return torch.randperm(1_000, generator=generator)[:200].sort().values
 
+    draw = fixed_size if broken == "fixed_size" else _repeating(generator)
     with pytest.raises(AssertionError):
-        _assert_poisson(fixed_size, 1_000, 0.2)
+        _assert_poisson(draw, 1_000, 0.2)
 
 
 def test_batched_scores_equal_whole_scores(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,6 +142,20 @@ def test_a_partner_that_trained_with_half_the_logged_sigma_cannot_replay(
     assert result.update_replayed != result.update_logged
 
 
+def test_a_round_replays_with_the_poisson_sampler_it_ran_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.learning import training
+
+    monkeypatch.setattr(training, "POISSON_MASK_MAX_ROWS", 100)  # this partner: by gaps
+    trained = _train_partner(tmp_path)
+    monkeypatch.undo()  # the replaying code would pick `mask` for this size by itself
+    (opening, *_) = read_openings(trained["openings"])
+    assert opening.settings["poisson_sampler"] == "gaps-v1"
+    result = replay_round(trained["ledger"], 1, trained["data"].train, trained["openings"],
+                          keys_dir=trained["keys"])
+    assert result.reason == MATCH, result.message
+
+
 def test_a_changed_training_row_cannot_replay(federation: dict, tmp_path: Path) -> None:
     train = federation["data"].train
     features = train.features.copy()

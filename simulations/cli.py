@@ -317,8 +317,8 @@ def bench(
     scale: Annotated[str | None, typer.Option(
         help="Instead: how cost grows (docs/scale.md): partners (round time and memory vs "
              "partners), rows (DP-SGD throughput vs rows per partner), accounting (time vs "
-             "rounds), utility (AUC vs rows per partner, synthetic), or all; partners and "
-             "utility run min(--rounds, 10) rounds.")] = None,
+             "rounds), utility (AUC vs rows per partner, synthetic, seeds --seed to "
+             "--seed+2), or all; partners and utility run min(--rounds, 10) rounds.")] = None,
     counts: Annotated[str, typer.Option(
         help="With --scale partners: partner counts.")] = "3,10,30,100,200",
     sizes: Annotated[str, typer.Option(

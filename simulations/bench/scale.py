@@ -79,6 +79,7 @@ def plot_partner_scaling(figures: dict[str, Any], path: Path) -> None:
     time_ax.set_ylabel("seconds")
     time_ax.legend(fontsize=8)
     memory_ax.set_ylabel("peak RSS of the process tree (GiB)")
+    memory_ax.set_ylim(0, 1.2 * max(p["peak_rss_mib"] for p in points) / 1024)
     fig.suptitle(f"DP federation cost vs partners (eps={figures['epsilon']:g}, 2-core machine)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -71,7 +71,8 @@ def bench_scale(scale: str, out: Path, *, counts: str, sizes: str, rounds: int,
         from simulations.bench.scale_utility import measure_utility_vs_size, plot_utility_vs_size
 
         figures = measure_utility_vs_size(tuple(sorted({1_000, *rows})),
-                                          workdir=out / "synthetic", seed=seed,
+                                          workdir=out / "synthetic",
+                                          seeds=(seed, seed + 1, seed + 2),
                                           rounds=min(rounds, PARTNER_ROUNDS),
                                           step=console.print)
         _write(out, "utility", figures, plot_utility_vs_size)

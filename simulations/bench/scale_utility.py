@@ -11,6 +11,7 @@ within [8, 4096], and the same rounds and local epochs, so only the noise differ
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,9 +35,35 @@ def expected_batch(train_rows: int) -> int:
 
 def measure_utility_vs_size(sizes: tuple[int, ...] = SIZES, *, workdir: Path,
                             epsilons: tuple[float, ...] = EPSILONS, partners: int = 3,
-                            rounds: int = 10, local_epochs: float = 1.0, seed: int = 0,
+                            rounds: int = 10, local_epochs: float = 1.0,
+                            seeds: tuple[int, ...] = (0, 1, 2),
                             step: Callable[[str], None] = print) -> dict[str, Any]:
-    """Pooled test AUC/KS per size: federated+DP at each ε and the non-private federation."""
+    """Pooled test AUC/KS per size, mean and standard deviation over `seeds` (each seed draws
+    other synthetic rows and trains anew): federated+DP at each ε and the non-private one."""
+    runs = [_one_seed(sizes, workdir=workdir, epsilons=epsilons, partners=partners,
+                      rounds=rounds, local_epochs=local_epochs, seed=seed, step=step)
+            for seed in seeds]
+    points = []
+    for k, size in enumerate(sizes):
+        settings = {}
+        for label in runs[0][k]["settings"]:
+            aucs = [run[k]["settings"][label]["auc"] for run in runs]
+            settings[label] = {"auc": statistics.mean(aucs),
+                               "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                               "auc_per_seed": aucs,
+                               "seconds": statistics.mean(run[k]["settings"][label]["seconds"]
+                                                          for run in runs)}
+        points.append({"rows_per_partner": size, "batch_size": runs[0][k]["batch_size"],
+                       "settings": settings})
+    return {"partners": partners, "rounds": rounds, "local_epochs": local_epochs,
+            "seeds": list(seeds), "epsilons": list(epsilons),
+            "data": "synthetic (common.data.synthetic)", "points": points}
+
+
+def _one_seed(sizes: tuple[int, ...], *, workdir: Path, epsilons: tuple[float, ...],
+              partners: int, rounds: int, local_epochs: float, seed: int,
+              step: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`measure_utility_vs_size`'s points for one seed."""
     points = []
     for size in sizes:
         started = time.perf_counter()
@@ -53,12 +80,10 @@ def measure_utility_vs_size(sizes: tuple[int, ...] = SIZES, *, workdir: Path,
             result = federate(run, data)
             point["settings"][label] = {"auc": result["auc"], "ks": result["ks"],
                                         "seconds": time.perf_counter() - t0}
-            step(f"{size:>9,} rows/partner  {label:<12} AUC {result['auc']:.4f}  "
+            step(f"seed {seed}  {size:>9,} rows/partner  {label:<12} AUC {result['auc']:.4f}  "
                  f"({point['settings'][label]['seconds']:.0f} s)")
         points.append(point)
-    return {"partners": partners, "rounds": rounds, "local_epochs": local_epochs, "seed": seed,
-            "epsilons": list(epsilons), "data": "synthetic (common.data.synthetic)",
-            "points": points}
+    return points
 
 
 def plot_utility_vs_size(figures: dict[str, Any], path: Path) -> Path:
@@ -72,14 +97,16 @@ def plot_utility_vs_size(figures: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = list(figures["points"][0]["settings"])
     for marker, label in zip("os^Dv", labels, strict=False):
-        ax.plot(sizes, [p["settings"][label]["auc"] for p in figures["points"]],
-                marker=marker, label=label.replace("dp_eps", "federated + DP, eps=")
+        ax.errorbar(sizes, [p["settings"][label]["auc"] for p in figures["points"]],
+                    yerr=[p["settings"][label]["auc_std"] for p in figures["points"]],
+                    capsize=3, marker=marker, label=label.replace("dp_eps", "federated + DP, eps=")
                 .replace("non_private", "federated, non-private"))
     ax.set_xscale("log")
     ax.set_xlabel("rows per partner (synthetic)")
     ax.set_ylabel("pooled test AUC")
-    ax.set_title(f"{figures['partners']} partners, {figures['rounds']} rounds x "
-                 f"{figures['local_epochs']:g} local epoch, seed {figures['seed']}")
+    ax.set_title(f"{figures['partners']} synthetic partners, {figures['rounds']} rounds x "
+                 f"{figures['local_epochs']:g} local epoch, mean +- std over "
+                 f"{len(figures['seeds'])} seeds")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -20,6 +20,8 @@ from common.learning.metrics import credit_metrics
 
 BASELINE = "local_only"
 PAID_OFF, COST, NO_CLEAR = "paid off", "cost", "no clear difference"
+UNDEFINED = "undefined"
+"""The verdict of a partner whose test rows give no AUC (one class only: a small partner)."""
 RESAMPLES = 1000
 LEVEL = 0.95
 BLOCK_CELLS = 2_000_000
@@ -97,7 +99,7 @@ def partner_verdict(labels: np.ndarray, scores: Mapping[str, np.ndarray],
         estimate = aucs[name] - aucs[baseline]
         if len(diffs) == 0 or not np.isfinite(estimate):
             differences[name] = {"difference": float("nan"), "low": float("nan"),
-                                 "high": float("nan"), "verdict": NO_CLEAR}
+                                 "high": float("nan"), "verdict": UNDEFINED}
             continue
         low, high = np.percentile(diffs, [tail, 100 - tail])
         differences[name] = {"difference": float(estimate), "low": float(low),

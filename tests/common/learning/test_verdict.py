@@ -8,9 +8,11 @@ import pytest
 
 from common.learning.metrics import credit_metrics
 from common.learning.verdict import (
+    BASELINE,
     COST,
     NO_CLEAR,
     PAID_OFF,
+    UNDEFINED,
     partner_verdict,
     resample_counts,
     verdict_report,
@@ -95,3 +97,10 @@ def test_scores_must_match_the_rows() -> None:
         partner_verdict(labels, {"federated_dp": scores["federated_dp"]})
     with pytest.raises(ValueError, match="federated_dp"):
         partner_verdict(labels, {**scores, "federated_dp": scores["federated_dp"][:-1]})
+
+
+def test_a_partner_whose_test_rows_hold_one_class_gets_no_verdict() -> None:
+    labels = np.zeros(20)
+    scores = {BASELINE: np.linspace(0, 1, 20), "federated_dp": np.linspace(1, 0, 20)}
+    d = partner_verdict(labels, scores, resamples=50)["differences"]["federated_dp"]
+    assert d["verdict"] == UNDEFINED and np.isnan(d["difference"])

@@ -40,6 +40,7 @@ from common.protocol import (
     PARTNER,
     PARTNER_FAILURE_PATTERN,
     REFUSAL_REASON,
+    SERVER_ROUND,
     TRAIN_METRIC_KEYS,
 )
 
@@ -300,7 +301,7 @@ class ValidatingFedAvg(FedAvg):
         config = self.round_config(server_round, config)
         if self.fraction_train >= 1.0:
             return self._remember(super().configure_train(server_round, arrays, config, grid))
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._remember(self._construct_messages(
             record, self.sample_partners(server_round, grid), MessageType.TRAIN))

@@ -277,19 +277,21 @@ class LocalFederation:
         """Start one partner's SuperNode (its own node config, its own ClientApp port)."""
         self._spawn(partner, args or self.supernode_command(partner))
 
-    def restart_supernode(self, partner: str, timeout: float = 180) -> None:
+    def restart_supernode(self, partner: str, timeout: float = 180, *,
+                          args: list[str] | None = None) -> None:
         """Start a killed partner's SuperNode again with the same key and node config, and
         wait until every partner is online.
 
         The SuperLink refuses a second activation of a key until the old node's heartbeat has
         expired (about a minute in Flower 1.41); the refused SuperNode exits, so this retries.
+        `args`: the SuperNode's command, as for `start_supernode`.
         """
         deadline = time.monotonic() + timeout
         everyone = len(self.options.partners)
         self._wait(f"the SuperLink to see {partner}'s old SuperNode offline",
                    lambda: self.online_nodes() < everyone, timeout)
         while True:
-            self.start_supernode(partner)
+            self.start_supernode(partner, args=args)
             process = self.processes[partner]
             while process.poll() is None:
                 if self.online_nodes() >= everyone:

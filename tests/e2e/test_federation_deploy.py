@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +179,22 @@ def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
     assert commands.flwr_config().strip() in guide
 
 
+# Flower 1.41's SuperNode announces a fixed 30 s heartbeat interval (no flag) and the SuperLink
+# marks a node offline after two missed ones. The bank, the SuperNode these tests kill, announces
+# the SuperLink's smallest allowed interval instead (10 s), so its death is noticed in 20 s, not
+# 60 s; nothing else about the node changes.
+_QUICK_HEARTBEAT = ("import sys, flwr.common.constant as constant; "
+                    "constant.HEARTBEAT_DEFAULT_INTERVAL = constant.HEARTBEAT_MIN_INTERVAL; "
+                    "from flwr.supernode.cli import flower_supernode; "
+                    "sys.argv[0] = 'flower-supernode'; sys.exit(flower_supernode())")
+
+
+def _quick_heartbeat(command: list[str]) -> list[str]:
+    """`command` (a `flower-supernode` command line) with the smallest heartbeat interval."""
+    assert Path(command[0]).name == "flower-supernode", command
+    return [sys.executable, "-c", _QUICK_HEARTBEAT, *command[1:]]
+
+
 def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.Popen, Path]:
     """Start the federation and the run; SIGKILL the bank's SuperNode (and its ClientApp)
     once the coordinator has accepted its first update (its reply has fully arrived, so the kill
@@ -188,7 +205,9 @@ def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.P
     fed.start_superlink()
     for partner in fed.options.partners:
         fed.register(partner)
-        fed.start_supernode(partner)
+        command = fed.supernode_command(partner)
+        fed.start_supernode(partner, args=_quick_heartbeat(command) if partner == "bank"
+                            else command)
     fed.wait_online(3)
     run = fed.start_run()
     bank_ledger = fed.ledger_paths()[2]
@@ -210,7 +229,7 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
         fed._wait("a round that completes without the bank", lambda: any(
             e["round"] > killed_after and e["partner"] != "bank"
             for _, e in read_lines(history_so_far)[0]), 300, watch=["superlink"])
-        fed.restart_supernode("bank")
+        fed.restart_supernode("bank", args=_quick_heartbeat(fed.supernode_command("bank")))
         history = fed.wait_run(run)
         audit = fed.audit()
         alive_inside = processes_marked(fed.mark)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +15,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from common.data.csv_table import RawTable, read_csv
+from common.data.csv_table import RawTable, read_csv, read_csv_chunks
 from common.data.schema import Schema, encode_table, load_schema
 from common.errors import DataValidationError
 
@@ -101,18 +102,34 @@ def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
     partner's secret split key, see `common.privacy.randomness.split_key`). Each split must hold
     good and bad rows (`both_classes`), or, for a small simulated partner, at least one row
     (its own rank metrics are then undefined; pooled ones are not)."""
+    return split_chunks([table], schema, test_fraction=test_fraction, key=key,
+                        both_classes=both_classes)
+
+
+def split_chunks(tables: Iterable[RawTable], schema: Schema, *, test_fraction: float,
+                 key: bytes, both_classes: bool = True) -> tuple[Split, Split]:
+    """`split_train_test` of a table given in chunks (`read_csv_chunks`): each chunk is encoded
+    and split on its own, so a big file's strings are never all held at once; the same splits
+    as one table, since each record's side depends on that record alone."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
-    features, labels = encode_table(table, schema)
-    in_test = np.array([record_in_test(key, table.header, row, test_fraction)
-                        for row in table.rows], dtype=bool)
-    train, test = (Split(features[~in_test], labels[~in_test]),
-                   Split(features[in_test], labels[in_test]))
+    parts: dict[str, list[Split]] = {"training": [], "test": []}
+    path = ""
+    for table in tables:
+        path = table.path
+        features, labels = encode_table(table, schema)
+        in_test = np.array([record_in_test(key, table.header, row, test_fraction)
+                            for row in table.rows], dtype=bool)
+        parts["training"].append(Split(features[~in_test], labels[~in_test]))
+        parts["test"].append(Split(features[in_test], labels[in_test]))
+    train, test = (Split(np.concatenate([p.features for p in parts[name]]),
+                         np.concatenate([p.labels for p in parts[name]]))
+                   for name in ("training", "test"))
     for name, part in (("training", train), ("test", test)):
         counts = np.bincount(part.labels.astype(int), minlength=2)
         if (counts.min() if both_classes else counts.sum()) < 1:
             raise DataValidationError(
-                f"{table.path}: the {name} split has {int(counts[0])} good and "
+                f"{path}: the {name} split has {int(counts[0])} good and "
                 f"{int(counts[1])} bad rows; it needs {'both' if both_classes else 'a row'} "
                 f"(more rows, or another test fraction)")
     return train, test
@@ -120,10 +137,11 @@ def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
 
 def load_partner_csv(partner: str, csv_path: str | Path, schema_path: str | Path, *,
                      test_fraction: float, split_key: bytes) -> PartnerData:
-    """Load a partner's own CSV with its own schema (deployment: bring your own data)."""
+    """Load a partner's own CSV with its own schema (deployment: bring your own data), chunk by
+    chunk: a CSV of millions of rows is never held as strings at once."""
     schema = load_schema(schema_path)
-    train, test = split_train_test(read_csv(csv_path), schema,
-                                   test_fraction=test_fraction, key=split_key)
+    train, test = split_chunks(read_csv_chunks(csv_path), schema,
+                               test_fraction=test_fraction, key=split_key)
     return PartnerData(partner=partner, train=train, test=test)
 
 

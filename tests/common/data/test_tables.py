@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data.csv_table import RawTable, read_csv
+from common.data.csv_table import RawTable, read_csv, read_csv_chunks
 from common.data.scenarios import (
     SCENARIOS,
     ScenarioSpec,
@@ -24,6 +24,7 @@ from common.data.tables import (
     bundled_path,
     load_bundled,
     load_partner_csv,
+    split_chunks,
     split_train_test,
     subset,
 )
@@ -79,6 +80,22 @@ def test_split_is_disjoint_covering_and_near_the_fraction(write_case: WriteCase)
     for split, ids in ((train, train.features), (test, test.features)):
         recovered = sorted(_ids(ids[split.labels == 1]))
         assert all(i % 4 == 0 for i in recovered)
+
+
+def test_a_csv_read_in_chunks_gives_the_same_rows_lines_and_splits(
+        write_case: WriteCase) -> None:
+    csv_path, schema_path = _id_case(write_case, n=400, bad_every=4)
+    whole, schema = read_csv(csv_path), load_schema(schema_path)
+    chunks = list(read_csv_chunks(csv_path, chunk_rows=7))
+    assert [len(c.rows) for c in chunks] == [7] * 57 + [1]
+    assert [row for c in chunks for row in c.rows] == whole.rows
+    assert [line for c in chunks for line in c.lines] == whole.lines
+    one = split_train_test(whole, schema, test_fraction=0.25, key=b"k")
+    chunked = split_chunks(read_csv_chunks(csv_path, chunk_rows=7), schema, test_fraction=0.25,
+                           key=b"k")
+    for a, b in zip(one, chunked, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.labels, b.labels)
 
 
 def test_split_is_deterministic_per_key(write_case: WriteCase) -> None:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from common.config import RunConfig
-from common.data.synthetic import write_partner_arrays
-from common.data.tables import Split
+from common.data.synthetic import export_csv, write_partner_arrays
+from common.data.tables import Split, bundled_path
 from common.learning.model import build_model
 from common.learning.steps import num_steps, steps_per_epoch
 from common.learning.training import evaluate, train
@@ -56,6 +56,17 @@ WARM_UP_ROWS = 256
 REPEATS = 5
 """Timed epochs per (size, mode), each from a fresh model; the median counts."""
 
+_CSV_CHILD = """
+import json, sys, time
+from pathlib import Path
+from common.data.tables import load_partner_csv
+args = json.loads(sys.argv[1])
+started = time.perf_counter()
+data = load_partner_csv("synthetic", args["csv_path"], args["schema_path"], test_fraction=0.25,
+                        split_key=b"scale benchmark")
+Path(sys.argv[2]).write_text(json.dumps({"seconds": time.perf_counter() - started,
+                                         "train_rows": len(data.train)}))
+"""
 _CHILD = """
 import json, sys
 from pathlib import Path
@@ -127,18 +138,33 @@ def train_one_epoch(data_dir: Path, rows: int, *, mode: str, epsilon: float, see
 def _in_fresh_process(data_dir: Path, rows: int, *, mode: str, epsilon: float, seed: int,
                       repeats: int = REPEATS) -> dict[str, float]:
     """`train_one_epoch` in a new interpreter; its peak RSS is that process's own (wait4)."""
+    args = {"data_dir": str(data_dir), "rows": rows, "mode": mode, "epsilon": epsilon,
+            "seed": seed, "repeats": repeats}
+    return _run_child(_CHILD, args, f"{mode}, {rows} rows")
+
+
+def load_csv_in_fresh_process(csv_path: Path, rows: int) -> dict[str, float]:
+    """Seconds and peak RSS of a partner loading `csv_path` (`load_partner_csv`: read, encode
+    and split in chunks) in a new interpreter."""
+    args = {"csv_path": str(csv_path), "schema_path": str(bundled_path("credit_data")[1])}
+    result = _run_child(_CSV_CHILD, args, f"CSV load, {rows} rows")
+    result["rows_per_second"] = rows / result["seconds"]
+    return result
+
+
+def _run_child(code: str, args: dict[str, Any], label: str) -> dict[str, float]:
+    """Run `code` with (JSON args, result path) in a new interpreter; its result and its own
+    peak RSS (wait4)."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file, log_file = Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
-        args = {"data_dir": str(data_dir), "rows": rows, "mode": mode, "epsilon": epsilon,
-                "seed": seed, "repeats": repeats}
         with log_file.open("w") as log:
-            child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args),
+            child = subprocess.Popen([sys.executable, "-c", code, json.dumps(args),
                                       str(result_file)], stdout=subprocess.DEVNULL, stderr=log)
             _, status, usage = os.wait4(child.pid, 0)
             child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode != 0:
             tail = log_file.read_text()[-2000:]
-            raise RuntimeError(f"scale benchmark ({mode}, {rows} rows) failed with exit code "
+            raise RuntimeError(f"scale benchmark ({label}) failed with exit code "
                                f"{child.returncode}:\n{tail}")
         result = json.loads(result_file.read_text())
     result["peak_rss_mib"] = usage.ru_maxrss / 1024
@@ -159,6 +185,11 @@ def measure_throughput(rows_list: tuple[int, ...] = ROWS, *, epsilon: float = 3.
         runner = _in_fresh_process if fresh_process else train_one_epoch
         modes = {mode: runner(data_dir, rows, mode=mode, epsilon=epsilon, seed=seed,
                               repeats=repeats) for mode in MODES}
+        if fresh_process:  # the same rows as a partner's own CSV, loaded in chunks
+            csv_path = data_dir / "partner.csv"
+            if not csv_path.exists():
+                export_csv(csv_path, rows, seed=seed)
+            modes["csv_load"] = load_csv_in_fresh_process(csv_path, rows)
         sizes.append({"rows": rows, "train_rows": len(data.train),
                       "batch_size": plan.expected_batch_size,
                       "sample_rate": plan.round_event.sample_rate,
@@ -206,13 +237,17 @@ def plot_throughput(figures: dict[str, Any], path: Path) -> Path:
 def format_table(figures: dict[str, Any]) -> str:
     """The figures as a plain-text table."""
     lines = [f"{'rows':>9} {'batch':>6} {'steps':>5} {'DP rows/s':>10} {'plain rows/s':>12} "
-             f"{'DP/plain':>8} {'DP MiB':>7} {'plain MiB':>9} {'DP AUC':>6}"]
+             f"{'DP/plain':>8} {'DP MiB':>7} {'plain MiB':>9} {'CSV load s':>10} "
+             f"{'CSV MiB':>8}"]
     for size in figures["sizes"]:
         dp, plain = size["dp"], size["non_private"]
         lines.append(f"{size['rows']:>9} {size['batch_size']:>6} {dp['steps']:>5} "
                      f"{dp['rows_per_second']:>10.0f} {plain['rows_per_second']:>12.0f} "
                      f"{size['dp_over_non_private']:>8.2f} {dp['peak_rss_mib']:>7.0f} "
-                     f"{plain['peak_rss_mib']:>9.0f} {dp['test_auc']:>6.3f}")
+                     f"{plain['peak_rss_mib']:>9.0f} "
+                     + (f"{size['csv_load']['seconds']:>10.1f} "
+                        f"{size['csv_load']['peak_rss_mib']:>8.0f}" if "csv_load" in size
+                        else f"{'-':>10} {'-':>8}"))
     return "\n".join(lines)
 
 

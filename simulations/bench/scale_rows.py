@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -64,8 +63,10 @@ args = json.loads(sys.argv[1])
 started = time.perf_counter()
 data = load_partner_csv("synthetic", args["csv_path"], args["schema_path"], test_fraction=0.25,
                         split_key=b"scale benchmark")
+from simulations.bench.scale_rows import peak_rss_mib
 Path(sys.argv[2]).write_text(json.dumps({"seconds": time.perf_counter() - started,
-                                         "train_rows": len(data.train)}))
+                                         "train_rows": len(data.train),
+                                         "peak_rss_mib": peak_rss_mib()}))
 """
 _CHILD = """
 import json, sys
@@ -73,7 +74,7 @@ from pathlib import Path
 from simulations.bench.scale_rows import train_one_epoch
 args = json.loads(sys.argv[1])
 result = train_one_epoch(Path(args.pop("data_dir")), **args)
-Path(sys.argv[2]).write_text(json.dumps(result))
+Path(sys.argv[2]).write_text(json.dumps(result))  # its peak_rss_mib: this process's VmHWM
 """
 
 
@@ -132,12 +133,23 @@ def train_one_epoch(data_dir: Path, rows: int, *, mode: str, epsilon: float, see
     return {"steps": outcome.steps, "seconds": seconds,
             "rows_per_second": len(data.train) / seconds,
             "eval_seconds": time.perf_counter() - started, "test_auc": metrics["auc"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since it started (VmHWM, per address space: unlike
+    getrusage's ru_maxrss it does not count the parent's pages a forked child held before exec).
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _in_fresh_process(data_dir: Path, rows: int, *, mode: str, epsilon: float, seed: int,
                       repeats: int = REPEATS) -> dict[str, float]:
-    """`train_one_epoch` in a new interpreter; its peak RSS is that process's own (wait4)."""
+    """`train_one_epoch` in a new interpreter; its peak RSS is that process's own (VmHWM)."""
     args = {"data_dir": str(data_dir), "rows": rows, "mode": mode, "epsilon": epsilon,
             "seed": seed, "repeats": repeats}
     return _run_child(_CHILD, args, f"{mode}, {rows} rows")
@@ -153,22 +165,19 @@ def load_csv_in_fresh_process(csv_path: Path, rows: int) -> dict[str, float]:
 
 
 def _run_child(code: str, args: dict[str, Any], label: str) -> dict[str, float]:
-    """Run `code` with (JSON args, result path) in a new interpreter; its result and its own
-    peak RSS (wait4)."""
+    """Run `code` with (JSON args, result path) in a new interpreter; its result (with its own
+    `peak_rss_mib`)."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file, log_file = Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
         with log_file.open("w") as log:
             child = subprocess.Popen([sys.executable, "-c", code, json.dumps(args),
                                       str(result_file)], stdout=subprocess.DEVNULL, stderr=log)
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode = os.waitstatus_to_exitcode(status)
+            child.wait()
         if child.returncode != 0:
             tail = log_file.read_text()[-2000:]
             raise RuntimeError(f"scale benchmark ({label}) failed with exit code "
                                f"{child.returncode}:\n{tail}")
-        result = json.loads(result_file.read_text())
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
-    return result
+        return json.loads(result_file.read_text())
 
 
 def measure_throughput(rows_list: tuple[int, ...] = ROWS, *, epsilon: float = 3.0,

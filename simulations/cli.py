@@ -315,19 +315,27 @@ def bench(
     overwrite: Annotated[bool, typer.Option(
         help="With --deployment or --scale: replace an earlier benchmark in --out.")] = False,
     scale: Annotated[str | None, typer.Option(
-        help="Instead: how cost grows (docs/scale.md): partners (round time and memory vs "
-             "partners), rows (DP-SGD throughput vs rows per partner), accounting (time vs "
-             "rounds), utility (AUC vs rows per partner, synthetic, seeds --seed to "
-             "--seed+2), or all; partners and utility run min(--rounds, 10) rounds.")] = None,
+        help="Instead of the above: how cost grows (docs/scale.md). partners: round time and "
+             "memory of the DP federation vs --counts (lending_club dealt iid, --epsilon, "
+             "min(--rounds, 10) rounds); rows: DP-SGD vs non-private throughput and memory of "
+             "one synthetic partner per --sizes (--epsilon); accounting: time vs 10-1000 "
+             "rounds (the bank's plan at eps 3); utility: pooled AUC at eps 1 and 3 vs "
+             "non-private for 1,000 and --sizes rows per synthetic partner (seeds --seed to "
+             "--seed+2, min(--rounds, 10) rounds); or all.")] = None,
     counts: Annotated[str, typer.Option(
-        help="With --scale partners: partner counts.")] = "3,10,30,100,200",
+        help="With --scale partners: partner counts (each >= 2).")] = "3,10,30,100,200",
     sizes: Annotated[str, typer.Option(
-        help="With --scale rows/utility: rows per synthetic partner.")] = "10000,100000,1000000",
+        help="With --scale rows/utility: rows per synthetic partner (each >= 1000)."
+    )] = "10000,100000,1000000",
 ) -> None:
     """Measure: full DP simulation wall time, DP/non-private epoch time, round time, memory;
     with --deployment, real deployed rounds on loopback; with --scale, scaling curves."""
     if scale is not None:
         from simulations.bench.scale_cli import bench_scale
+
+        if deployment:
+            raise typer.BadParameter("give --scale or --deployment, not both",
+                                     param_hint="--scale")
 
         bench_scale(scale, out or Path("runs/bench-scale"), counts=counts, sizes=sizes,
                     rounds=rounds, epsilon=epsilon, seed=seed, overwrite=overwrite)

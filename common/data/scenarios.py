@@ -21,6 +21,7 @@ import numpy as np
 
 from common.data.csv_table import RawTable
 from common.data.tables import PartnerData, bundled_path, load_bundled, split_train_test, subset
+from common.errors import DataValidationError
 from common.privacy.randomness import split_key
 
 SPLITS = ("natural", "iid", "dirichlet")
@@ -74,6 +75,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {
     "lending_club_states": ScenarioSpec("lending_club_states", "lending_club", "addr_state",
                                         {state.lower(): {state} for state in _STATES}),
 }
+SCENARIO_PARTNERS = 3
+"""Partners of the bundled natural splits; splits into more partners may hold one class."""
 MIN_TRAIN_ROWS = 3
 """Fewest training rows a simulated partner may hold (its personalisation cross-validates in 3
 folds)."""
@@ -157,21 +160,29 @@ def load_scenario(name: str, *, split: str = "natural", seed: int = 0, alpha: fl
     rows = partner_rows(table, spec, split=split, seed=seed, alpha=alpha,
                         label_column=schema.label, bad_value=schema.bad_value,
                         num_partners=num_partners)
-    # Many small partners (a state, one of N): some hold few or no bad rows, as in the market.
-    many = len(rows) > len(spec.partners) or len(rows) > 3
+    # Beyond the bundled three-partner splits (a state, one of N partners) a partner may be small
+    # and hold few or no bad rows, as in the market: it needs rows on each side, not both classes.
+    small_partners = len(rows) > SCENARIO_PARTNERS
     partners = []
     for partner, idx in rows.items():
         if only is not None and partner != only:
             continue
+        remedy = ("deal the rows to fewer partners (config key 'num-partners')"
+                  + (" or raise dirichlet-alpha" if split == "dirichlet" else "")
+                  if num_partners else "use another split (config key 'split')")
         too_few = (f"partner {partner} holds {len(idx)} row(s) under the {split} split of "
-                   f"{name!r} with seed {seed}, too few to train and test on: deal the rows to "
-                   f"fewer partners (config key 'num-partners') or raise dirichlet-alpha")
+                   f"{name!r} with seed {seed}, too few to train and test on: {remedy}")
         if len(idx) < MIN_TRAIN_ROWS + 1:
             raise ValueError(too_few)
-        train, test = split_train_test(subset(table, idx, partner), schema,
-                                       test_fraction=test_fraction,
-                                       key=split_key(partner=partner, seed=seed),
-                                       both_classes=not many)
+        try:
+            train, test = split_train_test(subset(table, idx, partner), schema,
+                                           test_fraction=test_fraction,
+                                           key=split_key(partner=partner, seed=seed),
+                                           both_classes=not small_partners)
+        except DataValidationError as exc:
+            if not small_partners:
+                raise
+            raise ValueError(f"{too_few} ({exc})") from None
         if len(train) < MIN_TRAIN_ROWS:
             raise ValueError(too_few)
         partners.append(PartnerData(partner=partner, train=train, test=test))

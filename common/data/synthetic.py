@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from common.data.csv_table import RawTable
+from common.data.csv_table import CHUNK_ROWS, RawTable
 from common.data.schema import Schema, encode_table, load_schema
 from common.data.tables import PartnerData, Split, bundled_path
 from common.errors import DataValidationError
@@ -156,7 +156,7 @@ def _blocks(rows: int, seed: int, partner: int, p: SyntheticPopulation) -> Itera
         yield list(zip(*_draw_block(rng, p), strict=True))[:keep]
 
 
-def generate_chunks(rows: int, *, seed: int, partner: int = 0, chunk_rows: int = 100_000,
+def generate_chunks(rows: int, *, seed: int, partner: int = 0, chunk_rows: int = CHUNK_ROWS,
                     population: SyntheticPopulation = POPULATION) -> Iterator[RawTable]:
     """`rows` SYNTHETIC rows in credit_data's columns, as RawTables of at most `chunk_rows` rows
     (line numbers count from the first row of all chunks). Deterministic in (seed, partner, rows);
@@ -196,6 +196,7 @@ def _description(rows: int, seed: int, partner: int, test_fraction: float,
 
 
 def _load_arrays(directory: Path, partner: int) -> PartnerData:
+    """The cached arrays in `directory` as a partner's read-only, memory-mapped splits."""
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
     return PartnerData(partner=f"synthetic-{partner}",
                        train=Split(arrays["train_features"], arrays["train_labels"]),
@@ -203,7 +204,7 @@ def _load_arrays(directory: Path, partner: int) -> PartnerData:
 
 
 def write_partner_arrays(directory: Path, rows: int, *, seed: int, partner: int = 0,
-                         test_fraction: float = 0.25, chunk_rows: int = 100_000,
+                         test_fraction: float = 0.25, chunk_rows: int = CHUNK_ROWS,
                          population: SyntheticPopulation = POPULATION) -> PartnerData:
     """A SYNTHETIC partner of `rows` rows, encoded with credit_data.toml chunk by chunk into
     .npy files under `directory`; returns its splits as read-only memory maps. Files already
@@ -256,7 +257,7 @@ def write_partner_arrays(directory: Path, rows: int, *, seed: int, partner: int 
 
 
 def export_csv(path: Path, rows: int, *, seed: int, partner: int = 0,
-               chunk_rows: int = 100_000) -> Path:
+               chunk_rows: int = CHUNK_ROWS) -> Path:
     """Write `rows` SYNTHETIC rows to a credit_data-style CSV, streaming chunk by chunk."""
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as handle:

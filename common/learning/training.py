@@ -35,13 +35,13 @@ replayed round must use the one it ran with (`common.replay.replay_settings` com
 GAP_BLOCK_MIN = 64
 """Uniforms drawn at once by the gap sampler beyond the expected sample (more blocks follow
 when a block's gaps end before the last row)."""
+PREDICT_BATCH_ROWS = 65_536
+"""`predict` scores at most this many rows at a time (one batch for smaller inputs)."""
 
 
 def sampler_for(rows: int) -> str:
     """The sampler DP-SGD uses on `rows` training rows (see `POISSON_MASK_MAX_ROWS`)."""
     return SAMPLERS[0] if rows <= POISSON_MASK_MAX_ROWS else SAMPLERS[1]
-PREDICT_BATCH_ROWS = 65_536
-"""`predict` scores at most this many rows at a time (one batch for smaller inputs)."""
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,11 @@ epochs and rounds) is composed over R rounds; for each R, from cold caches, this
 Each runs in a forked process, abandoned past `--cap` ("skipped: > CAP s", and at every larger
 R); one under `FAST_S` is repeated and its median kept.
 
-    python -m simulations.bench.accounting --rounds 10,30,100,300,1000 --out runs/bench_accounting
+    fedcredit bench --scale accounting --out runs/bench-scale
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import multiprocessing
 import statistics
@@ -224,27 +222,3 @@ def plot_accounting(figures: dict[str, Any], path: Path) -> Path:
     (path := Path(path)).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Measure, print the table, write accounting.json and accounting.png under --out."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", default=",".join(map(str, ROUNDS)),
-                        help="comma-separated numbers of rounds")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
-    parser.add_argument("--cap", type=float, default=CAP_S, help="seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_accounting"))
-    args = parser.parse_args(argv)
-    figures = measure_accounting([int(r) for r in args.rounds.split(",") if r.strip()],
-                                 kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
-                                 repeats=args.repeats, cap_s=args.cap)
-    print(format_table(figures))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accounting.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {args.out / 'accounting.json'} and "
-          f"{plot_accounting(figures, args.out / 'accounting.png')}")
-
-
-if __name__ == "__main__":
-    main()

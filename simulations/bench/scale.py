@@ -9,7 +9,6 @@ Figures are measured and printed; nothing is asserted (speed goals are not tests
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,14 +43,14 @@ def measure_partner_scaling(counts: tuple[int, ...] = PARTNER_COUNTS, *, rounds:
         point = {"partners": count, **figures,
                  "partners_trained": len(privacy),
                  "partner_rounds_trained": sum(p["rounds_trained"] for p in privacy.values()),
-                 "max_epsilon_share_of_budget": max(spent) if spent else 0.0,
-                 "median_round_seconds": statistics.median(figures["round_seconds"][1:] or [0])}
+                 "max_epsilon_share_of_budget": max(spent) if spent else 0.0}
         step(f"  {point['wall_seconds']:.1f} s wall, {point['steady_round_seconds']:.2f} s per "
              f"round, peak {point['peak_rss_mib']:.0f} MiB, max eps/budget "
-             f"{point['max_epsilon_share_of_budget']:.5f}")
+             f"{point['max_epsilon_share_of_budget']:.5f}, run {point['status']}")
         points.append(point)
-    return {"rounds": rounds, "epsilon": epsilon, "seed": seed, "scenario": "lending_club",
-            "split": "iid", "fraction_train": fraction_train, "points": points}
+    return {"rounds": rounds, "epsilon": epsilon, "seed": seed,
+            "scenario": partner_scaling_run(2).scenario, "split": "iid",
+            "fraction_train": fraction_train, "points": points}
 
 
 def plot_partner_scaling(figures: dict[str, Any], path: Path) -> None:

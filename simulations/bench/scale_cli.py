@@ -16,16 +16,34 @@ ACCOUNTING_ROUNDS = (10, 30, 100, 300, 1000)
 console = Console(stderr=True)
 
 
-def _numbers(text: str, option: str) -> tuple[int, ...]:
-    """'3,10,1e6' -> (3, 10, 1000000), or a clear error naming the option."""
+MIN_SIZE = 1_000
+"""Fewest rows per synthetic partner (`--sizes`): both splits then hold bad rows."""
+
+
+def _numbers(text: str, option: str, minimum: int) -> tuple[int, ...]:
+    """'3,10,1e6' -> (3, 10, 1000000): whole numbers >= `minimum`, or an error naming the
+    option."""
     try:
-        values = tuple(int(float(part)) for part in re.split(r"[,\s]+", text.strip()) if part)
+        numbers = [float(part) for part in re.split(r"[,\s]+", text.strip()) if part]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}",
-                                 param_hint=option) from None
-    if not values or min(values) < 1:
-        raise typer.BadParameter(f"expected numbers >= 1, got {text!r}", param_hint=option)
-    return values
+        numbers = []
+    if not numbers or not all(n.is_integer() and n >= minimum for n in numbers):
+        raise typer.BadParameter(f"expected comma-separated whole numbers >= {minimum}, got "
+                                 f"{text!r}", param_hint=option)
+    return tuple(int(n) for n in numbers)
+
+
+def _check_counts(counts: tuple[int, ...]) -> None:
+    """Every partner count can deal lending_club's rows (before anything runs)."""
+    from common.data.spec import load_run_partners
+    from common.errors import DataValidationError
+    from simulations.bench.scale import partner_scaling_run
+
+    for count in counts:
+        try:
+            load_run_partners(partner_scaling_run(count))
+        except (ValueError, DataValidationError) as exc:
+            raise typer.BadParameter(f"{count} partners: {exc}", param_hint="--counts") from None
 
 
 def _write(out: Path, name: str, figures: dict[str, Any], plot) -> None:
@@ -41,8 +59,10 @@ def bench_scale(scale: str, out: Path, *, counts: str, sizes: str, rounds: int,
         raise typer.BadParameter(f"choose one of {', '.join(SCALES)} or all, got {scale!r}",
                                  param_hint="--scale")
     chosen = SCALES if scale == "all" else (scale,)
-    partner_counts = _numbers(counts, "--counts")
-    rows = _numbers(sizes, "--sizes")
+    partner_counts = _numbers(counts, "--counts", 2) if "partners" in chosen else ()
+    rows = _numbers(sizes, "--sizes", MIN_SIZE) if {"rows", "utility"} & set(chosen) else ()
+    if partner_counts:
+        _check_counts(partner_counts)
     existing = [out / f"{name}.json" for name in chosen if (out / f"{name}.json").exists()]
     if existing and not overwrite:
         raise typer.BadParameter(f"{existing[0]} exists; pass --overwrite to replace it",

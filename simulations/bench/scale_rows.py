@@ -15,12 +15,11 @@ then runs `REPEATS` times from a fresh model and the median time counts (rows/s 
 / seconds of one epoch). Figures are measured and printed, nothing is asserted (speed goals are
 not tests).
 
-    python -m simulations.bench.scale_rows --rows 10000,100000,1000000 --out runs/bench-scale
+    fedcredit bench --scale rows --sizes 10000,100000,1000000 --out runs/bench-scale
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -258,27 +257,3 @@ def format_table(figures: dict[str, Any]) -> str:
                         f"{size['csv_load']['peak_rss_mib']:>8.0f}" if "csv_load" in size
                         else f"{'-':>10} {'-':>8}"))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(str(r) for r in ROWS),
-                        help="comma-separated partner sizes")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-scale"))
-    parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=REPEATS,
-                        help="timed epochs per size and mode (the median counts)")
-    args = parser.parse_args(argv)
-    rows = tuple(int(r) for r in args.rows.split(",") if r.strip())
-    args.out.mkdir(parents=True, exist_ok=True)
-    figures = measure_throughput(rows, epsilon=args.epsilon, seed=args.seed,
-                                 workdir=args.out / "data", repeats=args.repeats)
-    print(format_table(figures))
-    (args.out / "scale_rows.json").write_text(json.dumps(figures, indent=1))
-    print(f"wrote {args.out / 'scale_rows.json'} and "
-          f"{plot_throughput(figures, args.out / 'scale_rows.png')}")
-
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ from typing import Any
 
 from common.config import RunConfig
 from common.data.synthetic import write_partner_arrays
-from common.privacy.budget import MAX_EXPECTED_BATCH, MIN_EXPECTED_BATCH, PLAN_SAMPLE_RATE
+from common.privacy.budget import plan_sample_rate
 from simulations.bench.tune import federate
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
@@ -28,9 +28,9 @@ EPSILONS = (1.0, 3.0)
 
 
 def expected_batch(train_rows: int) -> int:
-    """The plan rule's expected batch for `train_rows` rows (its true count, a public setting of
-    this benchmark, not a partner's release)."""
-    return max(MIN_EXPECTED_BATCH, min(MAX_EXPECTED_BATCH, round(PLAN_SAMPLE_RATE * train_rows)))
+    """The plan rule's expected batch for `train_rows` rows (their true count: a public setting
+    of this benchmark, not a partner's release)."""
+    return max(1, round(plan_sample_rate(train_rows) * train_rows))
 
 
 def measure_utility_vs_size(sizes: tuple[int, ...] = SIZES, *, workdir: Path,

@@ -118,10 +118,10 @@ def epsilon_figure(report: dict[str, Any]) -> Figure:
             continue
         ax.plot(rounds, series, marker=marker, linestyle=style,
                 markersize=7 - 1.5 * (i % 3), alpha=0.75, color=color, label=f"{partner} spent")
-        if len(budgets) > 1 and not many:
+        if len(budgets) > 1:
             ax.axhline(figures["epsilon_budget"], color=color, linestyle="--", linewidth=1,
                        label=f"{partner} budget")
-    if len(budgets) == 1 or many:
+    if budgets and (len(budgets) == 1 or many):
         ax.axhline(max(budgets), color="grey", linestyle="--", linewidth=1,
                    label="budget (every partner)" if len(budgets) == 1 else "largest budget")
     _integer_rounds(ax)

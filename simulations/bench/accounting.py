@@ -24,8 +24,12 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from common.privacy.budget import PrivacyPlan
 
 ROUNDS: tuple[int, ...] = (10, 30, 100, 300, 1000)
 CAP_S = 60.0  # default cap on one measurement (all its repeats), in seconds
@@ -63,8 +67,10 @@ def _clear_caches() -> None:
         cached.cache_clear()
 
 
-def _calibrate(setup: dict[str, Any], rounds: int):  # -> PrivacyPlan
+def _calibrate(setup: dict[str, Any], rounds: int) -> PrivacyPlan:
+    """The partner's plan (`setup`) calibrated for `rounds` planned rounds."""
     from common.privacy.budget import calibrate_plan
+
     return calibrate_plan(epsilon=setup["epsilon"], delta=setup["delta"],
                           num_train_rows=setup["rows"], batch_size=setup["batch_size"],
                           local_epochs=setup["local_epochs"], planned_rounds=rounds,
@@ -72,7 +78,8 @@ def _calibrate(setup: dict[str, Any], rounds: int):  # -> PrivacyPlan
                           count_epsilon_share=setup["count_epsilon_share"])
 
 
-def _task(kind: str, setup: dict[str, Any], plan, rounds: int) -> Callable[[], float]:
+def _task(kind: str, setup: dict[str, Any], plan: PrivacyPlan,
+          rounds: int) -> Callable[[], float]:
     """The timed call of `kind` for `rounds` rounds of `plan`; it returns ε (or σ)."""
     from dp_accounting import pld
 
@@ -124,7 +131,8 @@ def _repeat(task: Callable[[], float], repeats: int) -> tuple[float, float]:
     return statistics.median(times), value
 
 
-def _child(connection, task: Callable[[], float], repeats: int) -> None:
+def _child(connection: Connection, task: Callable[[], float], repeats: int) -> None:
+    """Send `_repeat(task, repeats)` (or the error it raised) to the parent."""
     try:
         connection.send(("ok", *_repeat(task, repeats)))
     except BaseException as exc:  # reported to the parent, which records it

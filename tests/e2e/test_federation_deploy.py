@@ -219,6 +219,14 @@ def _kill_bank_after_its_first_round(fed: LocalFederation) -> tuple[subprocess.P
     return run, bank_ledger
 
 
+_FULL_ONLY = pytest.mark.skipif(not os.environ.get(FULL_DEPLOY_ENV), reason=(
+    f"a real federation with a SuperNode killed (~75-100 s); what it relies on is tested in "
+    f"process (tests/server/test_strategy.py: a failed reply does not stop the round; "
+    f"tests/clients/test_app.py: ε composes across rebuilt ClientApps); set {FULL_DEPLOY_ENV}=1 "
+    f"to run it"))
+
+
+@_FULL_ONLY
 def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
         tmp_path: Path) -> None:
     options = DemoOptions(rounds=4, min_partners=2, superlink_port=18400, supernode_port=18410)
@@ -267,9 +275,7 @@ def test_killed_supernode_round_completes_and_restart_resumes_epsilon(
         assert finding.code == "entry-without-receipt" and "bank" in finding.message, finding
 
 
-@pytest.mark.skipif(not os.environ.get(FULL_DEPLOY_ENV), reason=(
-    f"a third real federation (~70 s); the stop itself is tested in process "
-    f"(tests/server/test_strategy.py) and a real kill above; set {FULL_DEPLOY_ENV}=1 to run it"))
+@_FULL_ONLY
 def test_killed_supernode_below_min_partners_ends_the_run_with_a_clear_message(
         tmp_path: Path) -> None:
     options = DemoOptions(rounds=3, min_partners=3, superlink_port=18500, supernode_port=18510,

@@ -15,7 +15,7 @@ from common.outputs import format_number
 from common.privacy.audit import AuditResult
 from common.privacy.audit.empirical import MIA_FPRS, dp_ceiling
 from common.privacy.audit.empirical_result import CheckedResult
-from simulations.audit.html import COLORS, _png
+from simulations.audit.html import COLORS, _png, table_cells
 
 
 def _number(value: Any) -> float | None:
@@ -174,12 +174,9 @@ def empirical_section(result: AuditResult, checked: Sequence[CheckedResult]) -> 
                  format_number(f["epsilon_budget"], style="g"),
                  format_number(f["epsilon_accounted"], 3), bound, right, finding, *mia_cells]
         css = "bad" if not item.verified or f["finding"] is not False else ""
-        rows.append(f'<tr class="{css}">' + "".join(
-            f'<td class="num">{c}</td>' if h in numeric else f"<td>{c}</td>"
-            for h, c in zip(head, cells, strict=True)) + "</tr>")
+        rows.append(f'<tr class="{css}">' + table_cells(head, cells, numeric) + "</tr>")
         cards.append(_empirical_card(item, f))
-    header = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>"
-                     for h in head)
+    header = table_cells(head, head, numeric, "th")
     return (f'<h2>Empirical privacy audit</h2><div class="card"><div class="scroll"><table>'
             f'<tr>{header}</tr>{"".join(rows)}</table></div>'
             '<p class="meta">The empirical lower bound is the one-run canary audit of Steinke, '

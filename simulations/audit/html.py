@@ -62,6 +62,14 @@ ul{margin:6px 0 6px 20px;padding:0}li{margin:3px 0}
 """
 
 
+def table_cells(head: Sequence[str], cells: Sequence[str], numeric: set[str] | Sequence[str],
+                tag: str = "td") -> str:
+    """One table row's cells (`tag` "th": the header's), right-aligned in the `numeric`
+    columns."""
+    return "".join(f'<{tag} class="num">{c}</{tag}>' if h in numeric else f"<{tag}>{c}</{tag}>"
+                   for h, c in zip(head, cells, strict=True))
+
+
 def _png(figure: Figure) -> str:
     """An <img> with the figure as inline base64 PNG."""
     FigureCanvasAgg(figure)
@@ -183,11 +191,8 @@ def _summary_table(result: AuditResult, counts: dict[str, int]) -> str:
                  *(format_number(v, infinity="∞")
                    for v in (p.epsilon_claimed, p.epsilon_rdp, p.epsilon_pld)),
                  ratio, status]
-        rows.append("<tr>" + "".join(
-            f'<td class="num">{c}</td>' if h in numeric else f"<td>{c}</td>"
-            for h, c in zip(head, cells, strict=True)) + "</tr>")
-    header = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>"
-                     for h in head)
+        rows.append("<tr>" + table_cells(head, cells, numeric) + "</tr>")
+    header = table_cells(head, head, numeric, "th")
     return (f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>'
             '<p class="meta">RDP ε and PLD ε are recomputed by the auditor from the logged '
             "mechanisms; claimed ε is what the partner signed. PLD / RDP may exceed 1: see "
@@ -282,11 +287,8 @@ def _odometer_section(result: AuditResult, counts: dict[str, int]) -> str:
                  *(format_number(v, infinity="∞")
                    for v in (o.epsilon_claimed, o.epsilon_rdp, o.epsilon_pld)),
                  covered, status]
-        rows.append("<tr>" + "".join(
-            f'<td class="num">{c}</td>' if h in numeric else f"<td>{c}</td>"
-            for h, c in zip(head, cells, strict=True)) + "</tr>")
-    header = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>"
-                     for h in head)
+        rows.append("<tr>" + table_cells(head, cells, numeric) + "</tr>")
+    header = table_cells(head, head, numeric, "th")
     return (f'<h2>Lifetime privacy odometers</h2><div class="card"><div class="scroll"><table>'
             f'<tr>{header}</tr>{"".join(rows)}</table></div><p class="meta">Each odometer is a '
             "partner's signed record of every release of one data set, across runs and ledgers, "

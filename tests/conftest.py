@@ -95,3 +95,31 @@ def write_case(tmp_path: Path) -> WriteCase:
         return csv_path, schema_path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def accountant():
+    """One dp_accounting recomputer per test module: it remembers ledgers already recomputed."""
+    from common.privacy.audit import IndependentAccountant
+
+    return IndependentAccountant()
+
+
+@pytest.fixture
+def invoke(monkeypatch: pytest.MonkeyPatch, accountant) -> Callable[..., object]:
+    """The audit CLI in-process, sharing the module's recomputer (keeps audit tests fast)."""
+    from functools import partial
+
+    from typer.testing import CliRunner
+
+    import common.privacy.audit as audit_package
+    from common.privacy.audit import verify
+    from simulations.audit.cli import audit_app
+
+    monkeypatch.setattr(audit_package, "verify", partial(verify, accountant=accountant))
+    runner = CliRunner(env={"COLUMNS": "400"})  # long temporary paths must not wrap
+
+    def run(*args: object):
+        return runner.invoke(audit_app, [str(a) for a in args])
+
+    return run

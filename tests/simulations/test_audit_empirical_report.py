@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 from typer.testing import CliRunner
 
-import common.privacy.audit as audit_package
-from common.privacy.audit import IndependentAccountant, verify
 from common.privacy.audit.empirical_result import load_result, sign_result, verify_result
 from common.privacy.crypto import generate_signing_key, load_public_key, write_key_pair
 from simulations.audit.cli import audit_app
@@ -25,23 +21,6 @@ from tests.audit_fixtures import Federation, build_federation, make_keys, make_p
 
 SHORT_AUDIT = ("--scenario", "credit_data", "--partner", "bank", "--epsilon", "3",
                "--rounds", "3", "--local-epochs", "1", "--canaries", "200", "--seed", "3")
-
-
-@pytest.fixture(scope="module")
-def accountant() -> IndependentAccountant:
-    return IndependentAccountant()
-
-
-@pytest.fixture
-def invoke(monkeypatch: pytest.MonkeyPatch, accountant: IndependentAccountant):
-    """The audit CLI in-process, sharing the module's recomputer."""
-    monkeypatch.setattr(audit_package, "verify", partial(verify, accountant=accountant))
-    runner = CliRunner(env={"COLUMNS": "400"})
-
-    def run(*args: Any) -> Result:
-        return runner.invoke(audit_app, [str(a) for a in args])
-
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from typer.testing import CliRunner
 
-import common.privacy.audit as audit_package
-from common.privacy.audit import IndependentAccountant, verify
-from simulations.audit.cli import audit_app
 from tests.audit_fixtures import Federation, build_federation, make_keys, make_plans
 from tests.odometer_fixtures import odometer_paths, write_odometers
 
@@ -23,11 +17,6 @@ from tests.odometer_fixtures import odometer_paths, write_odometers
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Ed25519PrivateKey]:
     return make_keys()
-
-
-@pytest.fixture(scope="module")
-def accountant() -> IndependentAccountant:
-    return IndependentAccountant()
 
 
 def federation(root: Path, keys: dict[str, Ed25519PrivateKey],
@@ -41,18 +30,6 @@ def federation(root: Path, keys: dict[str, Ed25519PrivateKey],
 def clean(tmp_path_factory: pytest.TempPathFactory,
           keys: dict[str, Ed25519PrivateKey]) -> Federation:
     return federation(tmp_path_factory.mktemp("cli") / "fed", keys)
-
-
-@pytest.fixture
-def invoke(monkeypatch: pytest.MonkeyPatch, accountant: IndependentAccountant):
-    """The audit CLI in-process, sharing the module's recomputer."""
-    monkeypatch.setattr(audit_package, "verify", partial(verify, accountant=accountant))
-    runner = CliRunner(env={"COLUMNS": "400"})
-
-    def run(*args: Any) -> Result:
-        return runner.invoke(audit_app, [str(a) for a in args])
-
-    return run
 
 
 def args(fed: Federation, odometers: list[Path]) -> list[Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-import common.privacy.audit as audit_package
 from common.data.tables import Split
-from common.privacy.audit import IndependentAccountant, verify
 from common.privacy.audit.empirical_result import load_result, verify_result, write_result
 from common.privacy.audit.replay import DATA_MISMATCH, replay_kind, replay_round, sign_replay
 from common.privacy.crypto import (
@@ -41,23 +38,6 @@ def partner(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def auditor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_key_pair(generate_signing_key(), tmp_path_factory.mktemp("auditor"), "auditor")
-
-
-@pytest.fixture(scope="module")
-def accountant() -> IndependentAccountant:
-    return IndependentAccountant()
-
-
-@pytest.fixture
-def invoke(monkeypatch: pytest.MonkeyPatch, accountant: IndependentAccountant):
-    """The audit CLI in-process, sharing one recomputer across the module's reports."""
-    monkeypatch.setattr(audit_package, "verify", partial(verify, accountant=accountant))
-    runner = CliRunner(env={"COLUMNS": "400"})
-
-    def run(*args: Any) -> Result:
-        return runner.invoke(audit_app, [str(a) for a in args])
-
-    return run
 
 
 def _replay_args(partner: dict, server_round: int) -> list[str]:

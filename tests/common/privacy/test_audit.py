@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 from typer.testing import CliRunner
 
-import common.privacy.audit as audit_package
 from common.errors import AuditInputError
 from common.privacy.accounting import SubsampledGaussianEvent, rdp_epsilon
 from common.privacy.audit import AuditResult, IndependentAccountant, verify
@@ -55,12 +53,6 @@ def plans() -> dict[str, PrivacyPlan]:
 
 
 @pytest.fixture(scope="module")
-def accountant() -> IndependentAccountant:
-    """One dp_accounting recomputer for the module: it remembers ledgers already recomputed."""
-    return IndependentAccountant()
-
-
-@pytest.fixture(scope="module")
 def clean_set(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Ed25519PrivateKey],
               plans: dict[str, PrivacyPlan]) -> Federation:
     """Honest run-A: bank trains rounds 1-3; lender and ecommerce also refuse round 4."""
@@ -72,18 +64,6 @@ def clean_set(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Ed25519P
 def fed(clean_set: Federation, tmp_path: Path) -> Federation:
     """A private copy of the clean federation to tamper with."""
     return clean_set.copy_to(tmp_path / "fed")
-
-
-@pytest.fixture
-def invoke(monkeypatch: pytest.MonkeyPatch, accountant: IndependentAccountant) -> Invoke:
-    """Run the audit CLI in-process (sharing the module's recomputer, to keep tests fast)."""
-    monkeypatch.setattr(audit_package, "verify", partial(verify, accountant=accountant))
-    runner = CliRunner(env={"COLUMNS": "400"})  # long temporary paths must not wrap
-
-    def run(*args: Any) -> Result:
-        return runner.invoke(audit_app, [str(a) for a in args])
-
-    return run
 
 
 def cli_args(fed: Federation, *, receipts: bool = True) -> list[Any]:

@@ -57,12 +57,6 @@ def keys() -> dict[str, Ed25519PrivateKey]:
     return make_keys()
 
 
-@pytest.fixture(scope="module")
-def accountant() -> IndependentAccountant:
-    """One recomputer for the module: it remembers ledgers already recomputed."""
-    return IndependentAccountant()
-
-
 @functools.cache
 def plans_at(budget: float) -> dict[str, PrivacyPlan]:
     """Every partner of the fixtures calibrated to the same `budget` (as `make_plans` does);

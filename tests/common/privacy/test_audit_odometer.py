@@ -49,12 +49,6 @@ def plans() -> dict[str, PrivacyPlan]:
 
 
 @pytest.fixture(scope="module")
-def accountant() -> IndependentAccountant:
-    """One recomputer for the module: it remembers what it recomputed."""
-    return IndependentAccountant()
-
-
-@pytest.fixture(scope="module")
 def clean_set(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Ed25519PrivateKey],
               plans: dict[str, PrivacyPlan]) -> Federation:
     """Honest run-A with every release reserved in its partner's odometer."""

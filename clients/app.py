@@ -67,6 +67,7 @@ from common.protocol import (
     INFO,
     LEDGER_ENTRY_SHA256,
     METRICS,
+    METRICS_NOT_RELEASED,
     NUM_EXAMPLES,
     PARTNER,
     PARTNER_FAILURE_TEXT,
@@ -143,6 +144,7 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
         PartnerState,
         TrainReply,
         check_layout,
+        limits_refusal,
         load_data,
         signing_key_refusal,
         train_round,
@@ -158,6 +160,7 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
         raise ValueError(f"train request without a valid {SERVER_ROUND!r} (got {server_round!r})")
     layout, refusal = check_layout(partner, run, requested)  # before its data is even read
+    refusal = refusal or limits_refusal(partner, run, requested, weights, server_round)
     if refusal:
         reply, evaluation = TrainReply(None, {REFUSED: 1.0}, refusal), {}
     else:
@@ -185,10 +188,11 @@ def train(msg: Message, context: Context, overrides: dict | None = None) -> Mess
 
 def _evaluation_of_received(run: RunConfig, partner: PartnerConfig, weights: dict,
                             requested: dict, data: PartnerData) -> dict[str, float]:
-    """When the coordinator asks (`EVALUATE_RECEIVED`) and the partner releases evaluations: the
-    metrics of the global model this message carried on the partner's own test split, as a
-    separate evaluate message would have reported them, prefixed for the train reply."""
-    if requested.get(EVALUATE_RECEIVED) is not True or not partner.allow_evaluate:
+    """When the coordinator asks (`EVALUATE_RECEIVED`) and the partner releases metrics
+    (`release-metrics`): the metrics of the global model this message carried on the partner's
+    own test split, as a separate evaluate message would have reported them, prefixed for the
+    train reply."""
+    if requested.get(EVALUATE_RECEIVED) is not True or not partner.release_metrics:
         return {}
     from common.partner import evaluate_round
 
@@ -279,22 +283,25 @@ def _local_verdict(partner: PartnerConfig, run: RunConfig, weights: dict,
 
 @_guarded
 def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> Message:
-    """Evaluate the global model on the partner's own test split (unless its node config says
-    `allow-evaluate=false`: released metrics are not covered by its DP guarantee)."""
+    """Evaluate the global model on the partner's own test split. A deployed partner releases
+    the metrics only with `release-metrics=true` in its node config (they are computed from its
+    test rows, outside its DP guarantee); otherwise it refuses with `METRICS_NOT_RELEASED`,
+    after writing its own local verdict at the last round if it keeps one."""
     run, partner = read_config(context, overrides or {})
-    if not partner.allow_evaluate and not partner.local_report_path:
-        raise ValueError("this partner does not release evaluation metrics")
     from common.partner import check_layout, evaluate_round, load_data
 
     requested = dict(msg.content.get(CONFIG, ConfigRecord()))
     layout, refusal = check_layout(partner, run, requested)
-    data = None if refusal else load_data(partner, run)
-    if data is not None and partner.local_report_path and (
-            requested.get(SERVER_ROUND) == run.num_server_rounds):
+    wants_verdict = bool(partner.local_report_path) and (
+        requested.get(SERVER_ROUND) == run.num_server_rounds)
+    data = None
+    if not refusal and (partner.release_metrics or wants_verdict):
+        data = load_data(partner, run)
+    if data is not None and wants_verdict:
         _local_verdict(partner, run, _weights(msg), data, str(context.run_id))
-    if not partner.allow_evaluate:
-        raise ValueError("this partner does not release evaluation metrics")
-    metrics = {} if data is None else evaluate_round(run, _weights(msg), data)
+    if not refusal and not partner.release_metrics:
+        refusal = METRICS_NOT_RELEASED
+    metrics = {} if refusal or data is None else evaluate_round(run, _weights(msg), data)
     return Message(content=RecordDict({
         METRICS: MetricRecord(metrics),
         INFO: ConfigRecord({PARTNER: partner.partner, REFUSAL_REASON: refusal,

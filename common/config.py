@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from common.data.scenarios import (
     scenario_partners,
 )
 from common.data.spec import load_spec
+from common.limits import PartnerLimits
 from common.outputs import ledger_file
 from common.privacy.accounting import check_budget
 from common.privacy.budget import COUNT_EPSILON_SHARE
@@ -271,6 +272,14 @@ def _optional_number(node: Mapping[str, Any], key: str, default: Any) -> Any:
     return _node_number(node, key) if key in node else default
 
 
+def _node_flag(node: Mapping[str, Any], key: str) -> bool:
+    """An optional true/false node config key (absent: false)."""
+    value = str(node.get(key, False)).strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"node config key '{key}' must be true or false, got {node[key]!r}")
+    return value == "true"
+
+
 def _node_number(node: Mapping[str, Any], key: str) -> float:
     value = node[key]
     try:
@@ -311,7 +320,8 @@ class PartnerConfig:
 
     In deployment: `partner`, `epsilon`, `delta`, `data-path`, `schema-path`, `ledger-path`,
     `signing-key`, `odometer-path` and `lifetime-epsilon` (optionally `count-epsilon-share`,
-    `test-fraction`, `allow-evaluate`, `local-report-path`; a vertical party also `id-column`,
+    `test-fraction`, `release-metrics`, `local-report-path`, the bounds of `common.limits`; a
+    vertical party also `id-column`,
     the column of its CSV holding the customer IDs the PSI aligns on, which its table needs) are
     node config keys the partner's SuperNode sets; the coordinator's run config cannot change
     any of them. In
@@ -327,7 +337,8 @@ class PartnerConfig:
     partition_id: int = -1
     ledger_path: str = ""
     signing_key: str = ""
-    allow_evaluate: bool = True
+    release_metrics: bool = True
+    limits: PartnerLimits = field(default_factory=PartnerLimits.none)
     count_epsilon_share: float = COUNT_EPSILON_SHARE
     odometer_path: str = ""
     lifetime_epsilon: float | None = None
@@ -363,6 +374,10 @@ class PartnerConfig:
             raise ValueError(f"node config of partner {node['partner']!r} sets {empty} to an "
                              f"empty value (its data, ledger, signing key and odometer must be "
                              f"real files)")
+        if "allow-evaluate" in node:
+            raise ValueError("node config key 'allow-evaluate' was replaced by "
+                             "'release-metrics' (default false: no training loss, evaluation "
+                             "metric or test-set size leaves the partner)")
         epsilon, delta = _node_number(node, "epsilon"), _node_number(node, "delta")
         check_budget(epsilon, delta, source="node config")
         share = _optional_number(node, "count-epsilon-share", COUNT_EPSILON_SHARE)
@@ -382,7 +397,8 @@ class PartnerConfig:
                    ledger_path=str(node["ledger-path"]), signing_key=str(node["signing-key"]),
                    count_epsilon_share=share, odometer_path=str(node.get("odometer-path", "")),
                    lifetime_epsilon=lifetime, test_fraction=test_fraction,
-                   allow_evaluate=str(node.get("allow-evaluate", True)).lower() != "false",
+                   release_metrics=_node_flag(node, "release-metrics"),
+                   limits=PartnerLimits.from_node_config(node),
                    local_report_path=str(node.get("local-report-path", "")).strip(),
                    id_column=str(node.get("id-column", "")).strip())
 

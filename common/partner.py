@@ -102,6 +102,20 @@ def check_layout(partner: PartnerConfig, run: RunConfig,
     return own.sha256, reason
 
 
+def limits_refusal(partner: PartnerConfig, run: RunConfig, requested: Mapping[str, Any],
+                   weights: Mapping[str, np.ndarray], server_round: int) -> str:
+    """Why the partner refuses this train instruction by its own bounds (`common.limits`), or
+    ''. Looks only at what the coordinator sent: nothing is loaded or spent before it."""
+    reason = partner.limits.refusal(
+        learning_rate=train_settings(run, dict(requested)).learning_rate,
+        local_epochs=float(requested.get(LOCAL_EPOCHS, run.local_epochs)),
+        planned_rounds=run.num_server_rounds, server_round=server_round,
+        model_parameters=sum(int(np.size(w)) for w in weights.values()))
+    if reason:
+        log.error("partner %s refuses: %s", partner.partner, reason)
+    return reason
+
+
 def train_settings(run: RunConfig, requested: dict[str, float | int | str | bool]) -> TrainSettings:
     """Local optimiser settings: run config, with the coordinator's per-round learning rate."""
     return TrainSettings(epochs=float(requested.get(LOCAL_EPOCHS, run.local_epochs)),
@@ -242,7 +256,8 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
         if max_weight is not None and len(data.train) > max_weight:
             return TrainReply(None, {**metrics, REFUSED: 1.0}, _weight_refusal(max_weight))
         outcome = train(model, data.train, settings, seed=seed)
-        metrics.update({STEPS: float(outcome.steps), TRAIN_LOSS: outcome.mean_loss, REFUSED: 0.0})
+        metrics.update({STEPS: float(outcome.steps), REFUSED: 0.0,
+                        **_loss_metric(partner, outcome.mean_loss)})
         weights = get_weights(model)
         problem = "" if value_bound is None else update_problem(weights, global_weights,
                                                                 value_bound)
@@ -319,8 +334,16 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
                        received, hash_weights(weights),
                        replay_commitment=opening.commitment if opening is not None else "")
     _remember_ledger(state, ledger)
-    metrics.update({STEPS: float(outcome.steps), REFUSED: 0.0, TRAIN_LOSS: outcome.mean_loss})
+    metrics.update({STEPS: float(outcome.steps), REFUSED: 0.0,
+                    **_loss_metric(partner, outcome.mean_loss)})
     return TrainReply(weights, metrics, "", entry_hash_)
+
+
+def _loss_metric(partner: PartnerConfig, mean_loss: float) -> dict[str, float]:
+    """The round's training loss, only for a partner that releases metrics (`release-metrics`):
+    a mean over its own records without noise, which a coordinator-chosen model can turn into a
+    membership test (issue 21)."""
+    return {TRAIN_LOSS: mean_loss} if partner.release_metrics else {}
 
 
 def _begin_run(partner: PartnerConfig, run: RunConfig, state: PartnerState, data: PartnerData,
@@ -335,8 +358,12 @@ def _begin_run(partner: PartnerConfig, run: RunConfig, state: PartnerState, data
     mechanism depends on the budget only, so it is reserved before the data is looked at.
     """
     assert partner.epsilon is not None and partner.delta is not None
-    count = count_release(epsilon=partner.epsilon, delta=partner.delta,
-                          count_epsilon_share=partner.count_epsilon_share)
+    try:
+        count = count_release(epsilon=partner.epsilon, delta=partner.delta,
+                              count_epsilon_share=partner.count_epsilon_share)
+    except ValueError as exc:  # a budget too small to certify: public values only
+        log.error("partner %s refuses to train: %s", partner.partner, exc)
+        return f"the partner cannot calibrate a plan for this run: {exc}"
     if odometer is not None:
         if any(e["run_id"] == run_id and e["release"] == RELEASE_COUNT
                for e in odometer.entries):
@@ -352,11 +379,16 @@ def _begin_run(partner: PartnerConfig, run: RunConfig, state: PartnerState, data
             return LIFETIME_BUDGET_EXHAUSTED
         if not _reserve(odometer, partner, run_id, server_round, RELEASE_COUNT, count):
             return LIFETIME_BUDGET_EXHAUSTED
-    plan = calibrate_plan(
-        epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
-        batch_size=run.batch_size, local_epochs=run.local_epochs,
-        planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
-        seed=round_seed(run.seed, partner, 0), count_epsilon_share=partner.count_epsilon_share)
+    try:
+        plan = calibrate_plan(
+            epsilon=partner.epsilon, delta=partner.delta, num_train_rows=len(data.train),
+            batch_size=run.batch_size, local_epochs=run.local_epochs,
+            planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
+            seed=round_seed(run.seed, partner, 0),
+            count_epsilon_share=partner.count_epsilon_share)
+    except ValueError as exc:  # its message names the budget, the plan and ñ: public values
+        log.error("partner %s refuses to train: %s", partner.partner, exc)
+        return f"the partner cannot calibrate a plan for this run: {exc}"
     state.plan, state.privacy = plan, PrivacyState(count=plan.count_event)
     if ledger is not None:
         ledger.append_count(server_round=server_round, plan=plan,

@@ -97,6 +97,10 @@ LIFETIME_BUDGET_EXHAUSTED = ("the partner's lifetime privacy budget for this dat
 # Refusal of a deployed partner whose instruction announces no feature layout.
 LAYOUT_NOT_ANNOUNCED = ("the coordinator announced no feature layout for this run; a partner "
                         "trains and evaluates only on a layout identical to its own schema's")
+# Refusal of a deployed partner asked for evaluation metrics without `release-metrics=true` in
+# its node config: metrics of its test rows are not DP releases, so by default none leave it.
+METRICS_NOT_RELEASED = ("this partner does not release evaluation metrics (computed from its "
+                        "records outside its DP guarantee; node config key 'release-metrics')")
 # Coordinator round-config keys a partner never lets change its calibrated mechanism.
 IGNORED_MECHANISM_KEYS = (NOISE_MULTIPLIER, SAMPLE_RATE, "batch-size", "max-grad-norm",
                           "clip-norm")

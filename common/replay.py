@@ -184,9 +184,12 @@ def keep(ledger_path: Path, opening: ReplayOpening, global_weights: dict[str, np
     it is signed: the global model the round trained from (`<ledger>.replay/`, written to a
     temporary file, fsync'd, then renamed) and the opening (`<ledger>.openings`, 0600)."""
     model_file = _model_file(ledger_path, opening.round, received)
-    model_file.parent.mkdir(parents=True, exist_ok=True)
+    model_file.parent.parent.mkdir(parents=True, exist_ok=True)
+    model_file.parent.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(model_file.parent, 0o700)  # the models a round started from are the partner's own
     partial = model_file.with_suffix(".partial")
-    with partial.open("wb") as handle:
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
         np.savez(handle, **{k: np.asarray(v) for k, v in global_weights.items()})
         handle.flush()
         os.fsync(handle.fileno())

@@ -59,6 +59,9 @@ class RoundRecord:
     failed: dict[str, str] = field(default_factory=dict)
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Partners that answered an evaluation with a refusal (e.g. no `release-metrics`): not a
+    # training outcome, so not in `PARTNER_OUTCOMES`.
+    evaluation_refused: dict[str, str] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
     aggregate_sha256: str = ""
     seconds: float = 0.0  # wall time since the previous round ended (round 1: since the start)
@@ -450,13 +453,16 @@ class ValidatingFedAvg(FedAvg):
                 record.failed[self.failed_name(msg)] = _error_summary(msg)
                 continue
             metrics = msg.content.metric_records.get(METRICS)
+            info = msg.content.config_records.get(INFO)
+            refusal = str(info.get(REFUSAL_REASON, "")) if info is not None else ""
             if problem := self.layout_problem(msg):  # a refusing partner says what differs
-                info = msg.content.config_records.get(INFO)
-                refusal = str(info.get(REFUSAL_REASON, "")) if info is not None else ""
                 if refusal:
                     record.refused.setdefault(_partner_name(msg), refusal)
                 else:
                     record.rejected[_partner_name(msg)] = problem
+                continue
+            if refusal:  # e.g. a partner that does not release evaluation metrics
+                record.evaluation_refused[_partner_name(msg)] = refusal
                 continue
             if self.record_evaluation(server_round, _partner_name(msg), metrics):
                 valid.append(metrics)

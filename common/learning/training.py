@@ -177,6 +177,7 @@ def _train_dp(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 loss.backward()
+            _zero_non_finite(private)
             optimizer.step()
             if len(batch):
                 losses.append(loss.item() / len(batch))
@@ -184,6 +185,22 @@ def _train_dp(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
         private._close()
     return TrainOutcome(steps=dp.steps, num_examples=len(labels),
                         mean_loss=float(np.mean(losses)) if losses else float("nan"), dp=dp)
+
+
+def _zero_non_finite(model: nn.Module) -> None:
+    """Set every non-finite entry of every per-sample gradient to 0, before clipping.
+
+    A coordinator chooses the weights, so it can send a model whose forward pass overflows on
+    one target record only; that record's gradient is then NaN, clipping cannot bound it, and
+    the NaN would survive the noise into the update (a membership test through "did the update
+    diverge"). Zeroing those entries keeps every record's clipped contribution a finite vector
+    of norm at most C, which is what the DP guarantee assumes; finite gradients are untouched.
+    """
+    for param in model.parameters():
+        samples = getattr(param, "grad_sample", None)
+        for grad in samples if isinstance(samples, list) else [samples]:
+            if grad is not None:
+                torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def poisson_sampler(rows: int, sample_rate: float, generator: torch.Generator,

@@ -102,23 +102,42 @@ def count_release(*, epsilon: float, delta: float,
     partner can reserve it before looking at its data."""
     if not 0.0 < count_epsilon_share < 1.0:
         raise ValueError(f"count epsilon share must be in (0, 1), got {count_epsilon_share}")
-    sigma = calibrate_noise_multiplier(target_epsilon=count_epsilon_share * epsilon, delta=delta,
-                                       sample_rate=1.0, steps=1, accountant=ACCOUNTANT)
+    try:
+        sigma = calibrate_noise_multiplier(target_epsilon=count_epsilon_share * epsilon,
+                                           delta=delta, sample_rate=1.0, steps=1,
+                                           accountant=ACCOUNTANT)
+    except ValueError:
+        raise ValueError(
+            f"epsilon {epsilon:g} is too small: the noisy count's share of it "
+            f"({count_epsilon_share:g} x {epsilon:g} = {count_epsilon_share * epsilon:.3g}) is "
+            f"below the smallest epsilon fedcredit's accountant calibrates at delta={delta:g}; "
+            f"raise "
+            f"epsilon or count-epsilon-share") from None
     return SubsampledGaussianEvent(1.0, sigma, 1, COUNT_SENSITIVITY)
 
 
 def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_size: int,
                    local_epochs: float, planned_rounds: int, max_grad_norm: float, seed: int,
-                   count_epsilon_share: float = COUNT_EPSILON_SHARE) -> PrivacyPlan:
+                   count_epsilon_share: float = COUNT_EPSILON_SHARE,
+                   validate_delta: bool = True) -> PrivacyPlan:
     """Release the noisy count ñ of the `num_train_rows` rows, then calibrate σ so that the count
     and `planned_rounds` rounds at q = `plan_sample_rate(ñ, batch_size)` spend exactly the
-    budget. `seed` seeds the count's noise (see `common.privacy.randomness.noise_seed`)."""
-    check_budget(epsilon, delta)
+    budget. `seed` seeds the count's noise (see `common.privacy.randomness.noise_seed`).
+
+    δ must lie in [`DELTA_MIN`, 1/ñ): a δ of 1/n or more lets a mechanism publish a record
+    outright, and below `DELTA_MIN` the accountant is not validated (ValueError; naming public
+    values only). `validate_delta=False` is for the benchmark that measures that range."""
+    if validate_delta:
+        check_budget(epsilon, delta)
     if planned_rounds < 1:
         raise ValueError(f"planned rounds must be >= 1, got {planned_rounds}")
     count_event = count_release(epsilon=epsilon, delta=delta,
                                 count_epsilon_share=count_epsilon_share)
     released_rows = noisy_count(num_train_rows, count_event.noise_multiplier, seed)
+    if validate_delta and not delta < 1.0 / released_rows:
+        raise ValueError(f"delta {delta:g} is not below 1/n for the released training-set size "
+                         f"{released_rows}: such a delta allows publishing a record outright; "
+                         f"set delta below {1.0 / released_rows:.3g}")
     sample_rate = plan_sample_rate(released_rows, batch_size)
     per_round = num_steps(local_epochs, steps_per_epoch(released_rows, sample_rate=sample_rate))
     sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,

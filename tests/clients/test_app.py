@@ -416,7 +416,8 @@ def test_deployed_partner_writes_its_own_verdict_locally_and_releases_nothing_mo
     compares the global model with a local-only model on its own test rows, on its machine."""
     run = RunConfig(num_server_rounds=2)
     folder = tmp_path / "verdict"
-    node = {**_ledger_node(tmp_path), "local-report-path": str(folder)}
+    releasing = {**_ledger_node(tmp_path), "release-metrics": "true"}
+    node = {**releasing, "local-report-path": str(folder)}
 
     def evaluation(node_config: dict, server_round: int) -> dict:
         request = evaluate_message(initial_weights(run))
@@ -426,7 +427,9 @@ def test_deployed_partner_writes_its_own_verdict_locally_and_releases_nothing_mo
 
     assert evaluation(node, 1) and not folder.exists()  # only the last round's evaluation
     with_report = evaluation(node, 2)
-    assert with_report == evaluation(_ledger_node(tmp_path), 2)  # the reply is unchanged
+    assert with_report == evaluation(releasing, 2)  # the reply is unchanged
+    by_default = evaluation({**_ledger_node(tmp_path), "local-report-path": str(folder)}, 2)
+    assert by_default["metrics"] == {} and by_default["info"]["refusal-reason"]
     saved = json.loads((folder / "verdict-1.json").read_text())
     assert saved["partner"] == "bank" and saved["epsilon_budget"] == 3.0
     assert saved["test_rows"] == with_report["metrics"]["num-examples"]

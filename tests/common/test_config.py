@@ -10,6 +10,7 @@ import pytest
 
 from common.config import PartnerConfig, RunConfig, parse_budgets
 from common.data.scenarios import SCENARIOS
+from common.limits import PartnerLimits
 
 # --- RunConfig --------------------------------------------------------------------------------
 
@@ -138,10 +139,30 @@ def test_deployment_node_config() -> None:
                                     ledger_path="/data/bank.ledger.jsonl",
                                     signing_key="/keys/bank.key",
                                     odometer_path="/data/bank.odometer.jsonl",
-                                    lifetime_epsilon=8.0, test_fraction=0.25)
+                                    lifetime_epsilon=8.0, test_fraction=0.25,
+                                    release_metrics=False, limits=PartnerLimits())
     assert partner.private
     # The test fraction is the partner's: a coordinator's run config cannot move it.
     assert PartnerConfig.from_node_config(DEPLOYMENT, RunConfig(test_fraction=0.9)) == partner
+
+
+def test_a_deployed_partner_releases_no_metrics_unless_it_says_so() -> None:
+    """Issue 21: metrics computed from a partner's records are not DP releases, so a deployed
+    partner keeps them unless its own node config switches them on."""
+    assert not PartnerConfig.from_node_config(DEPLOYMENT, RunConfig()).release_metrics
+    on = PartnerConfig.from_node_config({**DEPLOYMENT, "release-metrics": "true"}, RunConfig())
+    assert on.release_metrics
+    assert PartnerConfig.from_node_config({"partition-id": 0}, RunConfig()).release_metrics
+    with pytest.raises(ValueError, match="'allow-evaluate' was replaced by 'release-metrics'"):
+        PartnerConfig.from_node_config({**DEPLOYMENT, "allow-evaluate": True}, RunConfig())
+    with pytest.raises(ValueError, match="'release-metrics' must be true or false"):
+        PartnerConfig.from_node_config({**DEPLOYMENT, "release-metrics": "yes"}, RunConfig())
+
+
+@pytest.mark.parametrize("delta", [1e-11, 2e-14, 0.0, 1.0])
+def test_a_delta_outside_the_validated_range_is_refused(delta: float) -> None:
+    with pytest.raises(ValueError, match=r"delta must be in \[1e-10, 1\)"):
+        PartnerConfig.from_node_config({**DEPLOYMENT, "delta": delta}, RunConfig())
 
 
 @pytest.mark.parametrize(("key", "value", "pattern"), [

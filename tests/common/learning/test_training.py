@@ -335,3 +335,18 @@ def test_batched_scores_equal_whole_scores(monkeypatch: pytest.MonkeyPatch) -> N
     whole = predict(model, features)
     monkeypatch.setattr(training, "PREDICT_BATCH_ROWS", 128)
     np.testing.assert_allclose(predict(model, features), whole, rtol=1e-6)
+
+
+def test_a_record_whose_gradient_is_not_finite_cannot_poison_the_dp_update() -> None:
+    """Issue 21: a coordinator-chosen model that overflows on one record only makes that
+    record's per-sample gradient non-finite; clipping cannot bound it and, before the fix, the
+    update became NaN exactly when the record was sampled (a membership bit through "did the
+    update diverge"). Non-finite entries are zeroed before clipping: the update stays finite."""
+    features = np.zeros((40, 3), dtype=np.float32)
+    features[:, 0] = 1.0
+    features[7, 1] = np.inf  # the record the overflow singles out
+    data = Split(features, (np.arange(40) % 2).astype(np.float32))
+    model = build_model(3, (), seed=0)
+    train(model, data, TrainSettings(optimizer="sgd", learning_rate=0.1), seed=3,
+          dp=SubsampledGaussianEvent(1.0, 1.0, 3))
+    assert all(np.all(np.isfinite(w)) for w in get_weights(model).values())

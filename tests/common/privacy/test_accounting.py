@@ -11,6 +11,7 @@ from opacus.accountants import RDPAccountant
 
 from common.privacy.accounting import (
     CONVERSION,
+    DELTA_MIN,
     EPSILON_SLACK,
     RDP_ORDERS,
     SubsampledGaussianEvent,
@@ -256,3 +257,14 @@ def test_calibration_rejects_bad_or_unreachable_targets(kwargs: dict[str, float]
 def test_calibration_rejects_keyword_less_calls() -> None:
     with pytest.raises(TypeError):
         calibrate_noise_multiplier(1.0, 1e-5, 0.01, 100)  # type: ignore[misc]
+
+
+def test_the_claim_bounds_the_pessimistic_pld_at_the_smallest_delta_accepted() -> None:
+    """Issue 21: at `DELTA_MIN` the ε a partner claims for the default plan is at least
+    dp_accounting's pessimistic PLD (an upper bound on the true ε); below the range a budget is
+    refused (`tests/common/test_config.py`). The table: python -m simulations.bench.delta_range."""
+    from simulations.bench.delta_range import delta_rows
+
+    (row,) = delta_rows(3.0, 20, deltas=(DELTA_MIN,))
+    assert row["accepted"] and row["claimed"] <= 3.0 * (1 + 1e-9)
+    assert row["claimed"] >= row["pld_pessimistic"]

@@ -26,6 +26,7 @@ from common.privacy.budget import (
     RoundDecision,
     authorize_round,
     calibrate_plan,
+    count_release,
     noisy_count,
     record_round,
 )
@@ -276,3 +277,16 @@ def test_ledger_records_the_plans_mechanism_and_restores_plan_and_events(
     assert ledger.plan() == plan
     assert ledger.events() == [replace(plan.round_event, steps=7)]
     assert ledger.count_event() == plan.count_event
+
+
+def test_a_budget_too_small_to_calibrate_says_why() -> None:
+    """Issue 21 item 7: a tiny ε fails on its noisy count's share, and says so (not 'noise
+    multiplier would exceed 100000')."""
+    with pytest.raises(ValueError, match=r"epsilon 0.05 is too small: the noisy count's share"):
+        count_release(epsilon=0.05, delta=1e-5)
+
+
+def test_a_delta_of_one_over_n_or_more_is_refused() -> None:
+    with pytest.raises(ValueError, match="not below 1/n"):
+        calibrate_plan(epsilon=3.0, delta=0.01, num_train_rows=200, batch_size=0,
+                       local_epochs=1.0, planned_rounds=2, max_grad_norm=1.0, seed=0)

@@ -194,7 +194,7 @@ def _evaluation_of_received(run: RunConfig, partner: PartnerConfig, weights: dic
     train reply."""
     if requested.get(EVALUATE_RECEIVED) is not True or not partner.release_metrics:
         return {}
-    from common.partner import evaluate_round
+    from common.partner_evaluation import evaluate_round
 
     try:
         metrics = evaluate_round(run, weights, data)
@@ -272,7 +272,7 @@ def _local_verdict(partner: PartnerConfig, run: RunConfig, weights: dict,
                    data: PartnerData, run_id: str) -> None:
     """Write the partner's own verdict at the last round's evaluation (`local-report-path`);
     a failure is logged here and changes nothing in the reply."""
-    from common.partner import write_local_verdict
+    from common.partner_evaluation import write_local_verdict
 
     try:
         paths = write_local_verdict(partner, run, weights, data, run_id)
@@ -288,7 +288,8 @@ def evaluate(msg: Message, context: Context, overrides: dict | None = None) -> M
     test rows, outside its DP guarantee); otherwise it refuses with `METRICS_NOT_RELEASED`,
     after writing its own local verdict at the last round if it keeps one."""
     run, partner = read_config(context, overrides or {})
-    from common.partner import check_layout, evaluate_round, load_data
+    from common.partner import check_layout, load_data
+    from common.partner_evaluation import evaluate_round
 
     requested = dict(msg.content.get(CONFIG, ConfigRecord()))
     layout, refusal = check_layout(partner, run, requested)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,7 @@ from common.data.spec import load_run_partners, load_spec
 from common.data.tables import PartnerData, bundled_path, load_partner_csv
 from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
-from common.learning.training import TrainSettings, evaluate, predict, train
-from common.learning.verdict import partner_verdict, write_local_report
+from common.learning.training import TrainSettings, train
 from common.privacy.accounting import SubsampledGaussianEvent, within_budget
 from common.privacy.budget import (
     COUNT_SENSITIVITY,
@@ -48,7 +46,6 @@ from common.protocol import (
     DELTA,
     EPSILON_BUDGET,
     EPSILON_SPENT,
-    EVALUATE_METRIC_KEYS,
     IGNORED_MECHANISM_KEYS,
     LEARNING_RATE,
     LEDGER_UNTRUSTED,
@@ -488,39 +485,6 @@ def _privacy_metrics(plan: PrivacyPlan, privacy: PrivacyState) -> dict[str, floa
             DELTA: plan.delta, NOISE_MULTIPLIER: plan.round_event.noise_multiplier,
             SAMPLE_RATE: plan.round_event.sample_rate,
             ROUNDS_TRAINED: float(privacy.rounds_trained)}
-
-
-def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
-                   data: PartnerData) -> dict[str, float]:
-    """Metrics of the global model on the partner's own test split (released unprotected)."""
-    model = build_model(data.test.features.shape[1], run.hidden, run.seed)
-    set_weights(model, global_weights)
-    result = evaluate(model, data.test)
-    metrics = {NUM_EXAMPLES: float(len(data.test))}
-    for name, value in result.items():
-        key = name.replace("_", "-")
-        if key in EVALUATE_METRIC_KEYS and math.isfinite(value):
-            metrics[key] = value
-    return metrics
-
-
-def write_local_verdict(partner: PartnerConfig, run: RunConfig,
-                        global_weights: dict[str, np.ndarray], data: PartnerData,
-                        run_id: str) -> tuple[Path, Path]:
-    """Did joining pay off, for this partner alone: the global model against a non-private
-    model of the same family trained on its own training rows only, on its own test rows,
-    written under its `local-report-path`. Nothing is released, so no privacy is spent."""
-    local = build_model(data.train.features.shape[1], run.hidden, run.seed)
-    train(local, data.train, replace(train_settings(run, {}),
-                                     epochs=run.local_epochs * run.num_server_rounds),
-          seed=run.seed)
-    federated = build_model(data.test.features.shape[1], run.hidden, run.seed)
-    set_weights(federated, global_weights)
-    verdict = partner_verdict(data.test.labels, {
-        "local_only": predict(local, data.test.features),
-        "federated_dp": predict(federated, data.test.features)}, seed=run.seed)
-    return write_local_report(partner.local_report_path, partner.partner, verdict,
-                              partner.epsilon, run_id)
 
 
 def round_seed(seed: int, partner: PartnerConfig, server_round: int) -> int:

@@ -197,10 +197,14 @@ def render_markdown(report: dict[str, Any]) -> str:
 def privacy_note(report: dict[str, Any]) -> list[str]:
     """What ε covers, and the two plots."""
     return [
-        "", "ε is composed over every DP-SGD step of every round the partner trained (one RDP "
-        "accountant, Opacus analysis, Balle et al. 2020 conversion) and covers each partner's "
-        "released model updates. Not covered: evaluation metrics and example counts the partners "
-        "report (see README, Privacy).",
+        "", "ε is composed over each partner's noisy count and every DP-SGD step of every round "
+        "it trained (the `prv` accountant: the smaller of Opacus' RDP and Opacus' PRV upper "
+        "bound) and covers those releases: the count and the model updates. Every metric in "
+        "this report (pooled and per-partner AUC, KS, Brier, the verdicts) and each simulated "
+        "partner's training loss and evaluations in history.json are computed exactly on test "
+        "or training rows, which this simulation may do because the analyst holds every "
+        "partner's data: none of them is a DP release. A deployed partner releases no such "
+        "metric unless its node config sets `release-metrics=true` (README, Privacy).",
         "", f"![pooled AUC per round]({AUC_PLOT})", "", f"![epsilon per round]({EPSILON_PLOT})",
         "",
     ]

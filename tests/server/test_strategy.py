@@ -12,7 +12,7 @@ from clients.app import build_client_app
 from common.config import RunConfig
 from common.data.scenarios import load_scenario_partner
 from common.errors import TooFewPartners
-from common.partner import evaluate_round
+from common.partner_evaluation import evaluate_round
 from common.protocol import (
     ARRAYS,
     CONFIG,

@@ -310,6 +310,16 @@ def score_customer(relay: Relay, customer: str, mode: str) -> dict[str, Any]:
     return {CUSTOMER_SCORE: float(reply.content.metric_records[METRICS][SCORE])}
 
 
+def distinct_customers(customers: list[str]) -> list[str]:
+    """`customers` in order, each once: a repeated ID is asked once (the lender scores a
+    customer once per run) and logged, so no answer in vertical_scores.json overwrites another."""
+    distinct = list(dict.fromkeys(customers))
+    if len(distinct) < len(customers):
+        repeated = sorted({c for c in distinct if customers.count(c) > 1})
+        log.warning("vertical-score-ids repeats %s: each is scored once", ", ".join(repeated))
+    return distinct
+
+
 def _summary_name(mode: str) -> str:
     """How vertical.json names a mode: `dp`, `non_private`."""
     return mode.replace("-", "_")
@@ -344,7 +354,7 @@ def run_vertical(
         else:
             summary[RESULT_METRICS][_summary_name(mode)] = run_non_private(relay)
         timings[f"{_summary_name(mode)}_seconds"] = time.perf_counter() - t0
-    scores = {c: score_customer(relay, c, modes[0]) for c in run.score_ids}
+    scores = {c: score_customer(relay, c, modes[0]) for c in distinct_customers(run.score_ids)}
     summary.update(
         timings=timings,
         message_rounds=relay.rounds,

@@ -293,8 +293,9 @@ def run_non_private(relay: Relay) -> dict[str, dict[str, float]]:
 
 
 def score_customer(relay: Relay, customer: str, mode: str) -> dict[str, Any]:
-    """`query.vfl_score`: each partner vouches for `customer` with its sealed embedding (or
-    refuses), the lender scores it (or refuses)."""
+    """`query.vfl_score`: each partner seals a voucher for `customer` (alike whether or not it
+    knows the customer; it refuses every customer alike when the lender does not score or past
+    its `max-vouchers`), the lender scores it (or refuses)."""
     config = {MODE: mode, CUSTOMER: customer}
     answers = relay.ask(VFL_EMBED, {p: _config(config) for p in PASSIVE}, refusals_ok=True)
     refused = {p: r.error.reason for p, r in answers.items() if r.has_error()}

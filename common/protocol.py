@@ -254,3 +254,24 @@ def non_private_state(setting: str) -> str:
 def evaluation_step(mode: str) -> str:
     """The once-per-run step of the lender's evaluation in `mode`."""
     return f"{_EVALUATION_STEP_PREFIX}{mode}"
+
+
+# ---------------------------------------------------------------------------- vertical guards
+# What a malicious coordinator cannot steer (issue 21). The lender's sealed split (`query.psi_
+# finish`) also holds `SCORES_RELEASED` (1 when it scores customers in this run: its node config
+# `release-scores` on and `max-scored-customers` > 0); a passive party answers scoring requests
+# only then, at most its `max-vouchers` per run (counted in `VOUCHER_STATE`/`VOUCHERS`), and
+# every voucher it seals holds `VOUCHED` (1: the customer's clean embedding; 0: zeros of the same
+# shape for a customer it does not know or trains on), so its answers all look alike.
+SCORES_RELEASED = "scores-released"
+VOUCHED = "vouched"
+VOUCHER_STATE = "vfl.vouchers"
+VOUCHERS = "vouchers"
+# Refusal texts, after the party's name (`str.format` fields in braces).
+TEST_SHARE_REFUSED = ("the lender's split puts {num_test} of {num_aligned} aligned customers in "
+                      "the test set, whose embeddings leave without DP: more than its node config "
+                      "'max-test-fraction' = {cap:g} allows")
+NOT_SCORING = "the lender does not score customers in this run, so it answers no scoring request"
+VOUCHERS_SPENT = ("it answered its maximum of {cap} scoring requests in this run (node config "
+                  "'max-vouchers')")
+SCORE_DECLINED = "not known to every party, or a training customer"

@@ -293,8 +293,9 @@ def run_non_private(relay: Relay) -> dict[str, dict[str, float]]:
 
 
 def score_customer(relay: Relay, customer: str, mode: str) -> dict[str, Any]:
-    """`query.vfl_score`: each partner vouches for `customer` with its sealed embedding (or
-    refuses), the lender scores it (or refuses)."""
+    """`query.vfl_score`: each partner seals a voucher for `customer` (alike whether or not it
+    knows the customer; it refuses every customer alike when the lender does not score or past
+    its `max-vouchers`), the lender scores it (or refuses)."""
     config = {MODE: mode, CUSTOMER: customer}
     answers = relay.ask(VFL_EMBED, {p: _config(config) for p in PASSIVE}, refusals_ok=True)
     refused = {p: r.error.reason for p, r in answers.items() if r.has_error()}
@@ -308,6 +309,16 @@ def score_customer(relay: Relay, customer: str, mode: str) -> dict[str, Any]:
     if reply.has_error():
         return {"error": f"{LENDER}: {reply.error.reason}", "refused_by": [LENDER]}
     return {CUSTOMER_SCORE: float(reply.content.metric_records[METRICS][SCORE])}
+
+
+def distinct_customers(customers: list[str]) -> list[str]:
+    """`customers` in order, each once: a repeated ID is asked once (the lender scores a
+    customer once per run) and logged, so no answer in vertical_scores.json overwrites another."""
+    distinct = list(dict.fromkeys(customers))
+    if len(distinct) < len(customers):
+        repeated = sorted({c for c in distinct if customers.count(c) > 1})
+        log.warning("vertical-score-ids repeats %s: each is scored once", ", ".join(repeated))
+    return distinct
 
 
 def _summary_name(mode: str) -> str:
@@ -344,7 +355,7 @@ def run_vertical(
         else:
             summary[RESULT_METRICS][_summary_name(mode)] = run_non_private(relay)
         timings[f"{_summary_name(mode)}_seconds"] = time.perf_counter() - t0
-    scores = {c: score_customer(relay, c, modes[0]) for c in run.score_ids}
+    scores = {c: score_customer(relay, c, modes[0]) for c in distinct_customers(run.score_ids)}
     summary.update(
         timings=timings,
         message_rounds=relay.rounds,

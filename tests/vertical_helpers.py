@@ -34,6 +34,7 @@ from common.vertical.channel import Channels
 from common.vertical.parties import load_party, split_aligned, split_seed
 from server.vertical import Relayed, run_vertical
 from simulations.simulate.horizontal import create_run_keys
+from tests.common.vertical.own_tables import ID_COLUMNS, OwnTables
 from tests.flower_helpers import set_task_identity
 
 
@@ -41,7 +42,14 @@ class VerticalGrid(Grid):
     """Delivers each message to its party's ClientApp in this process, as Flower serializes it;
     keeps every message the coordinator pushed and every reply it pulled."""
 
-    def __init__(self, run: RunConfig, node_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        node_config: dict[str, Any] | None = None,
+        party_configs: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """`node_config` goes to every party's node config, `party_configs[party]` to that
+        party's only (a deployed party's: `partner` and its own keys)."""
         self.client_app = build_client_app(run.to_flower())
         self.contexts = {
             100 + i: Context(
@@ -51,11 +59,12 @@ class VerticalGrid(Grid):
                     "partition-id": i,
                     "num-partitions": len(PARTIES),
                     **(node_config or {}),
+                    **(party_configs or {}).get(party, {}),
                 },
                 state=RecordDict(),
                 run_config=run.to_flower(),
             )
-            for i in range(len(PARTIES))
+            for i, party in enumerate(PARTIES)
         }
         self.pushed: list[Message] = []
         self.pulled: list[Message] = []
@@ -178,10 +187,11 @@ def run_in_process(
     run: RunConfig,
     node_config: dict[str, Any] | None = None,
     grid_class: type[VerticalGrid] = VerticalGrid,
+    party_configs: dict[str, dict[str, Any]] | None = None,
 ) -> VerticalRun:
     """The whole vertical run of `run` through a `grid_class` grid."""
     set_task_identity()
-    grid = grid_class(run, node_config)
+    grid = grid_class(run, node_config, party_configs)
     result = VerticalRun(run, grid, {})
     result.summary = run_vertical(grid, run, "test-run", result.relayed.append)
     return result
@@ -201,8 +211,9 @@ def aligned_customers(seed: int, test_fraction: float = 0.25) -> tuple[list[str]
 
 @cache
 def shared_vertical_run() -> VerticalRun:
-    """One DP + non-private run (2 fine-tuning steps) that scores a test customer, a training
-    customer and an unknown one; cached per test process."""
+    """One DP + non-private run (2 fine-tuning steps) that scores a test customer (named twice
+    in `vertical-score-ids`), a training customer and an unknown one; cached per test
+    process."""
     training, test = (customers[0] for customers in aligned_customers(0))
     out = Path(tempfile.mkdtemp(prefix="fedcredit-vertical-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
@@ -211,6 +222,32 @@ def shared_vertical_run() -> VerticalRun:
         seed=0,
         vertical_non_private=True,
         vertical_finetune_steps=2,
-        vertical_score_ids=f"{test},{training},cust-x",
+        vertical_score_ids=f"{test},{training},cust-x,{test}",
     )
     return run_in_process(run)
+
+
+def deployed_party_configs(
+    tables: OwnTables, out: Path, **lender: Any
+) -> dict[str, dict[str, Any]]:
+    """Each party's node config as its own SuperNode would set it (deployed: `partner`, its
+    budget, its own table, ledger and keys under `out`), the lender's with `lender` added."""
+    keys = out / "keys"
+    if not (keys / f"{LENDER}.key").exists():
+        create_run_keys(keys, list(PARTIES))
+    (out / LEDGER_DIR).mkdir(parents=True, exist_ok=True)
+    return {
+        party: {
+            "partner": party,
+            "epsilon": 3.0,
+            "delta": 1e-5,
+            "data-path": str(tables.csv(party)),
+            "schema-path": str(tables.schema(party)),
+            "id-column": ID_COLUMNS[party],
+            "ledger-path": str(out / LEDGER_DIR / f"{party}.jsonl"),
+            "signing-key": str(keys / f"{party}.key"),
+            "federation-keys": str(keys),
+            **(lender if party == LENDER else {}),
+        }
+        for party in PARTIES
+    }

@@ -8,6 +8,7 @@ from flwr.app import ConfigRecord, Message
 from clients.vertical.base import PASSIVE_ROLE, PartyBase
 from common.data.scenarios import LENDER, PASSIVE
 from common.errors import ChannelError, Refusal
+from common.privacy.randomness import split_key
 from common.protocol import (
     ALIGN_STATE,
     ALIGNED,
@@ -23,15 +24,22 @@ from common.protocol import (
     PSI_STATE,
     ROWS,
     RUN,
+    SCORES_RELEASED,
     SEALED,
     STEP_PSI,
     STEP_SPLIT,
     TEST,
     TEST_POSITIONS,
+    TEST_SHARE_REFUSED,
     party_record,
 )
 from common.vertical.channel import ChannelKeys, Channels
-from common.vertical.parties import lender_row_order, split_aligned, split_seed
+from common.vertical.parties import (
+    keyed_test_positions,
+    lender_row_order,
+    split_aligned,
+    split_seed,
+)
 from common.vertical.psi import (
     Alignment,
     LenderParty,
@@ -116,9 +124,7 @@ class AlignmentHandlers(PartyBase):
         alignments = lender.finish()
         order = lender_row_order(lender.aligned_rows or [])
         aligned = np.asarray(lender.aligned_rows, dtype=int)[order]
-        _, test = split_aligned(
-            len(aligned), test_fraction=self.run.test_fraction, seed=split_seed(self.run.seed)
-        )
+        test = self._test_positions([self.data.ids[i] for i in aligned])
         del self.context.state[PSI_STATE]  # the session keys are spent
         self.context.state[ALIGN_STATE] = ConfigRecord(
             {ALIGNED: aligned.tolist(), TEST: test.tolist(), RUN: lender.run_id}
@@ -136,7 +142,14 @@ class AlignmentHandlers(PartyBase):
             )
             for a in alignments
         }
-        split = {TEST_POSITIONS: test, NUM_ALIGNED: np.array(len(aligned))}
+        # sealed and authenticated: the coordinator can neither read nor change what the lender
+        # tells its partners, whether it scores customers included
+        scores = self.node.release_scores and self.node.max_scored_customers > 0
+        split = {
+            TEST_POSITIONS: test,
+            NUM_ALIGNED: np.array(len(aligned)),
+            SCORES_RELEASED: np.array(int(scores)),
+        }
         return self.reply(
             {
                 **replies,
@@ -144,6 +157,25 @@ class AlignmentHandlers(PartyBase):
                 SEALED: self.sealed_for(dict.fromkeys(PASSIVE, split), mode=SPLIT_MODE),
             }
         )
+
+    def _test_positions(self, customers: list[str]) -> np.ndarray:
+        """Lender: which aligned positions are test customers, by its own node config's test
+        fraction. Deployed, by a key derived from its signing key, so the coordinator's seed
+        moves nothing; simulated, by the run seed (a reproducible analysis)."""
+        fraction, num_aligned = self.node.test_fraction, len(customers)
+        if self.partner.deployed:
+            key = split_key(partner=self.name, signing_key=self.partner.signing_key, deployed=True)
+            test = keyed_test_positions(customers, test_fraction=fraction, key=key)
+        else:
+            _, test = split_aligned(
+                num_aligned, test_fraction=fraction, seed=split_seed(self.run.seed)
+            )
+        if not 0 < len(test) < num_aligned:
+            raise Refusal(
+                f"{self.name}: test fraction {fraction:g} of {num_aligned} aligned customers "
+                "leaves no training or no test customer"
+            )
+        return test
 
     def psi_align(self) -> Message:
         """Passive: map the lender's positions back to our own rows."""
@@ -157,25 +189,32 @@ class AlignmentHandlers(PartyBase):
         return self.reply({INFO: ConfigRecord({NUM_ALIGNED: len(aligned)})})
 
     def split(self) -> Message:
-        """Passive: which of our aligned rows are test rows (positions only)."""
+        """Passive: which of our aligned rows are test rows (positions only, at most its
+        `max-test-fraction`), and whether the lender scores customers in this run."""
         self.require(PASSIVE_ROLE)
         self.once(STEP_SPLIT)
         state = self.context.state.config_records[ALIGN_STATE]
         split = self.open_from(LENDER, [PSI_FINISH], mode=SPLIT_MODE)[0]
         test = [int(i) for i in np.asarray(split[TEST_POSITIONS]).reshape(-1)]
         aligned = len(state[ALIGNED])
-        expected = round(aligned * self.run.test_fraction)
         if (
             int(split[NUM_ALIGNED]) != aligned
             or len(set(test)) != len(test)
-            or len(test) != expected
+            or not test
             or any(not 0 <= i < aligned for i in test)
         ):
             raise Refusal(
                 f"{self.name}: the split does not fit our alignment (distinct "
-                f"positions, {expected} of {aligned} rows)"
+                f"positions among its {aligned} rows, at least one)"
             )
+        # The test customers' clean embeddings leave without DP: the share is capped here,
+        # whatever the lender (or a coordinator's run config) chose.
+        cap = self.node.max_test_fraction
+        if len(test) > cap * aligned:
+            share = TEST_SHARE_REFUSED.format(num_test=len(test), num_aligned=aligned, cap=cap)
+            raise Refusal(f"{self.name}: {share}")
         state[TEST] = test
+        state[SCORES_RELEASED] = bool(int(np.asarray(split.get(SCORES_RELEASED, 0))))
         return self.reply(
             {INFO: ConfigRecord({NUM_TRAIN: len(state[ALIGNED]) - len(test), NUM_TEST: len(test)})}
         )

@@ -15,6 +15,7 @@ from common.data.scenarios import LENDER, PASSIVE
 from common.errors import Refusal
 from common.learning.model import build_model, get_weights, set_weights
 from common.protocol import (
+    ALIGN_STATE,
     BOTTOM_SAMPLE_RATE,
     BOTTOM_SIGMA,
     BOTTOM_STATE,
@@ -31,15 +32,22 @@ from common.protocol import (
     METRICS,
     NOISE_STD,
     NON_PRIVATE,
+    NOT_SCORING,
     SCORE,
+    SCORE_DECLINED,
     SCORED,
     SCORED_STATE,
+    SCORES_RELEASED,
     SEALED,
     STEP_BOTTOM,
     STEP_LABELS,
     VFL_BOTTOM,
     VFL_EMBED,
     VFL_LABELS,
+    VOUCHED,
+    VOUCHER_STATE,
+    VOUCHERS,
+    VOUCHERS_SPENT,
     evaluation_step,
     non_private_state,
     setting_metric,
@@ -166,24 +174,12 @@ class StageHandlers(PartyBase):
         return bottom, centre
 
     def embed(self) -> Message:
-        """Passive, stage 5: clean embeddings of the test rows or of one `customer`."""
+        """Passive, stage 5: clean embeddings of the test rows, or one customer's voucher."""
         self.require(PASSIVE_ROLE)
         mode = self.mode()
-        vouched: dict[str, str] = {}
+        vouched: dict[str, np.ndarray | str] = {}
         if CUSTOMER in self.config:
-            aligned, train, _, _ = self.alignment()
-            customer = str(self.config[CUSTOMER])
-            try:
-                row = self.data.row_of(customer)
-            except KeyError:
-                row = -1
-            if row < 0 or row in set(aligned[train].tolist()):
-                # Training customers' embeddings were released once, with DP: never in clear.
-                raise Refusal(
-                    f"{self.name} cannot score this customer (unknown to it, or a "
-                    "training customer)"
-                )
-            rows, vouched = self.data.features[[row]], {CUSTOMER: customer}
+            rows, vouched = self._voucher()
         else:
             rows = self.view().test
         if mode == NON_PRIVATE:
@@ -195,9 +191,35 @@ class StageHandlers(PartyBase):
             embeddings = {
                 EMBEDDINGS: scoring_embeddings(bottom, rows, centre=centre, settings=self.settings)
             }
+        if vouched and not vouched[VOUCHED]:
+            embeddings = {name: np.zeros_like(e) for name, e in embeddings.items()}
         # a customer's payload names it: the lender scores only customers every partner vouched
         # for through the channel
         return self.reply({SEALED: self.sealed_for({LENDER: {**embeddings, **vouched}}, mode=mode)})
+
+    def _voucher(self) -> tuple[np.ndarray, dict[str, np.ndarray | str]]:
+        """Passive: the row to embed for the scoring request's customer and its voucher.
+
+        Answered only when the lender said in its sealed split that it scores in this run, and
+        at most `max-vouchers` times per run; then always alike: for a customer this party does
+        not know, or one of its aligned training customers (whose embedding was released once,
+        with DP, never in clear), an all-zero row and `VOUCHED` 0, so the sealed reply has the
+        same size whether or not it knows the customer and only the lender can tell."""
+        aligned, train, _, _ = self.alignment()
+        if not self.context.state.config_records[ALIGN_STATE].get(SCORES_RELEASED, False):
+            raise Refusal(f"{self.name}: {NOT_SCORING}")
+        used = int(self.context.state.config_records.get(VOUCHER_STATE, {}).get(VOUCHERS, 0))
+        if used >= self.node.max_vouchers:
+            raise Refusal(f"{self.name}: {VOUCHERS_SPENT.format(cap=self.node.max_vouchers)}")
+        self.context.state[VOUCHER_STATE] = ConfigRecord({VOUCHERS: used + 1})
+        customer = str(self.config[CUSTOMER])
+        try:
+            row = self.data.row_of(customer)
+        except KeyError:
+            row = -1
+        known = row >= 0 and row not in set(aligned[train].tolist())
+        rows = self.data.features[[row]] if known else np.zeros_like(self.data.features[:1])
+        return rows, {CUSTOMER: customer, VOUCHED: np.array(int(known))}
 
     def _tops(self, mode: str) -> dict[str, TopModel]:
         if mode == NON_PRIVATE:
@@ -313,8 +335,10 @@ class StageHandlers(PartyBase):
             row = self.data.row_of(customer)
         except KeyError:
             row = -1
-        if row < 0 or row in set(aligned[train].tolist()):
-            self._refuse_score("unknown to it, or a training customer")
+        known = all(int(payload.get(VOUCHED, 0)) == 1 for payload in vouched.values())
+        if not known or row < 0 or row in set(aligned[train].tolist()):
+            # one reason for all: it does not say which party lacks the customer
+            self._refuse_score(SCORE_DECLINED)
         self.context.state[SCORED_STATE] = ConfigRecord({SCORED: [*scored, customer]})
         key = ALL_THREE if mode == NON_PRIVATE else EMBEDDINGS
         embeddings = [vouched[p][key].reshape(-1) for p in PASSIVE]

@@ -8,6 +8,8 @@ party of a vertical data spec, `common.data.vertical_spec`), or, in the bundled 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +108,23 @@ def split_aligned(num_rows: int, *, test_fraction: float, seed: int,
         test.append(rows[:round(len(rows) * test_fraction)])
     test_rows = np.sort(np.concatenate(test))
     return np.setdiff1d(np.arange(num_rows), test_rows), test_rows
+
+
+VERTICAL_SPLIT_INFO = b"fedcredit vertical split v1|"
+
+
+def keyed_test_positions(customers: Sequence[str], *, test_fraction: float,
+                         key: bytes) -> np.ndarray:
+    """Test positions among the aligned `customers` (their IDs, in aligned order): the
+    round(n * fraction) whose keyed hash HMAC-SHA256(key, ID) is smallest. Only the key's holder
+    (a deployed lender: a key derived from its signing key) can compute it, no run seed moves it,
+    and a customer's side changes across runs only when the aligned set does near the cut."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
+    digests = [hmac.new(key, VERTICAL_SPLIT_INFO + c.encode(), hashlib.sha256).digest()
+               for c in customers]
+    order = sorted(range(len(customers)), key=digests.__getitem__)
+    return np.sort(np.asarray(order[:round(len(customers) * test_fraction)], dtype=int))
 
 
 def _scenario_seeds(seed: int) -> list[int]:

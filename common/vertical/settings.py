@@ -69,8 +69,14 @@ class VerticalSettings:
 
 
 MAX_SCORED_CUSTOMERS = 100  # default of node config `max-scored-customers`
+DEFAULT_TEST_FRACTION = 0.25  # a deployed lender's default of node config `test-fraction`
+MAX_TEST_FRACTION = 0.5  # default of node config `max-test-fraction`
+MAX_VOUCHERS = 100  # default of node config `max-vouchers`
 FEDERATION_KEYS = "federation-keys"
 MAX_SCORED_KEY = "max-scored-customers"
+TEST_FRACTION_KEY = "test-fraction"
+MAX_TEST_FRACTION_KEY = "max-test-fraction"
+MAX_VOUCHERS_KEY = "max-vouchers"
 RELEASE_EVALUATION = "release-evaluation"
 RELEASE_SCORES = "release-scores"
 
@@ -97,6 +103,19 @@ def _node_count(node: Mapping[str, Any], key: str, default: int) -> int:
         ) from None
 
 
+def _node_fraction(node: Mapping[str, Any], key: str, default: float) -> float:
+    value = node.get(key, default)
+    try:
+        number = float(value)
+        if isinstance(value, bool) or not 0.0 < number < 1.0:
+            raise ValueError
+        return number
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"node config key '{key}' must be a number in (0, 1), got {value!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class VerticalNodeConfig:
     """A vertical party's own node config beyond `PartnerConfig`: its channel keys and the
@@ -111,6 +130,13 @@ class VerticalNodeConfig:
       the lender sends the coordinator its pooled test AUC/KS per setting, and the scores of the
       customers it scores. Off by default for a deployed lender; on in simulation, where the
       analyst running it holds every party's data anyway.
+    - `test_fraction`: the lender's share of the aligned customers it makes test customers (their
+      clean embeddings reach it without DP). A deployed lender's is its own node config
+      `test-fraction` (default 0.25), never the run config's; a simulated one takes the run
+      config's unless its node config sets one (the analyst sets both there).
+    - `max_test_fraction` (`max-test-fraction`, default 0.5): a passive party refuses a split
+      with a larger test share. `max_vouchers` (`max-vouchers`, default 100): the most scoring
+      requests it answers in one run.
     """
 
     signing_key: str = ""
@@ -118,6 +144,9 @@ class VerticalNodeConfig:
     max_scored_customers: int = MAX_SCORED_CUSTOMERS
     release_evaluation: bool = False
     release_scores: bool = False
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    max_test_fraction: float = MAX_TEST_FRACTION
+    max_vouchers: int = MAX_VOUCHERS
 
     @classmethod
     def from_node_config(
@@ -137,12 +166,18 @@ class VerticalNodeConfig:
             signing_key = str(Path(keys) / f"{partner.partner}.key") if keys else ""
             federation_keys = keys
         simulated = not partner.deployed
+        # A deployed party's test fraction is its own (never the coordinator's run config).
+        own_default = DEFAULT_TEST_FRACTION if partner.deployed else run.test_fraction
+        test_fraction = _node_fraction(node, TEST_FRACTION_KEY, own_default)
         return cls(
             signing_key=signing_key,
             federation_keys=federation_keys,
             max_scored_customers=_node_count(node, MAX_SCORED_KEY, MAX_SCORED_CUSTOMERS),
             release_evaluation=_node_flag(node, RELEASE_EVALUATION, simulated),
             release_scores=_node_flag(node, RELEASE_SCORES, simulated),
+            test_fraction=test_fraction,
+            max_test_fraction=_node_fraction(node, MAX_TEST_FRACTION_KEY, MAX_TEST_FRACTION),
+            max_vouchers=_node_count(node, MAX_VOUCHERS_KEY, MAX_VOUCHERS),
         )
 
 

@@ -16,7 +16,6 @@ import csv
 import tomllib
 from pathlib import Path
 
-from common.config import RunConfig
 from common.data.scenarios import LENDER, PARTIES, PARTY_COLUMNS, VERTICAL_DATASET
 from common.data.tables import bundled_path, load_bundled
 from common.data.toml_text import toml_value
@@ -38,11 +37,12 @@ def check_vertical_demo(spec: VerticalSpec | None, *, epsilon: float, delta: flo
                         seed: int) -> None:
     """What a vertical demo checks before any process starts; ValueError naming the file, key
     or option otherwise: every party's table read and checked, the tables aligned on their IDs
-    and split as the lender will split them (both parts need good and bad labels), and the
+    and split at the deployed lender's default test fraction (both parts need good and bad
+    labels; the lender's own split, by its key, picks other rows of the same sizes), and the
     parties able to calibrate their releases to (`epsilon`, `delta`). Same checks as
     `fedcredit simulate --spec` (`spec` None: the bundled credit_data_vertical)."""
     from common.vertical.parties import load_vertical_scenario
-    from common.vertical.settings import VerticalSettings
+    from common.vertical.settings import DEFAULT_TEST_FRACTION, VerticalSettings
     from simulations.simulate.plan import check_vertical_plan
 
     if spec is not None:
@@ -53,7 +53,7 @@ def check_vertical_demo(spec: VerticalSpec | None, *, epsilon: float, delta: flo
                     raise ValueError(f"{spec.source}: parties.{party}.{key} {value!r} holds a "
                                      f"single quote, which a node config string cannot carry; "
                                      f"rename it")
-        load_vertical_scenario(seed, test_fraction=RunConfig.test_fraction, spec=spec)
+        load_vertical_scenario(seed, test_fraction=DEFAULT_TEST_FRACTION, spec=spec)
     check_vertical_plan(VerticalSettings(epsilon=epsilon, delta=delta), seed, spec)
 
 

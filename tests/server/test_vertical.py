@@ -7,6 +7,7 @@ Runs the real ServerApp relay and party ClientApps in process (`tests.vertical_h
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from common.data.scenarios import LENDER, PARTIES, PASSIVE
 from common.errors import ChannelError, PartyError
+from common.outputs import CUSTOMER_SCORE, SCORES_FILE
 from common.privacy.crypto import load_private_key
 from common.protocol import (
     BOTTOM_SAMPLE_RATE,
@@ -59,6 +61,7 @@ from common.vertical.channel import (
     verified_public_key,
 )
 from common.vertical.parties import SETTINGS, setting_name
+from server.vertical import distinct_customers
 from tests.vertical_helpers import (
     VerticalGrid,
     deliver,
@@ -190,7 +193,8 @@ def test_the_channel_costs_no_extra_message_round() -> None:
     vertical = shared_vertical_run()
     psi, dp = 5, 4  # open, respond, finish, align, split; labels, bottom, embed, evaluate
     non_private = 2 + 2 * (vertical.run.vertical_finetune_steps + 1) + 2
-    scoring = len(vertical.run.score_ids) + 1  # every customer asked; one reached the lender
+    # each customer asked once (one is named twice); every voucher reaches the lender
+    scoring = 2 * len(set(vertical.run.score_ids))
     assert vertical.summary["message_rounds"] == psi + dp + non_private + scoring
     assert vertical.summary["num_test"] == 860 and vertical.summary["num_aligned"] == 3440
     for mode in ("dp", "non_private"):
@@ -243,3 +247,21 @@ def test_an_unsealed_payload_is_refused_like_a_forged_one() -> None:
     gradients = RecordDict({"grads": ArrayRecord({"lender+bank": Array(np.ones(3))})})
     reply = deliver(bank, "train.vfl_finetune", {MODE: "non-private"}, records=dict(gradients))
     assert reply.has_error() and "expected 1 sealed payload(s) from lender" in reply.error.reason
+
+
+def test_a_repeated_customer_is_asked_once_and_its_score_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`vertical-score-ids` naming a customer twice: one request, its score kept in
+    vertical_scores.json (not overwritten by the lender's refusal to score it again), and a
+    warning."""
+    vertical = shared_vertical_run()
+    first = vertical.run.score_ids[0]
+    assert vertical.run.score_ids.count(first) == 2
+    scores = json.loads((Path(vertical.run.out_dir) / SCORES_FILE).read_text())
+    assert list(scores) == list(dict.fromkeys(vertical.run.score_ids))
+    assert 0.0 < scores[first][CUSTOMER_SCORE] < 1.0
+    with caplog.at_level("WARNING"):
+        distinct = distinct_customers(["cust-1", "cust-2", "cust-1", "cust-3", "cust-2"])
+    assert distinct == ["cust-1", "cust-2", "cust-3"]
+    assert "vertical-score-ids repeats cust-1, cust-2: each is scored once" in caplog.text

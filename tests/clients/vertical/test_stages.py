@@ -24,12 +24,14 @@ from common.protocol import (
     MODE,
     NOISE_STD,
     SCORE,
+    SCORE_DECLINED,
     SCORED,
     SCORED_STATE,
     VFL_BOTTOM,
     VFL_EMBED,
     VFL_EVALUATE,
     VFL_SCORE,
+    VOUCHED,
     evaluation_step,
     party_record,
 )
@@ -54,15 +56,16 @@ def _vouch(
     customer: str,
     parties: tuple[str, ...] = PASSIVE,
     named: str | None = None,
+    vouched: int = 1,
 ) -> dict[str, list[bytes]]:
     """Each of `parties` seals an embedding naming `named` (default `customer`) for the lender,
-    as that party could (honest or not)."""
+    as that party could (honest or not); `vouched` 0: it does not know the customer."""
     return {
         p: [
             vertical.grid.seal_as(
                 p,
                 LENDER,
-                {EMBEDDINGS: np.array([0.2]), CUSTOMER: named or customer},
+                {EMBEDDINGS: np.array([0.2]), CUSTOMER: named or customer, VOUCHED: vouched},
                 stage=VFL_EMBED,
                 mode=DP,
             )
@@ -97,9 +100,24 @@ def test_a_training_customer_is_never_scored_even_when_vouched_for(
     lender = _lender(vertical)
     with caplog.at_level(logging.WARNING):
         reply = _score(lender, TRAINING[1], _vouch(vertical, TRAINING[1]))
-    assert reply.has_error() and "unknown to it, or a training customer" in reply.error.reason
+    assert reply.has_error() and SCORE_DECLINED in reply.error.reason
     assert "lender refuses to score a customer" in caplog.text  # refusals are logged
     assert TRAINING[1] not in lender.state.config_records[SCORED_STATE][SCORED]
+
+
+def test_a_customer_a_partner_does_not_know_is_declined_like_a_training_customer(
+    vertical: VerticalRun,
+) -> None:
+    """A partner's voucher for a customer it does not know (`VOUCHED` 0) is refused with the
+    same reason as a training customer: the coordinator cannot tell which party lacks whom."""
+    lender = _lender(vertical)
+    unknown = _vouch(vertical, TEST[7], ("ecommerce",)) | _vouch(
+        vertical, TEST[7], ("bank",), vouched=0
+    )
+    reply = _score(lender, TEST[7], unknown)
+    training = _score(lender, TRAINING[2], _vouch(vertical, TRAINING[2]))
+    assert reply.error.reason == training.error.reason
+    assert TEST[7] not in lender.state.config_records[SCORED_STATE][SCORED]
 
 
 def test_every_partner_must_vouch_for_that_very_customer(vertical: VerticalRun) -> None:

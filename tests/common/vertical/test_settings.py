@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from common.config import PartnerConfig, RunConfig
-from common.vertical.settings import MAX_SCORED_CUSTOMERS, VerticalNodeConfig
+from common.vertical.settings import (
+    MAX_SCORED_CUSTOMERS,
+    MAX_TEST_FRACTION,
+    MAX_VOUCHERS,
+    VerticalNodeConfig,
+)
 
 DEPLOYED = {
     "partner": "lender",
@@ -66,11 +71,28 @@ def test_the_opt_ins_and_the_limit_are_read_from_the_node_config() -> None:
         ("max-scored-customers", True, "'max-scored-customers' must be a whole number >= 0"),
         ("release-evaluation", "yes", "'release-evaluation' must be true or false"),
         ("release-scores", 1, "'release-scores' must be true or false"),
+        ("max-test-fraction", 1.0, "'max-test-fraction' must be a number in \\(0, 1\\)"),
+        ("max-test-fraction", "half", "'max-test-fraction' must be a number in \\(0, 1\\)"),
+        ("max-vouchers", -3, "'max-vouchers' must be a whole number >= 0"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _parse({**DEPLOYED, key: value})
+
+
+def test_the_split_is_the_lenders_own_and_the_passive_caps_are_read() -> None:
+    """A deployed lender's test fraction is its node config's (default 0.25), whatever the run
+    config says; a simulated one takes the run config's unless its node config sets one."""
+    coordinator = RunConfig(mode="vertical", test_fraction=0.9)
+    assert _parse(DEPLOYED, coordinator).test_fraction == 0.25
+    assert _parse({**DEPLOYED, "test-fraction": 0.2}, coordinator).test_fraction == 0.2
+    assert _parse({"partition-id": 0}, coordinator).test_fraction == 0.9
+    assert _parse({"partition-id": 0, "test-fraction": 0.3}, coordinator).test_fraction == 0.3
+    node = _parse(DEPLOYED)
+    assert (node.max_test_fraction, node.max_vouchers) == (MAX_TEST_FRACTION, MAX_VOUCHERS)
+    node = _parse({**DEPLOYED, "max-test-fraction": "0.3", "max-vouchers": 5})
+    assert (node.max_test_fraction, node.max_vouchers) == (0.3, 5)
 
 
 def test_a_deployed_party_needs_the_federation_keys() -> None:

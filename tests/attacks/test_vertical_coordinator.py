@@ -1,0 +1,225 @@
+"""A malicious coordinator against the vertical parties (issue 21, findings 3 and 4).
+
+The coordinator controls the run config and the message order, so it plays: (a) its own test
+fraction (0.9) and split seed, to get most customers' features to the lender as clean, non-DP
+test embeddings; (b) scoring requests for 20 chosen customers, to learn from each passive
+party's answer or refusal which party knows whom. Each attack runs the real coordinator code
+(`server.vertical`: `Relay`, `run_psi`, `run_private`) against the real party ClientApps
+(`tests.vertical_helpers.VerticalGrid`), deployed parties on their own small tables
+(`tests.common.vertical.own_tables`, 240 customers) unless a test says simulated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from common.config import RunConfig
+from common.data.scenarios import LENDER, PASSIVE
+from common.errors import PartyError
+from common.protocol import (
+    ALIGN_STATE,
+    ALIGNED,
+    CONFIG,
+    CUSTOMER,
+    DP,
+    MODE,
+    SCORE,
+    SEALED,
+    TEST,
+    VFL_EMBED,
+    VFL_SCORE,
+)
+from common.vertical.parties import load_party_csv
+from common.vertical.psi import new_run_id
+from server.vertical import Relay, run_private, run_psi
+from tests.common.vertical.own_tables import ID_COLUMNS, OwnTables, customer_ref, write_own_tables
+from tests.flower_helpers import set_task_identity
+from tests.vertical_helpers import VerticalGrid, deployed_party_configs, keyed_run_config
+
+COORDINATORS_FRACTION = 0.9
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> OwnTables:
+    return write_own_tables(tmp_path_factory.mktemp("own"))
+
+
+def _grid(
+    out: Path, tables: OwnTables | None, seed: int, lender: dict | None = None, **passive: object
+) -> tuple[VerticalGrid, Relay]:
+    """Parties (deployed on `tables`, else simulated) and a coordinator whose run config asks
+    for test fraction 0.9 and split seed `seed`."""
+    set_task_identity()
+    if tables is None:
+        run, configs = keyed_run_config(out, seed=seed, test_fraction=COORDINATORS_FRACTION), {}
+    else:  # the parties' keys stay across runs under `out`, as a deployed party's do
+        run = RunConfig(
+            mode="vertical", seed=seed, test_fraction=COORDINATORS_FRACTION, out_dir=str(out)
+        )
+        configs = deployed_party_configs(tables, out, **(lender or {}))
+    for party in PASSIVE:
+        configs.setdefault(party, {}).update(passive)
+    grid = VerticalGrid(run, party_configs=configs)
+    return grid, Relay(grid, run)
+
+
+def _test_customers(grid: VerticalGrid, tables: OwnTables) -> set[str]:
+    """The customers the lender's split made test customers (from its own Context state)."""
+    state = grid.context_of(LENDER).state.config_records[ALIGN_STATE]
+    lender = load_party_csv(
+        LENDER, tables.csv(LENDER), tables.schema(LENDER), ID_COLUMNS[LENDER], where="test"
+    )
+    aligned = np.asarray(state[ALIGNED], dtype=int)
+    return {lender.ids[aligned[int(i)]] for i in state[TEST]}
+
+
+# ---------------------------------------------------------------------- (a) the test fraction
+
+
+@pytest.mark.parametrize(("lender", "fraction"), [({}, 0.25), ({"test-fraction": 0.2}, 0.2)])
+def test_the_coordinators_test_fraction_and_seed_are_ignored(
+    tables: OwnTables, tmp_path: Path, lender: dict, fraction: float
+) -> None:
+    """The split is the lender's: its node config's test fraction (default 0.25) and its own
+    key; two runs whose coordinator asks for 0.9 with different seeds split alike."""
+    splits = []
+    for seed in (11, 12):
+        grid, relay = _grid(tmp_path, tables, seed, lender)
+        sizes = run_psi(relay, new_run_id())
+        assert sizes["num_test"] == round(fraction * sizes["num_aligned"])
+        assert sizes["num_train"] + sizes["num_test"] == sizes["num_aligned"]
+        splits.append(_test_customers(grid, tables))
+    assert splits[0] == splits[1]  # the coordinator's seed changes nothing
+    assert len(splits[0]) == round(fraction * len(tables.common))
+
+
+def test_passive_parties_refuse_a_test_share_above_their_cap(
+    tables: OwnTables, tmp_path: Path
+) -> None:
+    """A lender whose own test fraction (0.7) exceeds a passive party's `max-test-fraction`
+    (default 0.5) is refused, with a reason the coordinator sees; a party may raise its cap."""
+    grid, relay = _grid(tmp_path / "capped", tables, 1, {"test-fraction": 0.7})
+    with pytest.raises(PartyError, match="node config 'max-test-fraction' = 0.5"):
+        run_psi(relay, new_run_id())
+    grid, relay = _grid(
+        tmp_path / "raised", tables, 1, {"test-fraction": 0.7}, **{"max-test-fraction": 0.75}
+    )
+    sizes = run_psi(relay, new_run_id())
+    assert sizes["num_test"] == round(0.7 * sizes["num_aligned"])
+
+
+def test_simulated_passive_parties_refuse_the_coordinators_test_fraction(
+    tmp_path: Path,
+) -> None:
+    """In simulation the lender takes the run config's test fraction (the analyst's, who holds
+    every party's data); a passive party's cap still refuses 0.9."""
+    _, relay = _grid(tmp_path, None, 0)
+    with pytest.raises(PartyError, match="3096 of 3440 aligned customers"):
+        run_psi(relay, new_run_id())
+
+
+# ---------------------------------------------------------------------- (b) voucher probing
+
+
+def _probed(tables: OwnTables, grid: VerticalGrid) -> dict[str, list[str]]:
+    """20 customers, 4 of each kind: known to e-commerce only, to the bank only, to nobody,
+    aligned training customers and aligned test customers."""
+    known = {p: set(tables.known[p]) for p in PASSIVE}
+    test = sorted(_test_customers(grid, tables))
+    training = sorted(customer_ref(k) for k in tables.common)
+    return {
+        "ecommerce only": [customer_ref(k) for k in sorted(known["ecommerce"] - known["bank"])][:4],
+        "bank only": [customer_ref(k) for k in sorted(known["bank"] - known["ecommerce"])][:4],
+        "nobody": [customer_ref(1000 + k) for k in range(4)],
+        "training": [c for c in training if c not in set(test)][:4],
+        "test": test[:4],
+    }
+
+
+def _ask(relay: Relay, customer: str) -> tuple[dict[str, object], Message | None]:
+    """What the coordinator sees of one scoring request: each passive party's refusal reason
+    or the size of its sealed voucher; then the lender's reply, if both answered."""
+    config = {MODE: DP, CUSTOMER: customer}
+    answers = relay.ask(
+        VFL_EMBED, {p: RecordDict({CONFIG: ConfigRecord(config)}) for p in PASSIVE}, True
+    )
+    seen: dict[str, object] = {
+        p: r.error.reason if r.has_error() else len(r.content.config_records[SEALED][LENDER][0])
+        for p, r in answers.items()
+    }
+    if any(r.has_error() for r in answers.values()):
+        return seen, None
+    sealed = {p: [bytes(answers[p].content.config_records[SEALED][LENDER][0])] for p in PASSIVE}
+    content = RecordDict({SEALED: ConfigRecord(sealed), CONFIG: ConfigRecord(config)})
+    return seen, relay.ask(VFL_SCORE, {LENDER: content}, True)[LENDER]
+
+
+def _scoring_run(out: Path, tables: OwnTables, **passive: object) -> tuple[VerticalGrid, Relay]:
+    """A deployed DP run (stages 1-4) whose lender releases scores."""
+    grid, relay = _grid(out, tables, 3, {"release-scores": True}, **passive)
+    run_psi(relay, new_run_id())
+    run_private(relay)
+    return grid, relay
+
+
+@pytest.fixture(scope="module")
+def scoring_run(
+    tables: OwnTables, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[VerticalGrid, Relay]:
+    return _scoring_run(tmp_path_factory.mktemp("scoring"), tables)
+
+
+def test_vouchers_do_not_tell_which_party_knows_a_customer(
+    tables: OwnTables, scoring_run: tuple[VerticalGrid, Relay]
+) -> None:
+    """Each passive party answers every one of the 20 requests alike (a sealed voucher of one
+    size); only the lender's score or refusal remains, and it tells only whether every party
+    knows the customer and it is no training customer (what scoring is)."""
+    grid, relay = scoring_run
+    probed = _probed(tables, grid)
+    seen = {c: _ask(relay, c) for customers in probed.values() for c in customers}
+    assert len(seen) == 20
+    for party in PASSIVE:
+        assert len({s[party] for s, _ in seen.values()}) == 1, f"{party}'s replies differ"
+    lender = {
+        kind: {
+            (r.error.reason if r.has_error() else SCORE)
+            for s, r in (seen[c] for c in customers)
+            if r is not None
+        }
+        for kind, customers in probed.items()
+    }
+    assert lender["test"] == {SCORE}
+    refusals = set().union(*(lender[k] for k in probed if k != "test"))
+    assert len(refusals) == 1 and SCORE not in refusals  # one reason for every other kind
+
+
+def test_vouchers_stop_at_the_cap_alike_for_every_customer(
+    tables: OwnTables, tmp_path: Path
+) -> None:
+    """`max-vouchers` (here 6): past it, every request is refused with the same reason."""
+    grid, relay = _scoring_run(tmp_path, tables, **{"max-vouchers": 6})
+    probed = _probed(tables, grid)
+    seen = [_ask(relay, c)[0] for customers in probed.values() for c in customers[:2]]
+    assert all(isinstance(v, int) for s in seen[:6] for v in s.values())
+    refused = seen[6:]
+    assert len({tuple(sorted(s.items())) for s in refused}) == 1
+    assert "max-vouchers" in str(refused[0]["bank"])
+
+
+def test_no_voucher_is_answered_when_the_lender_does_not_score(
+    tables: OwnTables, tmp_path: Path
+) -> None:
+    """The lender's `release-scores` (off by default when deployed) travels in its sealed
+    split: a coordinator cannot make passive parties answer vouchers the lender will not use."""
+    grid, relay = _grid(tmp_path, tables, 4)
+    run_psi(relay, new_run_id())
+    probed = _probed(tables, grid)
+    seen = [_ask(relay, c)[0] for customers in probed.values() for c in customers]
+    for party in PASSIVE:
+        reasons = {s[party] for s in seen}
+        assert len(reasons) == 1 and "does not score" in str(reasons.pop())

@@ -35,6 +35,7 @@ from common.replay import (
     committed_message,
     openings_path,
     read_openings,
+    received_models_dir,
     replay_commitment,
     training_rows_sha256,
 )
@@ -86,6 +87,9 @@ def test_entries_carry_a_commitment_and_the_ledger_still_verifies(federation: di
     assert [o.round for o in openings] == [1, 2]
     assert [o.commitment for o in openings] == [e["replay_commitment"] for e in trained]
     assert federation["openings"].stat().st_mode & 0o777 == 0o600  # the seeds: owner only
+    models = received_models_dir(federation["ledger"])  # the models trained from: owner only
+    assert models.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in models.iterdir()} == {0o600}
 
 
 def test_ledger_without_commitments_still_verifies(federation: dict, tmp_path: Path) -> None:

@@ -52,9 +52,16 @@ def records_fingerprint(records: np.ndarray) -> str:
     """The identity of a data set whose odometer starts now: SHA-256 (hex) of its records'
     digests, sorted and unique, under a domain tag. Keyed digests: it names the data set without
     telling an auditor, who sees it in every odometer entry, anything about its records."""
-    digests = np.unique(np.asarray(records, dtype=RECORD_DTYPE))
-    return hashlib.sha256(RECORDS_DOMAIN + b"\0" + digests.astype(RECORD_DTYPE).tobytes()
-                          ).hexdigest()
+    return hashlib.sha256(RECORDS_DOMAIN + b"\0" + sorted_unique(records).tobytes()).hexdigest()
+
+
+def sorted_unique(digests: np.ndarray) -> np.ndarray:
+    """The distinct digests, ascending (a sort and a comparison: `np.unique`'s hashing is
+    several times slower on a million of them)."""
+    ordered = np.sort(np.asarray(digests, dtype=RECORD_DTYPE))
+    keep = np.ones(len(ordered), dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
 
 
 class RecordIndex:
@@ -92,7 +99,7 @@ class RecordIndex:
         names `recorded` (None: it records nothing yet). `legacy()`: the identity an odometer
         written before records were indexed gave this file (its bytes). Raises
         DatasetNotRecognised, or LedgerError if the index cannot be this odometer's."""
-        records = np.unique(np.asarray(records, dtype=RECORD_DTYPE))
+        records = sorted_unique(records)
         where = f"odometer {odometer}"
         if self.problem and recorded is not None:
             raise LedgerError(f"the record index {self.path} of {where} is unreadable "
@@ -172,4 +179,4 @@ class RecordIndex:
         self._body_start = len(head) + 1
         whole = len(body) - len(body) % RECORD_DTYPE.itemsize  # a torn last digest is ignored
         self.dataset_sha256 = header["dataset_sha256"]
-        self.digests = np.unique(np.frombuffer(body[:whole], dtype=RECORD_DTYPE))
+        self.digests = sorted_unique(np.frombuffer(body[:whole], dtype=RECORD_DTYPE))

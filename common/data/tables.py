@@ -95,8 +95,9 @@ def record_hmac(key: bytes, header: tuple[str, ...], row: tuple[str, ...]) -> by
     (column order, row order and line endings do not matter), the same however the file is
     saved. Its first 8 bytes place the record in train or test (`record_in_test`), the next 8
     are its `record_digest`."""
-    record = json.dumps(dict(zip(header, row, strict=True)), sort_keys=True,
-                        ensure_ascii=True).encode("ascii")
+    record = json.dumps(
+        dict(zip(header, row, strict=True)), sort_keys=True, ensure_ascii=True
+    ).encode("ascii")
     return hmac.new(key, record, hashlib.sha256).digest()
 
 
@@ -104,8 +105,9 @@ def _in_test(mac: bytes, test_fraction: float) -> bool:
     return int.from_bytes(mac[:8], "big") / 2.0**64 < test_fraction
 
 
-def record_in_test(key: bytes, header: tuple[str, ...], row: tuple[str, ...],
-                   test_fraction: float) -> bool:
+def record_in_test(
+    key: bytes, header: tuple[str, ...], row: tuple[str, ...], test_fraction: float
+) -> bool:
     """Whether this record belongs to the test split: its `record_hmac`'s first 8 bytes read as
     a uniform number in [0, 1), below `test_fraction`. It depends on this record and the key
     alone: adding or removing a record moves no other record between train and test."""
@@ -126,8 +128,10 @@ def _digests(macs: list[bytes]) -> np.ndarray:
 def record_digests(csv_path: str | Path, key: bytes) -> np.ndarray:
     """Every row's `record_digest` of a CSV, read chunk by chunk (for a caller that has not
     loaded it with `load_partner_csv`, which computes them on the way)."""
-    parts = [_digests([record_hmac(key, table.header, row) for row in table.rows])
-             for table in read_csv_chunks(csv_path)]
+    parts = [
+        _digests([record_hmac(key, table.header, row) for row in table.rows])
+        for table in read_csv_chunks(csv_path)
+    ]
     return np.concatenate(parts) if parts else np.empty(0, dtype=RECORD_DTYPE)
 
 
@@ -141,18 +145,31 @@ def split_train_test(table: RawTable, schema: Schema, *, test_fraction: float,
                         both_classes=both_classes)
 
 
-def split_chunks(tables: Iterable[RawTable], schema: Schema, *, test_fraction: float,
-                 key: bytes, both_classes: bool = True) -> tuple[Split, Split]:
+def split_chunks(
+    tables: Iterable[RawTable],
+    schema: Schema,
+    *,
+    test_fraction: float,
+    key: bytes,
+    both_classes: bool = True,
+) -> tuple[Split, Split]:
     """`split_train_test` of a table given in chunks (`read_csv_chunks`): each chunk is encoded
     and split on its own, so a big file's strings are never all held at once; the same splits
     as one table, since each record's side depends on that record alone."""
-    train, test, _ = _split_and_digest(tables, schema, test_fraction=test_fraction, key=key,
-                                       both_classes=both_classes)
+    train, test, _ = _split_and_digest(
+        tables, schema, test_fraction=test_fraction, key=key, both_classes=both_classes
+    )
     return train, test
 
 
-def _split_and_digest(tables: Iterable[RawTable], schema: Schema, *, test_fraction: float,
-                      key: bytes, both_classes: bool = True) -> tuple[Split, Split, np.ndarray]:
+def _split_and_digest(
+    tables: Iterable[RawTable],
+    schema: Schema,
+    *,
+    test_fraction: float,
+    key: bytes,
+    both_classes: bool = True,
+) -> tuple[Split, Split, np.ndarray]:
     """`split_chunks`, and every row's `record_digest` from the same keyed hash (one pass)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
@@ -167,16 +184,21 @@ def _split_and_digest(tables: Iterable[RawTable], schema: Schema, *, test_fracti
         digests.append(_digests(macs))
         parts["training"].append(Split(features[~in_test], labels[~in_test]))
         parts["test"].append(Split(features[in_test], labels[in_test]))
-    train, test = (Split(np.concatenate([p.features for p in parts[name]]),
-                         np.concatenate([p.labels for p in parts[name]]))
-                   for name in ("training", "test"))
+    train, test = (
+        Split(
+            np.concatenate([p.features for p in parts[name]]),
+            np.concatenate([p.labels for p in parts[name]]),
+        )
+        for name in ("training", "test")
+    )
     for name, part in (("training", train), ("test", test)):
         counts = np.bincount(part.labels.astype(int), minlength=2)
         if (counts.min() if both_classes else counts.sum()) < 1:
             raise DataValidationError(
                 f"{path}: the {name} split has {int(counts[0])} good and "
                 f"{int(counts[1])} bad rows; it needs {'both' if both_classes else 'a row'} "
-                f"(more rows, or another test fraction)")
+                f"(more rows, or another test fraction)"
+            )
     return train, test, np.concatenate(digests)
 
 

@@ -192,9 +192,17 @@ class PrivacyOdometer:
             self._reload()
 
     @classmethod
-    def of_records(cls, path: Path | str, key: Ed25519PrivateKey, partner: str,
-                   records: np.ndarray, lifetime_epsilon: float, delta: float, *,
-                   files: tuple[Path | str, Path | str]) -> PrivacyOdometer:
+    def of_records(
+        cls,
+        path: Path | str,
+        key: Ed25519PrivateKey,
+        partner: str,
+        records: np.ndarray,
+        lifetime_epsilon: float,
+        delta: float,
+        *,
+        files: tuple[Path | str, Path | str],
+    ) -> PrivacyOdometer:
         """The odometer at `path`, of the data set the data file whose `record_digest`s are
         `records` belongs to (the module's rule), verified; its record index then holds them.
         `files`: that data file and its schema, whose `dataset_fingerprint` is computed only
@@ -203,8 +211,12 @@ class PrivacyOdometer:
         counts, LedgerError when the odometer or its index fails verification."""
         path = Path(path)
         with RecordIndex.locked(index_path(path)) as index:
-            dataset = index.resolve(records, odometer=path, recorded=_recorded_dataset(path),
-                                    legacy=lambda: dataset_fingerprint(*files))
+            dataset = index.resolve(
+                records,
+                odometer=path,
+                recorded=_recorded_dataset(path),
+                legacy=lambda: dataset_fingerprint(*files),
+            )
             odometer = cls(path, key, partner, dataset, lifetime_epsilon, delta)
             index.commit()  # only once the odometer verifies as this data set's
         return odometer
@@ -357,6 +369,8 @@ def _recorded_dataset(path: Path) -> str | None:
         entry = None
     value = entry.get("dataset_sha256") if isinstance(entry, dict) else None
     if not isinstance(value, str):
-        raise LedgerError(f"odometer {path} failed verification: its first line is not an "
-                          f"odometer entry naming its data set")
+        raise LedgerError(
+            f"odometer {path} failed verification: its first line is not an "
+            f"odometer entry naming its data set"
+        )
     return value

@@ -93,8 +93,14 @@ class RecordIndex:
         finally:
             os.close(fd)  # releases the lock
 
-    def resolve(self, records: np.ndarray, *, odometer: Path, recorded: str | None,
-                legacy: Callable[[], str]) -> str:
+    def resolve(
+        self,
+        records: np.ndarray,
+        *,
+        odometer: Path,
+        recorded: str | None,
+        legacy: Callable[[], str],
+    ) -> str:
         """The identity of the data set `records` belong to, for the odometer whose first entry
         names `recorded` (None: it records nothing yet). `legacy()`: the identity an odometer
         written before records were indexed gave this file (its bytes). Raises
@@ -102,8 +108,10 @@ class RecordIndex:
         records = sorted_unique(records)
         where = f"odometer {odometer}"
         if self.problem and recorded is not None:
-            raise LedgerError(f"the record index {self.path} of {where} is unreadable "
-                              f"({self.problem}): which records its data set holds is unknown")
+            raise LedgerError(
+                f"the record index {self.path} of {where} is unreadable "
+                f"({self.problem}): which records its data set holds is unknown"
+            )
         if self.dataset_sha256 is None or self.problem:
             if recorded is None:
                 return self._start(records)
@@ -115,12 +123,15 @@ class RecordIndex:
                 f"identified a data set by its records, by the bytes of its data and schema "
                 f"files, and they changed since (or its index was lost). Run once on the files "
                 f"it was written with (its index is then built from them), or give a new data "
-                f"set its own odometer (node config key 'odometer-path')")
+                f"set its own odometer (node config key 'odometer-path')"
+            )
         if recorded is not None and recorded != self.dataset_sha256:
-            raise LedgerError(f"the record index {self.path} is data set "
-                              f"{self.dataset_sha256[:16]}...'s, but {where} counts data set "
-                              f"{recorded[:16]}...: an index belongs to the odometer it was "
-                              f"written beside")
+            raise LedgerError(
+                f"the record index {self.path} is data set "
+                f"{self.dataset_sha256[:16]}...'s, but {where} counts data set "
+                f"{recorded[:16]}...: an index belongs to the odometer it was "
+                f"written beside"
+            )
         shared = int(np.isin(records, self.digests, assume_unique=True).sum())
         if shared:
             self._pending = (False, np.setdiff1d(records, self.digests, assume_unique=True))
@@ -134,7 +145,8 @@ class RecordIndex:
             f"that data set shares its unchanged rows, so this is another data set. Give a new "
             f"data set its own odometer (node config key 'odometer-path'); the same people with "
             f"changed values or columns are not new, and a new odometer would not count what "
-            f"they have spent")
+            f"they have spent"
+        )
 
     def commit(self) -> None:
         """Write what `resolve` decided: the file's records added (or the index started)."""
@@ -143,8 +155,12 @@ class RecordIndex:
         start, digests = self._pending
         body = np.asarray(digests, dtype=RECORD_DTYPE).tobytes()
         if start:
-            header = json.dumps({"kind": INDEX_KIND, "dataset_sha256": self.dataset_sha256},
-                                sort_keys=True).encode("ascii") + b"\n"
+            header = (
+                json.dumps(
+                    {"kind": INDEX_KIND, "dataset_sha256": self.dataset_sha256}, sort_keys=True
+                ).encode("ascii")
+                + b"\n"
+            )
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, header + body, 0)
         elif body:
@@ -172,8 +188,11 @@ class RecordIndex:
             header = json.loads(head) if newline else None
         except ValueError:
             header = None
-        if (not isinstance(header, dict) or header.get("kind") != INDEX_KIND
-                or not isinstance(header.get("dataset_sha256"), str)):
+        if (
+            not isinstance(header, dict)
+            or header.get("kind") != INDEX_KIND
+            or not isinstance(header.get("dataset_sha256"), str)
+        ):
             self.problem = f"not a {INDEX_KIND} file"
             return
         self._body_start = len(head) + 1

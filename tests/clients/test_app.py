@@ -441,7 +441,8 @@ def test_deployed_partner_writes_its_own_verdict_locally_and_releases_nothing_mo
 
 
 def test_a_grown_data_file_keeps_its_lifetime_budget_and_another_is_refused_as_such(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The lifetime odometer identifies a data set by its records: one appended loan is the
     same data set (its spent budget refuses the next run), a file of other loans gets its own
     refusal, not "the ledger failed verification"."""
@@ -450,15 +451,22 @@ def test_a_grown_data_file_keeps_its_lifetime_budget_and_another_is_refused_as_s
     for name, lines in files.items():
         (tmp_path / f"{name}.csv").write_text("\r\n".join([header, *lines]) + "\r\n")
     run = RunConfig(num_server_rounds=2)
-    node = {**_ledger_node(tmp_path), "epsilon": 1.0, "lifetime-epsilon": 1.0,
-            "data-path": str(tmp_path / "first.csv")}
+    node = {
+        **_ledger_node(tmp_path),
+        "epsilon": 1.0,
+        "lifetime-epsilon": 1.0,
+        "data-path": str(tmp_path / "first.csv"),
+    }
     context = node_context(node, run)
     for server_round in (1, 2):
         assert _train(run, context, server_round).content["info"]["refusal-reason"] == ""
     reasons = []
     for number, name in enumerate(("grown", "other"), start=2):
-        later = {**node, "data-path": str(tmp_path / f"{name}.csv"),
-                 "ledger-path": str(tmp_path / f"ledger-{name}.jsonl")}
+        later = {
+            **node,
+            "data-path": str(tmp_path / f"{name}.csv"),
+            "ledger-path": str(tmp_path / f"ledger-{name}.jsonl"),
+        }
         reply = _train(run, node_context(later, run, run_id=number), 1)
         assert "arrays" not in reply.content and not Path(later["ledger-path"]).exists()
         reasons.append(reply.content["info"]["refusal-reason"])

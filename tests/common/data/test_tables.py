@@ -180,9 +180,12 @@ def test_loading_computes_each_records_digest_in_the_same_pass(write_case: Write
 
 def test_a_records_digest_ignores_line_endings_row_and_column_order(tmp_path: Path) -> None:
     lines = ["status,id", "good,1", "bad,2", "good,3"]
-    variants = {"lf": "\n".join(lines) + "\n", "crlf": "\r\n".join(lines) + "\r\n",
-                "bom": "\ufeff" + "\n".join(lines),
-                "reordered": "id,status\n3,good\n1,good\n2,bad\n"}
+    variants = {
+        "lf": "\n".join(lines) + "\n",
+        "crlf": "\r\n".join(lines) + "\r\n",
+        "bom": "\ufeff" + "\n".join(lines),
+        "reordered": "id,status\n3,good\n1,good\n2,bad\n",
+    }
     digests = {}
     for name, text in variants.items():
         (tmp_path / f"{name}.csv").write_text(text, encoding="utf-8", newline="")

@@ -303,11 +303,13 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     header, *rows = bundled_path("credit_data")[0].read_text().splitlines()
     first, later = rows[:200], rows[200:400]
     folder = tmp_path_factory.mktemp("versions")
-    texts = {"original": "\n".join([header, *first]) + "\n",
-             "crlf": "\r\n".join([header, *first]) + "\r\n",
-             "reordered": "\n".join([header, *reversed(first)]) + "\n",
-             "grown": "\n".join([header, *first, later[0]]) + "\n",
-             "disjoint": "\n".join([header, *later]) + "\n"}
+    texts = {
+        "original": "\n".join([header, *first]) + "\n",
+        "crlf": "\r\n".join([header, *first]) + "\r\n",
+        "reordered": "\n".join([header, *reversed(first)]) + "\n",
+        "grown": "\n".join([header, *first, later[0]]) + "\n",
+        "disjoint": "\n".join([header, *later]) + "\n",
+    }
     for name, text in texts.items():
         (folder / f"{name}.csv").write_bytes(text.encode())
     return {name: folder / f"{name}.csv" for name in texts}
@@ -318,10 +320,16 @@ def partner_on(data: Path, odometer: Path, signing_key: Path, lifetime: float = 
     from common.config import PartnerConfig
     from common.data.tables import bundled_path
 
-    return PartnerConfig(partner="bank", epsilon=1.0, delta=DELTA, data_path=str(data),
-                         schema_path=str(bundled_path("credit_data")[1]),
-                         signing_key=str(signing_key), odometer_path=str(odometer),
-                         lifetime_epsilon=lifetime)
+    return PartnerConfig(
+        partner="bank",
+        epsilon=1.0,
+        delta=DELTA,
+        data_path=str(data),
+        schema_path=str(bundled_path("credit_data")[1]),
+        signing_key=str(signing_key),
+        odometer_path=str(odometer),
+        lifetime_epsilon=lifetime,
+    )
 
 
 def spend_one_run(data: Path, odometer: Path, signing_key: Path, plan: Plan) -> float:
@@ -337,8 +345,8 @@ def spend_one_run(data: Path, odometer: Path, signing_key: Path, plan: Plan) -> 
 
 @pytest.mark.parametrize("version", ["crlf", "reordered", "grown"])
 def test_a_resaved_reordered_or_grown_file_is_the_same_data_set(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan,
-        version: str) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan, version: str
+) -> None:
     from common.partner import open_privacy_logs
 
     path = tmp_path / "bank.odometer.jsonl"
@@ -351,7 +359,8 @@ def test_a_resaved_reordered_or_grown_file_is_the_same_data_set(
 
 
 def test_three_runs_on_three_versions_spend_one_lifetime_budget(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
     """The finding: 3 runs of ~1 epsilon on a CRLF re-save, a re-sort and one appended loan of
     the same records, under a lifetime budget of 1: only the first may spend."""
     from common.partner import open_privacy_logs
@@ -359,8 +368,9 @@ def test_three_runs_on_three_versions_spend_one_lifetime_budget(
     path = tmp_path / "bank.odometer.jsonl"
     spend_one_run(versions["crlf"], path, signing_key_path, plan)
     for run, version in enumerate(("reordered", "grown"), start=2):
-        _, odometer = open_privacy_logs(partner_on(versions[version], path, signing_key_path),
-                                        f"run-{run}")
+        _, odometer = open_privacy_logs(
+            partner_on(versions[version], path, signing_key_path), f"run-{run}"
+        )
         assert odometer is not None
         with pytest.raises(LifetimeBudgetExceeded):
             run_rounds(odometer, plan, f"run-{run}", range(1, 3), tmp_path / f"{run}.jsonl")
@@ -368,7 +378,8 @@ def test_three_runs_on_three_versions_spend_one_lifetime_budget(
 
 
 def test_a_file_sharing_no_record_is_refused_with_its_own_message(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
     from common.partner import open_privacy_logs
 
     path = tmp_path / "bank.odometer.jsonl"
@@ -384,7 +395,8 @@ def test_a_file_sharing_no_record_is_refused_with_its_own_message(
 
 
 def test_the_record_index_is_private_compact_and_the_union_of_every_version(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
     from common.partner import open_privacy_logs
 
     path = tmp_path / "bank.odometer.jsonl"
@@ -408,7 +420,8 @@ def test_the_record_index_is_private_compact_and_the_union_of_every_version(
 
 
 def test_with_nothing_recorded_another_data_set_may_take_the_odometer(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path]) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path]
+) -> None:
     from common.partner import open_privacy_logs
 
     path = tmp_path / "bank.odometer.jsonl"
@@ -419,29 +432,37 @@ def test_with_nothing_recorded_another_data_set_may_take_the_odometer(
 
 
 def test_an_odometer_written_before_records_were_indexed_is_carried_over(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
     from common.data.tables import bundled_path
     from common.partner import open_privacy_logs
     from common.privacy.crypto import load_private_key
 
     path, schema = tmp_path / "bank.odometer.jsonl", bundled_path("credit_data")[1]
     old = dataset_fingerprint(versions["original"], schema)  # the file's bytes, as before
-    run_rounds(PrivacyOdometer(path, load_private_key(signing_key_path), "bank", old, 1.0, DELTA),
-               plan, "run-1", range(1, 3), tmp_path / "a.jsonl")
+    run_rounds(
+        PrivacyOdometer(path, load_private_key(signing_key_path), "bank", old, 1.0, DELTA),
+        plan,
+        "run-1",
+        range(1, 3),
+        tmp_path / "a.jsonl",
+    )
     with pytest.raises(DatasetNotRecognised, match="written before fedcredit identified"):
         open_privacy_logs(partner_on(versions["crlf"], path, signing_key_path), "run-2")
     assert not index_path(path).read_bytes()  # nothing indexed from a file it cannot place
     # On the file it was written with, its records are indexed under its old identity; from
     # then on the re-saved file is recognised too.
     for version in ("original", "crlf"):
-        _, odometer = open_privacy_logs(partner_on(versions[version], path, signing_key_path),
-                                        "run-2")
+        _, odometer = open_privacy_logs(
+            partner_on(versions[version], path, signing_key_path), "run-2"
+        )
         assert odometer is not None and odometer.dataset_sha256 == old
         assert not odometer.fits([plan.round_event]).allowed
 
 
 def test_an_index_beside_another_odometer_is_refused(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
     from common.partner import open_privacy_logs
 
     path = tmp_path / "bank.odometer.jsonl"
@@ -454,7 +475,8 @@ def test_an_index_beside_another_odometer_is_refused(
 
 
 def test_an_odometer_that_fails_verification_indexes_nothing(
-        tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan) -> None:
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
     from common.partner import open_privacy_logs
 
     path = tmp_path / "bank.odometer.jsonl"

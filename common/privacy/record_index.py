@@ -115,7 +115,11 @@ class RecordIndex:
         if self.dataset_sha256 is None or self.problem:
             if recorded is None:
                 return self._start(records)
-            if legacy() == recorded:  # an odometer of the file's bytes, that file: index it
+            try:
+                legacy_dataset = legacy()
+            except OSError as exc:
+                raise LedgerError(f"cannot read the data or schema file: {exc}") from exc
+            if legacy_dataset == recorded:  # an odometer of the file's bytes, that file: index it
                 self._pending, self.dataset_sha256 = (True, records), recorded
                 return recorded
             raise DatasetNotRecognised(
@@ -162,16 +166,22 @@ class RecordIndex:
                 + b"\n"
             )
             os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, header + body, 0)
+            self._write(header + body, 0)
         elif body:
             size = os.fstat(self._fd).st_size
             aligned = size - (size - self._body_start) % RECORD_DTYPE.itemsize
             os.ftruncate(self._fd, aligned)  # drop a digest torn by a crash mid-write
-            os.pwrite(self._fd, body, aligned)
+            self._write(body, aligned)
         os.fsync(self._fd)
         self._pending = None
 
     # ------------------------------------------------------------------ internals
+
+    def _write(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
 
     def _start(self, records: np.ndarray) -> str:
         self.dataset_sha256 = records_fingerprint(records)

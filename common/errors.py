@@ -34,6 +34,12 @@ class LedgerError(FedcreditError, ValueError):
     """A ledger or receipts log failed verification; the message names file and line."""
 
 
+class DatasetNotRecognised(LedgerError):
+    """A partner's data file is not a version of the data set its lifetime odometer counts: it
+    shares no record with it (`common.privacy.record_index`). A new data set needs its own
+    odometer; continuing this one, or starting a fresh one silently, would misstate either."""
+
+
 class LifetimeBudgetExceeded(FedcreditError, ValueError):
     """A release would take a data set's lifetime privacy spend (its odometer) over the
     partner's lifetime budget: it is refused before it happens."""

@@ -19,8 +19,8 @@ from common.data.layout import refusal as layout_refusal
 from common.data.scenarios import get_scenario, load_scenario_partner
 from common.data.schema import load_schema
 from common.data.spec import load_run_partners, load_spec
-from common.data.tables import PartnerData, bundled_path, load_partner_csv
-from common.errors import CryptoError, LedgerError, LifetimeBudgetExceeded
+from common.data.tables import PartnerData, bundled_path, load_partner_csv, record_digests
+from common.errors import CryptoError, DatasetNotRecognised, LedgerError, LifetimeBudgetExceeded
 from common.learning.model import build_model, get_weights, set_weights
 from common.learning.training import TrainSettings, train
 from common.privacy.accounting import SubsampledGaussianEvent, within_budget
@@ -35,14 +35,10 @@ from common.privacy.budget import (
 )
 from common.privacy.crypto import hash_weights, load_private_key
 from common.privacy.ledger import COUNT_EVENT, PartnerLedger, entry_hash, ledger_event
-from common.privacy.odometer import (
-    RELEASE_COUNT,
-    RELEASE_DP_SGD,
-    PrivacyOdometer,
-    dataset_fingerprint,
-)
+from common.privacy.odometer import RELEASE_COUNT, RELEASE_DP_SGD, PrivacyOdometer
 from common.privacy.randomness import noise_seed, split_key
 from common.protocol import (
+    DATASET_NOT_RECOGNISED,
     DELTA,
     EPSILON_BUDGET,
     EPSILON_SPENT,
@@ -188,11 +184,13 @@ class TrainReply:
     ledger_entry_sha256: str = ""
 
 
-def open_privacy_logs(partner: PartnerConfig,
-                      run_id: str) -> tuple[PartnerLedger | None, PrivacyOdometer | None]:
+def open_privacy_logs(partner: PartnerConfig, run_id: str, records: np.ndarray | None = None
+                      ) -> tuple[PartnerLedger | None, PrivacyOdometer | None]:
     """The partner's verified ledger of this run and lifetime odometer of its data set (None
     for what it does not keep), both under its one signing key, read once; raises
-    LedgerError/CryptoError when either fails verification or the key is unusable."""
+    LedgerError/CryptoError when either fails verification or the key is unusable
+    (DatasetNotRecognised: its data is not its odometer's data set). `records`: the data's
+    `record_digest`s (`PartnerData.records`); None reads the data file again for them."""
     if not partner.ledger_path and not partner.odometer_path:
         return None, None
     key = load_private_key(Path(partner.signing_key))
@@ -201,9 +199,12 @@ def open_privacy_logs(partner: PartnerConfig,
     if not partner.odometer_path:
         return ledger, None
     assert partner.lifetime_epsilon is not None and partner.delta is not None
-    return ledger, PrivacyOdometer(partner.odometer_path, key, partner.partner,
-                                   dataset_fingerprint(partner.data_path, partner.schema_path),
-                                   partner.lifetime_epsilon, partner.delta)
+    if records is None:
+        records = record_digests(partner.data_path, split_key(
+            partner=partner.partner, signing_key=partner.signing_key, deployed=partner.deployed))
+    return ledger, PrivacyOdometer.of_records(
+        partner.odometer_path, key, partner.partner, records, partner.lifetime_epsilon,
+        partner.delta, files=(partner.data_path, partner.schema_path))
 
 
 def update_problem(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray],
@@ -264,11 +265,12 @@ def train_round(partner: PartnerConfig, run: RunConfig, state: PartnerState,
 
     assert partner.epsilon is not None and partner.delta is not None
     try:
-        ledger, odometer = open_privacy_logs(partner, run_id)
+        ledger, odometer = open_privacy_logs(partner, run_id, data.records)
     except (LedgerError, CryptoError) as exc:
         # The details (file paths, OS errors, findings) stay in the partner's own log.
         log.error("partner %s refuses to train: %s", partner.partner, exc)
-        reason = LEDGER_UNTRUSTED if isinstance(exc, LedgerError) else SIGNING_KEY_UNUSABLE
+        reason = (DATASET_NOT_RECOGNISED if isinstance(exc, DatasetNotRecognised)
+                  else LEDGER_UNTRUSTED if isinstance(exc, LedgerError) else SIGNING_KEY_UNUSABLE)
         return TrainReply(None, {**metrics, REFUSED: 1.0}, reason)
     if ledger is not None:
         reason = _ledger_mismatch(ledger, state, partner, server_round)

@@ -94,6 +94,12 @@ PARTNER_FAILURE_PATTERN = r"partner '(?P<name>[^'\n]{1,100})' failed \("
 LIFETIME_BUDGET_EXHAUSTED = ("the partner's lifetime privacy budget for this data set (its "
                              "odometer, across runs and ledgers) cannot cover this run's plan "
                              "or round (details in the partner's log)")
+# Refusal of a partner whose data file is not a version of the data set its lifetime odometer
+# counts (`common.errors.DatasetNotRecognised`): not an untrusted ledger, and no fresh budget.
+DATASET_NOT_RECOGNISED = ("the partner's data file shares no record with the data set its "
+                          "lifetime odometer counts; refusing rather than start a fresh "
+                          "lifetime budget (a new data set needs its own odometer; details in "
+                          "the partner's log)")
 # Refusal of a deployed partner whose instruction announces no feature layout.
 LAYOUT_NOT_ANNOUNCED = ("the coordinator announced no feature layout for this run; a partner "
                         "trains and evaluates only on a layout identical to its own schema's")

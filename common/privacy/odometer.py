@@ -3,12 +3,38 @@
 A ledger is per run and per file, so a partner restarted with a new `ledger-path` would spend its
 whole run budget again. The odometer is the partner-held record that spans them: one signed,
 hash-chained JSON Lines file (the ledger's format machinery: canonical encoding, Ed25519
-signature, `prev_entry_sha256`, `seq`) with one entry per release of the data set identified by
-`dataset_fingerprint`, whatever run or ledger it belongs to. Every release is recorded BEFORE it
-happens (a reservation: a crash afterwards over-counts, never under-counts), and all of them
-compose into one lifetime ε at δ, held to the lifetime budget, by `common.privacy.accounting`'s
-`ACCOUNTANT` (min of RDP and PRV: a valid upper bound for any releases, whatever accountant the
-entries that recorded them were written with).
+signature, `prev_entry_sha256`, `seq`) with one entry per release of one data set, whatever run
+or ledger it belongs to. Every release is recorded BEFORE it happens (a reservation: a crash
+afterwards over-counts, never under-counts), and all of them compose into one lifetime ε at δ,
+held to the lifetime budget, by `common.privacy.accounting`'s `ACCOUNTANT` (min of RDP and PRV:
+a valid upper bound for any releases, whatever accountant the entries that recorded them were
+written with).
+
+A data set is its records, not its file's bytes (`PrivacyOdometer.of_records`): a lender's table
+is re-saved, re-sorted and grows. A data file is a version of the odometer's data set when it
+shares at least one record (the same values under the same column names) with the records its
+earlier versions held, kept in a private index beside the odometer
+(`common.privacy.record_index`); a file that shares none is refused (`DatasetNotRecognised`)
+while the odometer holds releases. Every entry names the data set by one stable identity,
+`dataset_sha256`: a keyed fingerprint of the records of the first version the odometer counted
+(or, in an odometer written before records were indexed, the SHA-256 of that version's data and
+schema bytes, `dataset_fingerprint`). The schema is not part of it: the same records under
+another encoding are the same people, and a schema edit must not reset their lifetime budget.
+
+What the odometer guarantees, for records that were added or removed:
+Every record that any counted version of the data set held, whether it was there from the first
+version, added in a later one or removed since, has taken part only in releases the odometer
+recorded before they happened, so its lifetime privacy loss is at most the odometer's lifetime
+ε at δ, which the partner holds to its lifetime budget. A record added in a later version is
+charged every release recorded before it arrived, and a removed record every release recorded
+after it left: the odometer over-counts for them, never under-counts. A record whose values or
+column names change is another record to the odometer; the releases on both its old and its new
+form are all recorded, so the bound still holds for the person behind it, as long as the changed
+file shares an unchanged record with the data set's earlier versions. A file that shares none is
+refused; giving it a new odometer starts a fresh lifetime budget that does not count what its
+records spent under the old one, which only the partner can know is right (a genuinely new data
+set). As everywhere in fedcredit, the bound is per record and covers the DP releases (the noisy
+count, the training rounds), not the evaluation metrics, which are released unprotected.
 
 `check_odometer` is the one integrity check, used by the partner on open and by the auditor
 (`common.privacy.audit.odometer`). The partner's file is locked while it is read and appended, so
@@ -18,6 +44,7 @@ two SuperNodes of one partner sharing an odometer cannot both spend what is left
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -26,9 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common.errors import LedgerError, LifetimeBudgetExceeded
+from common.errors import DatasetNotRecognised, LedgerError, LifetimeBudgetExceeded
 from common.privacy.accounting import (
     ACCOUNTANT,
     ACCOUNTANT_NAME,
@@ -51,6 +79,7 @@ from common.privacy.ledger import (
     signed_link_problems,
     utc_now,
 )
+from common.privacy.record_index import RecordIndex, index_path
 
 try:  # POSIX: serialise concurrent writers of one odometer (advisory lock on the file itself)
     import fcntl
@@ -60,6 +89,8 @@ except ImportError:  # pragma: no cover - not POSIX: a single writer is assumed
 ODOMETER_KIND = "fedcredit-privacy-odometer/1"
 DATASET_DOMAIN = b"fedcredit-dataset/1"
 """Domain separation of `dataset_fingerprint` from every other SHA-256 in fedcredit."""
+LEGACY_LOOKUP_LINE_BYTES = 1 << 20
+"""At most this much of an odometer's first line is read to learn which data set it counts."""
 RELEASE_DP_SGD = "dp-sgd"
 RELEASE_COUNT = "count"
 ODOMETER_FIELDS = {"kind", "seq", "partner", "dataset_sha256", "epsilon_lifetime_budget", "delta",
@@ -85,8 +116,9 @@ def _file_sha256(path: Path) -> str:
 
 
 def dataset_fingerprint(data_path: Path | str, schema_path: Path | str) -> str:
-    """SHA-256 (hex) identifying a data set: its data file's and its schema's bytes, each hashed,
-    under a fedcredit domain tag (OSError if either cannot be read)."""
+    """SHA-256 (hex) of a data file's and its schema's bytes, each hashed, under a fedcredit
+    domain tag (OSError if either cannot be read): how odometers written before records were
+    indexed identified their data set, kept to recognise them (`PrivacyOdometer.of_records`)."""
     parts = [DATASET_DOMAIN, b"data", _file_sha256(Path(data_path)).encode("ascii"),
              b"schema", _file_sha256(Path(schema_path)).encode("ascii")]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()
@@ -159,6 +191,36 @@ class PrivacyOdometer:
         self.entries: list[dict[str, Any]] = []
         with self._locked(exclusive=False):
             self._reload()
+
+    @classmethod
+    def of_records(
+        cls,
+        path: Path | str,
+        key: Ed25519PrivateKey,
+        partner: str,
+        records: np.ndarray,
+        lifetime_epsilon: float,
+        delta: float,
+        *,
+        files: tuple[Path | str, Path | str],
+    ) -> PrivacyOdometer:
+        """The odometer at `path`, of the data set the data file whose `record_digest`s are
+        `records` belongs to (the module's rule), verified; its record index then holds them.
+        `files`: that data file and its schema, whose `dataset_fingerprint` is computed only
+        for an odometer without an index (one written before records were indexed). Raises
+        DatasetNotRecognised when the file is not a version of the data set the odometer
+        counts, LedgerError when the odometer or its index fails verification."""
+        path = Path(path)
+        with RecordIndex.locked(index_path(path)) as index:
+            dataset = index.resolve(
+                records,
+                odometer=path,
+                recorded=_recorded_dataset(path),
+                legacy=lambda: dataset_fingerprint(*files),
+            )
+            odometer = cls(path, key, partner, dataset, lifetime_epsilon, delta)
+            index.commit()  # only once the odometer verifies as this data set's
+        return odometer
 
     # ------------------------------------------------------------------ reading
 
@@ -277,9 +339,10 @@ class PrivacyOdometer:
             raise LedgerError(f"{where} is partner {first['partner']!r}'s, this node is "
                               f"{self.partner!r}")
         if first["dataset_sha256"] != self.dataset_sha256:
-            raise LedgerError(f"{where} counts data set {first['dataset_sha256'][:16]}..., but "
-                              f"this node's data-path and schema-path hash to "
-                              f"{self.dataset_sha256[:16]}...: one odometer counts one data set")
+            raise DatasetNotRecognised(f"{where} counts data set "
+                                       f"{first['dataset_sha256'][:16]}..., but this node's data "
+                                       f"is data set {self.dataset_sha256[:16]}...: one odometer "
+                                       f"counts one data set")
         if (first["epsilon_lifetime_budget"], first["delta"]) != (self.lifetime_epsilon,
                                                                  self.delta):
             raise LedgerError(f"{where} counts against lifetime budget epsilon="
@@ -287,3 +350,28 @@ class PrivacyOdometer:
                               f"but the node config says lifetime-epsilon="
                               f"{self.lifetime_epsilon:g}, delta={self.delta:g}: a lifetime "
                               f"budget cannot change once releases count against it")
+
+
+def _recorded_dataset(path: Path) -> str | None:
+    """The data set an odometer's first entry names (None when it has no entry); unverified:
+    the odometer is verified, against the identity this leads to, before anything is trusted."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(LEGACY_LOOKUP_LINE_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LedgerError(f"cannot read odometer {path}: {exc}") from exc
+    if not first.strip():
+        return None
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        entry = None
+    value = entry.get("dataset_sha256") if isinstance(entry, dict) else None
+    if not isinstance(value, str):
+        raise LedgerError(
+            f"odometer {path} failed verification: its first line is not an "
+            f"odometer entry naming its data set"
+        )
+    return value

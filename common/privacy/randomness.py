@@ -23,7 +23,9 @@ def noise_seed(*, deployed: bool, simulated: int) -> int:
 
 def split_key(*, partner: str, signing_key: str | Path = "", seed: int = 0,
               deployed: bool = False) -> bytes:
-    """The secret key of a partner's train/test split (`common.data.tables.record_in_test`).
+    """The secret key of a partner's train/test split (`common.data.tables.record_in_test`) and
+    of its records' digests, by which its lifetime odometer recognises its data set
+    (`common.data.tables.record_digest`).
 
     A partner with a signing key derives it from that key with HKDF, so only the partner can
     compute which of its records are test rows, and the split is stable across runs and restarts

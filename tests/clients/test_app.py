@@ -20,6 +20,7 @@ from common.privacy.accounting import SubsampledGaussianEvent, composed_epsilon
 from common.privacy.budget import plan_sample_rate
 from common.privacy.ledger import plan_from_calibration
 from common.protocol import (
+    DATASET_NOT_RECOGNISED,
     EVALUATE_METRIC_KEYS,
     LAYOUT_NOT_ANNOUNCED,
     LEDGER_UNTRUSTED,
@@ -440,3 +441,37 @@ def test_deployed_partner_writes_its_own_verdict_locally_and_releases_nothing_mo
     said = (folder / "verdict-1.md").read_text()
     assert f"bank: joining the federation under ε=3 changed AUC on its own {saved['test_rows']}" \
         in said and d["verdict"] in said
+
+
+def test_a_grown_data_file_keeps_its_lifetime_budget_and_another_is_refused_as_such(
+    tmp_path: Path,
+) -> None:
+    """The lifetime odometer identifies a data set by its records: one appended loan is the
+    same data set (its spent budget refuses the next run), a file of other loans gets its own
+    refusal, not "the ledger failed verification"."""
+    header, *rows = bundled_path("credit_data")[0].read_text().splitlines()
+    files = {"first": rows[:600], "grown": [*rows[:600], rows[600]], "other": rows[601:1200]}
+    for name, lines in files.items():
+        (tmp_path / f"{name}.csv").write_text("\r\n".join([header, *lines]) + "\r\n")
+    run = RunConfig(num_server_rounds=2)
+    node = {
+        **_ledger_node(tmp_path),
+        "epsilon": 1.0,
+        "lifetime-epsilon": 1.0,
+        "data-path": str(tmp_path / "first.csv"),
+    }
+    context = node_context(node, run)
+    for server_round in (1, 2):
+        assert _train(run, context, server_round).content["info"]["refusal-reason"] == ""
+    reasons = []
+    for number, name in enumerate(("grown", "other"), start=2):
+        later = {
+            **node,
+            "data-path": str(tmp_path / f"{name}.csv"),
+            "ledger-path": str(tmp_path / f"ledger-{name}.jsonl"),
+        }
+        reply = _train(run, node_context(later, run, run_id=number), 1)
+        assert "arrays" not in reply.content and not Path(later["ledger-path"]).exists()
+        reasons.append(reply.content["info"]["refusal-reason"])
+    assert reasons == [LIFETIME_BUDGET_EXHAUSTED, DATASET_NOT_RECOGNISED]
+    _assert_no_local_detail(DATASET_NOT_RECOGNISED, tmp_path)

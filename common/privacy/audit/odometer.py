@@ -1,7 +1,10 @@
 """The auditor's check of partners' lifetime odometers, and of each run's ledger against them.
 
 An odometer's integrity is `common.privacy.odometer.check_odometer`'s (fields, the partner's
-signatures, chain, seq, one partner, data set and lifetime budget). Its lifetime ε is RECOMPUTED
+signatures, chain, seq, one partner, data set and lifetime budget). The data set is named by one
+opaque identity throughout (`dataset_sha256`: a keyed fingerprint of its records, or in an older
+odometer the SHA-256 of its files); which records it holds stays with the partner, so the auditor
+checks that the identity never changes, not what it contains. Its lifetime ε is RECOMPUTED
 from the logged mechanisms with the auditor's own accountant; a claim more than
 `EPSILON_TOLERANCE` below it, or a lifetime ε over the lifetime budget, is a finding. Then every
 ledger entry that ran steps must be covered by one reservation of its partner's odometer: same

@@ -24,6 +24,8 @@ from common.data.tables import (
     bundled_path,
     load_bundled,
     load_partner_csv,
+    record_digest,
+    record_digests,
     split_chunks,
     split_train_test,
     subset,
@@ -159,6 +161,39 @@ def test_load_partner_csv_brings_own_data(write_case: WriteCase) -> None:
     assert isinstance(data, PartnerData) and data.partner == "lender"
     assert len(data.train) + len(data.test) == 40
     assert data.train.features.shape[1] == load_schema(schema_path).num_features
+
+
+def test_loading_computes_each_records_digest_in_the_same_pass(write_case: WriteCase) -> None:
+    """The lifetime odometer identifies a data set by these digests: a partner's file is
+    hashed once, as it is split, and a caller without the loaded data gets the same digests by
+    streaming the file."""
+    csv_path, schema_path = _id_case(write_case, n=400)
+    data = load_partner_csv("lender", csv_path, schema_path, test_fraction=0.25, split_key=b"k")
+    table = read_csv(csv_path)
+    expected = [record_digest(b"k", table.header, row) for row in table.rows]
+    assert data.records.dtype == np.dtype("<u8") and data.records.tolist() == expected
+    assert len(set(expected)) == 400  # one digest per distinct record
+    assert record_digests(csv_path, b"k").tolist() == expected
+    assert record_digests(csv_path, b"other").tolist() != expected  # keyed by the partner
+    assert PartnerData("sim", data.train, data.test).records.size == 0
+
+
+def test_a_records_digest_ignores_line_endings_row_and_column_order(tmp_path: Path) -> None:
+    lines = ["status,id", "good,1", "bad,2", "good,3"]
+    variants = {
+        "lf": "\n".join(lines) + "\n",
+        "crlf": "\r\n".join(lines) + "\r\n",
+        "bom": "\ufeff" + "\n".join(lines),
+        "reordered": "id,status\n3,good\n1,good\n2,bad\n",
+    }
+    digests = {}
+    for name, text in variants.items():
+        (tmp_path / f"{name}.csv").write_text(text, encoding="utf-8", newline="")
+        digests[name] = sorted(record_digests(tmp_path / f"{name}.csv", b"k").tolist())
+    assert len({tuple(d) for d in digests.values()}) == 1
+    (tmp_path / "changed.csv").write_text("status,id\ngood,1\nbad,2\ngood,4\n")
+    changed = record_digests(tmp_path / "changed.csv", b"k").tolist()
+    assert len(set(changed) & set(digests["lf"])) == 2  # the changed record is another record
 
 
 def test_load_partner_csv_surfaces_validation_errors(write_case: WriteCase,

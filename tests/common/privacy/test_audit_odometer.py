@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -232,3 +233,79 @@ def test_a_second_count_in_one_run_is_reported(fed: Federation,
     codes = [f.line for f in found(audit(fed, accountant), odometer_path(fed, "lender"),
                                    "second-count")]
     assert codes == [len(lines)]
+
+
+def _odometer_across_a_refresh(
+    keys: dict[str, Ed25519PrivateKey], plans: dict[str, PrivacyPlan], tmp_path: Path
+) -> tuple[Path, list[Federation]]:
+    """The bank's odometer of run-A on 300 records and of run-B after one loan was appended,
+    opened by their records (`PrivacyOdometer.of_records`), as the partner opens it."""
+    feds = [
+        build_federation(tmp_path / "a", keys=keys, plans=plans, rounds={"bank": 3}),
+        build_federation(
+            tmp_path / "b", keys=keys, plans=plans, run_id="run-B", rounds={"bank": 3}
+        ),
+    ]
+    path = tmp_path / "bank.odometer.jsonl"
+    for fed, rows in zip(feds, (300, 301), strict=True):
+        odometer = PrivacyOdometer.of_records(
+            path,
+            keys["bank"],
+            "bank",
+            np.arange(rows, dtype="<u8"),
+            10.0,
+            DELTA,
+            files=(tmp_path / "unread.csv", tmp_path / "unread.toml"),
+        )
+        for _, entry in spent_lines(fed.ledgers["bank"]):
+            odometer.record(
+                run_id=entry["run_id"],
+                server_round=entry["round"],
+                release="dp-sgd",
+                event=ledger_event(entry),
+                ledger_path=str(fed.ledgers["bank"]),
+            )
+    return path, feds
+
+
+def test_an_odometer_across_a_data_refresh_verifies_as_one_data_set(
+    keys: dict[str, Ed25519PrivateKey],
+    plans: dict[str, PrivacyPlan],
+    tmp_path: Path,
+    accountant: IndependentAccountant,
+) -> None:
+    path, feds = _odometer_across_a_refresh(keys, plans, tmp_path)
+    result = verify(
+        [feds[1].ledgers["bank"]], feds[1].keys_dir, accountant=accountant, odometer_paths=[path]
+    )
+    assert result.ok, result.findings
+    [summary] = result.odometers
+    assert summary.runs == ["run-A", "run-B"]
+    assert {json.loads(line)["dataset_sha256"] for line in read_entries(path)} == {
+        summary.dataset_sha256
+    }
+    per_run = len(spent_lines(feds[1].ledgers["bank"]))
+    assert [e.covers != "" for e in summary.entries] == [False] * per_run + [True] * per_run
+
+
+def test_an_odometer_that_changes_data_set_midway_is_found(
+    keys: dict[str, Ed25519PrivateKey],
+    plans: dict[str, PrivacyPlan],
+    tmp_path: Path,
+    accountant: IndependentAccountant,
+) -> None:
+    # Run-B's entries re-signed as another data set's (what identifying a data set by its
+    # file's bytes did on a refresh): one odometer must count one data set throughout.
+    path, feds = _odometer_across_a_refresh(keys, plans, tmp_path)
+    entries = [json.loads(line) for line in read_entries(path)]
+    half = len(entries) // 2
+    for entry in entries[half:]:
+        entry["dataset_sha256"] = "cd" * 32
+    write_entries(path, dump(resign_and_rechain(entries, [keys["bank"]] * len(entries), half)))
+    result = verify(
+        [feds[1].ledgers["bank"]], feds[1].keys_dir, accountant=accountant, odometer_paths=[path]
+    )
+    assert [f.line for f in found(result, path, "identity-changed")] == list(
+        range(half + 1, len(entries) + 1)
+    )
+    assert not result.ok

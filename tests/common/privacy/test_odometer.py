@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import LedgerError, LifetimeBudgetExceeded
+from common.errors import DatasetNotRecognised, LedgerError, LifetimeBudgetExceeded
 from common.privacy.accounting import (
     SubsampledGaussianEvent,
     calibrate_noise_multiplier,
@@ -31,6 +31,7 @@ from common.privacy.odometer import (
     check_odometer,
     dataset_fingerprint,
 )
+from common.privacy.record_index import INDEX_KIND, index_path
 from tests.audit_fixtures import resign_and_rechain
 
 DELTA = 1e-5
@@ -280,3 +281,208 @@ def test_a_cut_or_truncated_odometer_is_refused(used: Path, key: Ed25519PrivateK
     used.write_bytes(b"".join(line + b"\n" for line in raw.splitlines()[:1]))
     with pytest.raises(LedgerError, match="truncated or replaced"):
         live.fits([plan.round_event])
+
+
+# --- the data set is its records, not its file's bytes --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signing_key_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from common.privacy.crypto import write_key_pair
+
+    folder = tmp_path_factory.mktemp("keys")
+    write_key_pair(generate_signing_key(), folder, "bank")
+    return folder / "bank.key"
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One loan table as a lender re-saves, re-sorts and grows it, and a table of other loans."""
+    from common.data.tables import bundled_path
+
+    header, *rows = bundled_path("credit_data")[0].read_text().splitlines()
+    first, later = rows[:200], rows[200:400]
+    folder = tmp_path_factory.mktemp("versions")
+    texts = {
+        "original": "\n".join([header, *first]) + "\n",
+        "crlf": "\r\n".join([header, *first]) + "\r\n",
+        "reordered": "\n".join([header, *reversed(first)]) + "\n",
+        "grown": "\n".join([header, *first, later[0]]) + "\n",
+        "disjoint": "\n".join([header, *later]) + "\n",
+    }
+    for name, text in texts.items():
+        (folder / f"{name}.csv").write_bytes(text.encode())
+    return {name: folder / f"{name}.csv" for name in texts}
+
+
+def partner_on(data: Path, odometer: Path, signing_key: Path, lifetime: float = 1.0):
+    """A deployed partner's config: `data` under the bundled schema, no ledger, an odometer."""
+    from common.config import PartnerConfig
+    from common.data.tables import bundled_path
+
+    return PartnerConfig(
+        partner="bank",
+        epsilon=1.0,
+        delta=DELTA,
+        data_path=str(data),
+        schema_path=str(bundled_path("credit_data")[1]),
+        signing_key=str(signing_key),
+        odometer_path=str(odometer),
+        lifetime_epsilon=lifetime,
+    )
+
+
+def spend_one_run(data: Path, odometer: Path, signing_key: Path, plan: Plan) -> float:
+    """Run 1 on `data`: ~0.9998 of a lifetime budget of 1, reserved in the odometer."""
+    from common.partner import open_privacy_logs
+
+    _, first = open_privacy_logs(partner_on(data, odometer, signing_key), "run-1")
+    assert first is not None
+    run_rounds(first, plan, "run-1", range(1, 3), odometer.parent / "a.jsonl")
+    assert 0.99 < first.spent() <= 1.0
+    return first.spent()
+
+
+@pytest.mark.parametrize("version", ["crlf", "reordered", "grown"])
+def test_a_resaved_reordered_or_grown_file_is_the_same_data_set(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan, version: str
+) -> None:
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    spent = spend_one_run(versions["original"], path, signing_key_path, plan)
+    _, again = open_privacy_logs(partner_on(versions[version], path, signing_key_path), "run-2")
+    assert again is not None and again.spent() == pytest.approx(spent)
+    assert not again.fits([plan.round_event]).allowed
+    with pytest.raises(LifetimeBudgetExceeded, match="lifetime budget 1"):
+        run_rounds(again, plan, "run-2", range(1, 2), tmp_path / "b.jsonl")
+
+
+def test_three_runs_on_three_versions_spend_one_lifetime_budget(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
+    """The finding: 3 runs of ~1 epsilon on a CRLF re-save, a re-sort and one appended loan of
+    the same records, under a lifetime budget of 1: only the first may spend."""
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    spend_one_run(versions["crlf"], path, signing_key_path, plan)
+    for run, version in enumerate(("reordered", "grown"), start=2):
+        _, odometer = open_privacy_logs(
+            partner_on(versions[version], path, signing_key_path), f"run-{run}"
+        )
+        assert odometer is not None
+        with pytest.raises(LifetimeBudgetExceeded):
+            run_rounds(odometer, plan, f"run-{run}", range(1, 3), tmp_path / f"{run}.jsonl")
+    assert len(lines_of(path)) == 2
+
+
+def test_a_file_sharing_no_record_is_refused_with_its_own_message(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    spend_one_run(versions["original"], path, signing_key_path, plan)
+    index = index_path(path)
+    before = index.read_bytes()
+    with pytest.raises(DatasetNotRecognised) as info:
+        open_privacy_logs(partner_on(versions["disjoint"], path, signing_key_path), "run-2")
+    message = str(info.value)
+    assert "shares none of its 200 records with the 200 records" in message
+    assert "'odometer-path'" in message and "failed verification" not in message
+    assert index.read_bytes() == before and len(lines_of(path)) == 2
+
+
+def test_the_record_index_is_private_compact_and_the_union_of_every_version(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    spend_one_run(versions["original"], path, signing_key_path, plan)
+    index = index_path(path)
+    assert index == tmp_path / "bank.odometer.jsonl.records"
+    assert index.stat().st_mode & 0o777 == 0o600
+    header, body = index.read_bytes().split(b"\n", 1)
+    dataset = lines_of(path)[0]["dataset_sha256"]
+    assert json.loads(header) == {"kind": INDEX_KIND, "dataset_sha256": dataset}
+    assert len(body) == 8 * 200  # 8 bytes a record, no data value
+    for version in ("crlf", "reordered", "grown", "grown"):
+        open_privacy_logs(partner_on(versions[version], path, signing_key_path), "run-2")
+    assert len(index.read_bytes().split(b"\n", 1)[1]) == 8 * 201  # the appended loan, once
+    # A version that shares only the appended loan with the first is still the data set.
+    lines = versions["grown"].read_text().splitlines()
+    latest = tmp_path / "latest.csv"
+    latest.write_text("\n".join([lines[0], lines[-1]]) + "\n")
+    _, odometer = open_privacy_logs(partner_on(latest, path, signing_key_path), "run-3")
+    assert odometer is not None and odometer.dataset_sha256 == dataset
+
+
+def test_with_nothing_recorded_another_data_set_may_take_the_odometer(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path]
+) -> None:
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    _, first = open_privacy_logs(partner_on(versions["original"], path, signing_key_path), "r")
+    _, other = open_privacy_logs(partner_on(versions["disjoint"], path, signing_key_path), "r")
+    assert first is not None and other is not None and not path.exists()
+    assert other.dataset_sha256 != first.dataset_sha256 and other.spent() == 0.0
+
+
+def test_an_odometer_written_before_records_were_indexed_is_carried_over(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
+    from common.data.tables import bundled_path
+    from common.partner import open_privacy_logs
+    from common.privacy.crypto import load_private_key
+
+    path, schema = tmp_path / "bank.odometer.jsonl", bundled_path("credit_data")[1]
+    old = dataset_fingerprint(versions["original"], schema)  # the file's bytes, as before
+    run_rounds(
+        PrivacyOdometer(path, load_private_key(signing_key_path), "bank", old, 1.0, DELTA),
+        plan,
+        "run-1",
+        range(1, 3),
+        tmp_path / "a.jsonl",
+    )
+    with pytest.raises(DatasetNotRecognised, match="written before fedcredit identified"):
+        open_privacy_logs(partner_on(versions["crlf"], path, signing_key_path), "run-2")
+    assert not index_path(path).read_bytes()  # nothing indexed from a file it cannot place
+    # On the file it was written with, its records are indexed under its old identity; from
+    # then on the re-saved file is recognised too.
+    for version in ("original", "crlf"):
+        _, odometer = open_privacy_logs(
+            partner_on(versions[version], path, signing_key_path), "run-2"
+        )
+        assert odometer is not None and odometer.dataset_sha256 == old
+        assert not odometer.fits([plan.round_event]).allowed
+
+
+def test_an_index_beside_another_odometer_is_refused(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    spend_one_run(versions["original"], path, signing_key_path, plan)
+    other = tmp_path / "other" / "bank.odometer.jsonl"
+    spend_one_run(versions["disjoint"], other, signing_key_path, plan)
+    index_path(other).write_bytes(index_path(path).read_bytes())
+    with pytest.raises(LedgerError, match="an index belongs to the odometer it was written"):
+        open_privacy_logs(partner_on(versions["original"], other, signing_key_path), "run-2")
+
+
+def test_an_odometer_that_fails_verification_indexes_nothing(
+    tmp_path: Path, signing_key_path: Path, versions: dict[str, Path], plan: Plan
+) -> None:
+    from common.partner import open_privacy_logs
+
+    path = tmp_path / "bank.odometer.jsonl"
+    spend_one_run(versions["original"], path, signing_key_path, plan)
+    write_lines(path, _rewrite_sigma(lines_of(path)))
+    before = index_path(path).read_bytes()
+    with pytest.raises(LedgerError, match=r"failed verification.*\[bad-signature\]"):
+        open_privacy_logs(partner_on(versions["grown"], path, signing_key_path), "run-2")
+    assert index_path(path).read_bytes() == before

@@ -43,9 +43,9 @@ class PartyTable:
 class FederationCommands:
     """Every command line of a deployment, from the paths (or shell variables) of its files.
 
-    `pki` is the `fedcredit federation init` directory as the coordinator keeps it, `partners`
-    where each partner keeps its own folder (its keys, the CA certificate, its ledger) on its
-    own machine (default `pki/partners`, only for tests of the command lines),
+    `pki` is the `fedcredit federation init` directory as the coordinator keeps it (no partner's
+    private key is ever in it), `partners` where each partner keeps its own folder `<partner>/`
+    (the keys it made, the CA certificate, its ledger) on its own machine,
     `data` holds `<partner>.csv/.toml`, `work` the coordinator's run directory, `schema` (when
     set) the schema every partner's data follows, which the coordinator builds the model for
     (default: the bundled scenario's). The SuperLink
@@ -61,10 +61,10 @@ class FederationCommands:
     pki: str
     data: str
     work: str
+    partners: str
     superlink_host: str = "127.0.0.1"
     superlink_port: int = 8000
     listen_host: str = "127.0.0.1"
-    partners: str = ""
     schema: str = ""
     mode: str = HORIZONTAL
 
@@ -82,7 +82,7 @@ class FederationCommands:
     def partner_dir(self, partner: str) -> str:
         """A partner's own folder: the keys it made (`keys_new`), the CA certificate the
         coordinator sent it, its ledger and odometer."""
-        return f"{self.partners or self.pki + '/partners'}/{partner}"
+        return f"{self.partners}/{partner}"
 
     def keys_new(self, partner: str) -> list[str]:
         """A partner makes its own keys in its own folder: its ledger key pair and its

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from common.privacy.crypto import fingerprint, load_private_key, load_public_keys
 from simulations.cli import app
 from simulations.deploy.commands import FederationCommands, shell_line
+from simulations.deploy.demo import _commands
+from simulations.deploy.local import DemoOptions, LocalFederation
 
 RUNNER = CliRunner(env={"COLUMNS": "240"})
 
@@ -158,3 +160,28 @@ def test_init_prints_the_commands_the_guide_and_the_demo_use(tmp_path: Path) -> 
     assert "schema-path='$DATA/schema.toml'" in shell_line(commands.run(".", 3, 2))
     for line in commands.flwr_config().splitlines():
         assert line.strip() in printed
+
+
+def test_the_demo_plays_each_partner_making_its_own_keys(tmp_path: Path) -> None:
+    """The one-machine demo runs the same ceremony: the partners' keys are made in their own
+    folders, and its `pki/` (what `federation init` wrote) holds none of them."""
+    fed = LocalFederation(tmp_path / "demo", DemoOptions(superlink_port=19200,
+                                                         supernode_port=19201))
+    fed.make_keys()
+    coordinator = {p.relative_to(fed.pki).as_posix() for p in fed.pki.rglob("*")
+                   if p.is_file() and b"PRIVATE KEY" in p.read_bytes()}
+    assert coordinator == {"ca/ca.key", "superlink/server.key", "coordinator/coordinator.key"}
+    auditor = load_public_keys(fed.pki_layout.auditor_keys)
+    for partner in fed.options.partners:
+        home = fed.partner_homes / partner
+        assert sorted(p.name for p in home.iterdir()) == sorted(
+            ["ca.crt", f"{partner}.key", f"{partner}.pub", "supernode-auth",
+             "supernode-auth.pub"])
+        own = fingerprint(load_private_key(home / f"{partner}.key").public_key())
+        assert auditor[own][0] == partner
+        args = fed.supernode_command(partner)
+        assert args[args.index("--auth-supernode-private-key") + 1] == str(
+            home / "supernode-auth")
+    assert _commands(fed)[:4] == [shell_line(fed.commands.keys_new(p))
+                                  for p in fed.options.partners] + [
+        shell_line(fed.commands.init(fed.options.partners))]

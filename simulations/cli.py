@@ -273,25 +273,28 @@ app.add_typer(federation_app, name="federation")
 def keys_new(
     partner: Annotated[str, typer.Option(help="Key owner: a partner name or 'coordinator'.")],
     out: Annotated[Path, typer.Option(help="Directory for <partner>.key and <partner>.pub.")],
+    supernode_auth: Annotated[bool, typer.Option(
+        help="Also write the SuperNode authentication key pair (supernode-auth, "
+             "supernode-auth.pub) a partner's flower-supernode signs in with.")] = False,
 ) -> None:
-    """Create an Ed25519 signing key pair: <out>/<partner>.key (mode 0600) and .pub."""
-    from common.privacy.crypto import CryptoError, fingerprint, generate_signing_key, write_key_pair
+    """Create your own Ed25519 signing key pair on your own machine: <out>/<partner>.key (mode
+    0600) and .pub; hand over only the public keys (docs/partners.md)."""
+    from common.privacy.crypto import CryptoError
+    from simulations.deploy.keys import new_partner_keys, public_key_lines
 
     if not partner or "/" in partner or partner.startswith("."):
         raise typer.BadParameter(f"invalid partner name {partner!r}", param_hint="--partner")
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
-    key = generate_signing_key()
     try:
-        private_path, public_path = write_key_pair(key, out, partner)
+        written = new_partner_keys(partner, out, supernode_auth=supernode_auth)
     except CryptoError as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from exc
     except OSError as exc:
         raise typer.BadParameter(f"cannot write into {out} ({exc.filename or out}: "
                                  f"{exc.strerror or exc})", param_hint="--out") from exc
-    Console().print(f"private key: {private_path} (mode 0600, keep it on the partner's machine)\n"
-                    f"public key:  {public_path} (give it to the auditor)\n"
-                    f"fingerprint: {fingerprint(key.public_key())}")
+    Console().print("\n".join(public_key_lines(written)), markup=False, highlight=False,
+                    soft_wrap=True)
 
 
 @app.command()

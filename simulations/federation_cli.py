@@ -22,20 +22,32 @@ federation_app = typer.Typer(no_args_is_help=True,
 
 @federation_app.command("init")
 def federation_init(
-    out: Annotated[Path, typer.Option(help="New directory for every party's files.")],
-    partners: Annotated[str, typer.Option(help="Comma-separated partner names.")] = (
-        "lender,ecommerce,bank"),
+    out: Annotated[Path, typer.Option(help="New directory for the coordinator's files.")],
+    partner_key: Annotated[list[str] | None, typer.Option(
+        "--partner-key", metavar="NAME=PATH",
+        help="A partner's ledger PUBLIC key (<name>.pub from its own `fedcredit keys new`); "
+             "once per partner, in partner order.")] = None,
+    supernode_key: Annotated[list[str] | None, typer.Option(
+        "--supernode-key", metavar="NAME=PATH",
+        help="A partner's SuperNode authentication PUBLIC key (supernode-auth.pub from its "
+             "`fedcredit keys new --supernode-auth`); once per partner.")] = None,
     superlink_host: Annotated[str, typer.Option(
         help="Host name or IP the partners use to reach the SuperLink.")] = "localhost",
 ) -> None:
-    """Create a CA, SuperLink TLS certificate, SuperNode auth keys, ledger and receipt keys."""
+    """Create the CA, the SuperLink's TLS certificate, the coordinator's receipt key and the
+    public-key directory, from the public keys each partner made on its own machine. No
+    partner's private key is ever written: whoever held one could sign as that partner."""
     from simulations.deploy.federation import init_federation
+    from simulations.deploy.keys import read_partner_keys
 
-    names = [p.strip() for p in partners.split(",") if p.strip()]
     try:
-        layout = init_federation(out, names, superlink_host)
+        keys = read_partner_keys(partner_key or [], supernode_key or [])
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        layout = init_federation(out, keys, superlink_host)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
     # Plain text: commands hold [brackets] (TOML) and must stay on one line to be copied.
     Console().print(layout.instructions(), markup=False, highlight=False, soft_wrap=True)
 
@@ -68,8 +80,10 @@ def federation_demo(
                        "\"vertical\", each party's CSV, schema and id_column; docs/vertical.md)."
     )] = None,
 ) -> None:
-    """Run a real federation on this machine: SuperLink with TLS and node authentication, one
-    SuperNode per partner, `flwr run`, then audit the ledgers. Stops every process it started.
+    """Run a real federation on this machine: each partner makes its own keys (`keys new`, all
+    on this machine only because it is a demo), `federation init` from their public keys,
+    SuperLink with TLS and node authentication, one SuperNode per partner, `flwr run`, then
+    audit the ledgers. Stops every process it started.
 
     With --mode vertical or a vertical --spec: the three vertical parties, each SuperNode on its
     own table, aligned by PSI on the customer IDs (docs/vertical.md)."""

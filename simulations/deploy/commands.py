@@ -43,8 +43,9 @@ class PartyTable:
 class FederationCommands:
     """Every command line of a deployment, from the paths (or shell variables) of its files.
 
-    `pki` is the `fedcredit federation init` directory as the coordinator keeps it, `partners`
-    where each partner's folder of it lies on the partner's machine (default `pki/partners`),
+    `pki` is the `fedcredit federation init` directory as the coordinator keeps it (no partner's
+    private key is ever in it), `partners` where each partner keeps its own folder `<partner>/`
+    (the keys it made, the CA certificate, its ledger) on its own machine,
     `data` holds `<partner>.csv/.toml`, `work` the coordinator's run directory, `schema` (when
     set) the schema every partner's data follows, which the coordinator builds the model for
     (default: the bundled scenario's). The SuperLink
@@ -60,10 +61,10 @@ class FederationCommands:
     pki: str
     data: str
     work: str
+    partners: str
     superlink_host: str = "127.0.0.1"
     superlink_port: int = 8000
     listen_host: str = "127.0.0.1"
-    partners: str = ""
     schema: str = ""
     mode: str = HORIZONTAL
 
@@ -79,8 +80,35 @@ class FederationCommands:
         return f"{self.pki}/auditor/keys"
 
     def partner_dir(self, partner: str) -> str:
-        """A partner's own folder: its CA certificate, auth key, ledger key and ledger."""
-        return f"{self.partners or self.pki + '/partners'}/{partner}"
+        """A partner's own folder: the keys it made (`keys_new`), the CA certificate the
+        coordinator sent it, its ledger and odometer."""
+        return f"{self.partners}/{partner}"
+
+    def keys_new(self, partner: str) -> list[str]:
+        """A partner makes its own keys in its own folder: its ledger key pair and its
+        SuperNode authentication pair. It hands over only `<partner>.pub` and
+        `supernode-auth.pub`."""
+        return ["fedcredit", "keys", "new", "--partner", partner,
+                "--out", self.partner_dir(partner), "--supernode-auth"]
+
+    def public_keys(self, partners: Sequence[str], received: str = ""
+                    ) -> tuple[list[str], list[str]]:
+        """`init`'s `--partner-key` and `--supernode-key` values (NAME=PATH): the public keys
+        each partner handed over, under `received/<partner>/` (default: the partners' own
+        folders, which only the one-machine demo can read)."""
+        folders = {p: f"{received}/{p}" if received else self.partner_dir(p) for p in partners}
+        return ([f"{p}={folders[p]}/{p}.pub" for p in partners],
+                [f"{p}={folders[p]}/supernode-auth.pub" for p in partners])
+
+    def init(self, partners: Sequence[str], received: str = "") -> list[str]:
+        """The coordinator's `fedcredit federation init` from the partners' public keys alone
+        (see `public_keys`)."""
+        ledger, supernode = self.public_keys(partners, received)
+        args = ["fedcredit", "federation", "init", "--out", self.pki,
+                "--superlink-host", self.superlink_host]
+        for key, node_key in zip(ledger, supernode, strict=True):
+            args += ["--partner-key", key, "--supernode-key", node_key]
+        return args
 
     @property
     def superlink_address(self) -> str:

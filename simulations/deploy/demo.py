@@ -30,7 +30,10 @@ def run_demo(fed: LocalFederation, step: Callable[[str], None],
     closes `fed` (tears everything down) whatever happens."""
     started = time.monotonic()
     o = fed.options
-    step(f"writing keys, certificates and partner data to {fed.workspace}")
+    step(f"each partner makes its own keys in {fed.partner_homes}/<partner>/ (`fedcredit keys "
+         f"new`; on one machine only because this is a demo), the coordinator makes its "
+         f"certificates from their public keys alone (`federation init`) in {fed.pki}; "
+         f"writing partner data")
     fed.prepare()
     step(f"starting flower-superlink on 127.0.0.1:{o.superlink_port} (TLS, node auth)")
     fed.start_superlink()
@@ -73,6 +76,8 @@ def _audit_summary(audit: AuditResult | None) -> dict:
 def _commands(fed: LocalFederation) -> list[str]:
     """Every command the demo ran, as a person types it."""
     return [shell_line(c) for c in (
+        *map(fed.commands.keys_new, fed.options.partners),
+        fed.commands.init(fed.options.partners),
         fed.commands.superlink(), *map(fed.commands.register, fed.options.partners),
         *map(fed.supernode_command, fed.options.partners), fed.run_command(),
         fed.commands.audit(fed.options.partners))]
@@ -189,7 +194,10 @@ def _files_and_commands(report: dict, docs: str) -> list[str]:
     return ["", "Files:", "",
             *(f"- {name}: `{path}`" for name, path in files.items() if name != "ledgers"),
             *(f"- ledger: `{path}`" for path in files["ledgers"]),
-            "", f"Commands run (see {docs}):", "", "```sh", *report["commands"], "```", ""]
+            "", f"Commands run (see {docs}; all on one machine only because this is a demo: "
+                f"in a real federation each partner makes its own keys and runs its SuperNode on "
+                f"its own machine, and hands the coordinator only its public keys):", "",
+            "```sh", *report["commands"], "```", ""]
 
 
 def vertical_summary_line(report: dict) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,8 +49,12 @@ from simulations.deploy.commands import (
     shell_line,
 )
 from simulations.deploy.federation import FederationLayout, init_federation
+from simulations.deploy.keys import new_partner_keys, read_partner_keys
 
 DEMO_MARK = "FEDCREDIT_LOCAL_FEDERATION"  # environment tag on every process we start
+PARTNER_HOMES_DIR = "partners"
+"""The demo workspace's stand-in for the partners' machines: `partners/<partner>/` is what a
+partner keeps on its own machine (the keys it made, the CA certificate, its ledger)."""
 
 
 VERTICAL_DEMO_LENDER_CONFIG = "release-evaluation=true"
@@ -148,11 +153,14 @@ class LocalFederation:
         self.options = options
         self.app = (app or project_root()).resolve()
         self.pki = self.workspace / PKI_DIR
-        self.pki_layout = FederationLayout(self.pki, options.partners, "localhost")
+        self.partner_homes = self.workspace / PARTNER_HOMES_DIR
         self.commands = FederationCommands(pki=str(self.pki), data=str(self.workspace / DATA_DIR),
                                            work=str(self.workspace),
+                                           partners=str(self.partner_homes),
                                            superlink_port=options.superlink_port,
                                            mode=options.mode)
+        self.pki_layout = FederationLayout(self.pki, options.partners,
+                                           self.commands.superlink_host)
         self.tables: dict[str, PartyTable] = {}  # a party's own files, where not under data/
         if options.spec is not None:
             from simulations.deploy.vertical import spec_tables
@@ -174,7 +182,7 @@ class LocalFederation:
         if self.workspace.exists() and any(self.workspace.iterdir()):
             raise FederationError(f"{self.workspace} exists and is not empty; choose another "
                                   "--out or pass --overwrite")
-        init_federation(self.pki, self.options.partners, self.pki_layout.superlink_host)
+        self.make_keys()
         self._write_data(self.workspace / DATA_DIR)
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True)
@@ -185,6 +193,22 @@ class LocalFederation:
         if busy:
             raise FederationError(f"ports already in use: {busy}; choose --superlink-port / "
                                   "--supernode-port")
+
+    def make_keys(self) -> None:
+        """The key ceremony, played on one machine only because this is a demo: each partner
+        makes its own keys in its own folder (`fedcredit keys new`, the `keys_new` command
+        line), the coordinator runs `federation init` with their public keys alone (`init`),
+        and each partner copies the CA certificate it is sent into its folder. In a real
+        federation each partner does its steps on its own machine (docs/partners.md)."""
+        for partner in self.options.partners:
+            new_partner_keys(partner, Path(self.commands.partner_dir(partner)),
+                             supernode_auth=True)
+        ledger, supernode = self.commands.public_keys(self.options.partners)
+        init_federation(self.pki, read_partner_keys(ledger, supernode),
+                        self.pki_layout.superlink_host)
+        for partner in self.options.partners:
+            shutil.copy(self.pki_layout.partner_files(partner) / "ca.crt",
+                        Path(self.commands.partner_dir(partner)) / "ca.crt")
 
     def _write_data(self, folder: Path) -> None:
         """Each partner's data: the bundled scenario's rows per partner (horizontal), the
@@ -390,8 +414,7 @@ class LocalFederation:
 
     def ledger_paths(self) -> list[Path]:
         """Each partner's ledger (on its own machine in a real deployment)."""
-        return [self.pki_layout.partner_dir(p) / deployed_ledger_name(p)
-                for p in self.options.partners]
+        return [self.partner_homes / p / deployed_ledger_name(p) for p in self.options.partners]
 
     def audit(self) -> AuditResult | None:
         """What the auditor's `fedcredit audit verify` finds on the ledgers and receipts; None
@@ -401,7 +424,7 @@ class LocalFederation:
         if not ledgers:
             return None
         receipts = self.run_dir / RECEIPTS_FILE
-        odometers = [self.pki_layout.partner_dir(p) / deployed_odometer_name(p)
+        odometers = [self.partner_homes / p / deployed_odometer_name(p)
                      for p in self.options.partners]
         return verify(ledgers, self.pki_layout.auditor_keys,
                       receipts if receipts.exists() else None,

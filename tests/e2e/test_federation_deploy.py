@@ -171,9 +171,11 @@ def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
     commands = FederationCommands(pki="$FED", data="$DATA", work="$WORK",
                                   superlink_host="$SUPERLINK_HOST", listen_host="0.0.0.0",
                                   partners="$PARTNER_HOME", schema="$DATA/schema.toml")
-    expected = [commands.superlink(), commands.register("lender"),
+    everyone = ["lender", "ecommerce", "bank"]
+    expected = [commands.keys_new("lender"), commands.init(everyone, "$RECEIVED"),
+                commands.superlink(), commands.register("lender"),
                 commands.supernode("lender", 9094, 3.0, 1e-5), commands.run(".", 3, 2),
-                commands.audit(["lender", "ecommerce", "bank"])]
+                commands.audit(everyone)]
     for args in expected:
         assert shell_line(args) in guide, shell_line(args)
     assert commands.flwr_config().strip() in guide

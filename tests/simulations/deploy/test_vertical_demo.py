@@ -84,12 +84,12 @@ def test_bundled_vertical_mode_writes_each_partys_columns(tmp_path: Path) -> Non
 
 
 def test_the_horizontal_commands_are_unchanged() -> None:
-    c = FederationCommands(pki="/p", data="/d", work="/w")
+    c = FederationCommands(pki="/p", data="/d", work="/w", partners="/h")
     assert c.node_config("bank", 3.0, 1e-5) == (
         "partner='bank' epsilon=3.0 delta=1e-05 data-path='/d/bank.csv' "
-        "schema-path='/d/bank.toml' ledger-path='/p/partners/bank/bank.ledger.jsonl' "
-        "signing-key='/p/partners/bank/bank.key' "
-        "odometer-path='/p/partners/bank/bank.odometer.jsonl' lifetime-epsilon=10.0")
+        "schema-path='/d/bank.toml' ledger-path='/h/bank/bank.ledger.jsonl' "
+        "signing-key='/h/bank/bank.key' "
+        "odometer-path='/h/bank/bank.odometer.jsonl' lifetime-epsilon=10.0")
     assert "--receipts" in c.audit(["bank"]) and "mode=" not in c.run_config(3, 2)
 
 

@@ -34,7 +34,8 @@ file shares an unchanged record with the data set's earlier versions. A file tha
 refused; giving it a new odometer starts a fresh lifetime budget that does not count what its
 records spent under the old one, which only the partner can know is right (a genuinely new data
 set). As everywhere in fedcredit, the bound is per record and covers the DP releases (the noisy
-count, the training rounds), not the evaluation metrics, which are released unprotected.
+count, the training rounds), not the exact metrics a partner releases, unprotected, only with
+`release-metrics=true`.
 
 `check_odometer` is the one integrity check, used by the partner on open and by the auditor
 (`common.privacy.audit.odometer`). The partner's file is locked while it is read and appended, so

@@ -49,6 +49,7 @@ from common.protocol import (
     LOCAL_EPOCHS,
     NOISE_MULTIPLIER,
     NUM_EXAMPLES,
+    PLAN_UNREACHABLE,
     REFUSED,
     ROUNDS_TRAINED,
     SAMPLE_RATE,
@@ -385,9 +386,9 @@ def _begin_run(partner: PartnerConfig, run: RunConfig, state: PartnerState, data
             planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
             seed=round_seed(run.seed, partner, 0),
             count_epsilon_share=partner.count_epsilon_share)
-    except ValueError as exc:  # its message names the budget, the plan and ñ: public values
+    except ValueError as exc:  # σ out of reach for the plan; its message names q, from ñ
         log.error("partner %s refuses to train: %s", partner.partner, exc)
-        return f"the partner cannot calibrate a plan for this run: {exc}"
+        return PLAN_UNREACHABLE
     state.plan, state.privacy = plan, PrivacyState(count=plan.count_event)
     if ledger is not None:
         ledger.append_count(server_round=server_round, plan=plan,

@@ -103,6 +103,11 @@ DATASET_NOT_RECOGNISED = ("the partner's data file shares no record with the dat
 # Refusal of a deployed partner whose instruction announces no feature layout.
 LAYOUT_NOT_ANNOUNCED = ("the coordinator announced no feature layout for this run; a partner "
                         "trains and evaluates only on a layout identical to its own schema's")
+# Refusal of a partner whose budget cannot cover the run's plan (rounds x local epochs at its
+# sample rate): a fixed text, because the calibration's own message names q, which derives from
+# its noisy count before that count is logged (the odometer has reserved it).
+PLAN_UNREACHABLE = ("the partner cannot calibrate DP-SGD to its budget for this run's plan "
+                    "(rounds x local epochs); details in the partner's log")
 # Refusal of a deployed partner asked for evaluation metrics without `release-metrics=true` in
 # its node config: metrics of its test rows are not DP releases, so by default none leave it.
 METRICS_NOT_RELEASED = ("this partner does not release evaluation metrics (computed from its "

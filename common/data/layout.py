@@ -92,9 +92,11 @@ class FeatureLayout:
         """One entry per feature column, in model input order."""
         return list(json.loads(self.text)["columns"])
 
-    def differences(self, run: FeatureLayout) -> list[str]:
+    def differences(self, run: FeatureLayout, *, values: bool = True) -> list[str]:
         """What differs between this (the partner's) layout and the run's, column by column,
-        each as '<this> vs <run's>'; empty when they are identical."""
+        each as '<this> vs <run's>' (with `values=False`: only which setting differs, for a
+        partner that must not tell the coordinator its schema's values, which a drafted schema
+        may have learned from its data); empty when they are identical."""
         found = []
         if self.version != run.version:
             found.append(f"layout version {self.version} vs {run.version} (another fedcredit "
@@ -111,8 +113,10 @@ class FeatureLayout:
                 continue
             for key in sorted((set(mine) | set(other)) - {"column"}):
                 if mine.get(key) != other.get(key):
-                    found.append(f"column {name!r}: {key.replace('_', ' ')} "
-                                 f"{_show(mine.get(key))} vs {_show(other.get(key))}")
+                    setting = key.replace("_", " ")
+                    found.append(f"column {name!r}: {setting} "
+                                 f"{_show(mine.get(key))} vs {_show(other.get(key))}" if values
+                                 else f"column {name!r}: {setting} differs from the run's")
         order = [n for n in ours if n in theirs], [n for n in theirs if n in ours]
         if order[0] != order[1]:
             found.append(f"column order {order[0]} vs {order[1]}")
@@ -128,8 +132,10 @@ def refusal(own: FeatureLayout, requested: dict[str, Any], *, required: bool) ->
     """Why a partner whose schema has layout `own` must not take part in a round whose
     instruction config is `requested` ('' if it may). Names schema metadata only.
 
-    `required`: whether an instruction that announces no layout is refused (a deployed
-    partner's), or accepted (a simulated partner's: its data is the coordinator's own scenario).
+    `required`: whether an instruction that announces no layout is refused, and the reason
+    names which settings differ but not the partner's values (a deployed partner's), or
+    accepted, with the values shown (a simulated partner's: its data is the coordinator's own
+    scenario).
     """
     announced_hash = requested.get(FEATURE_LAYOUT_SHA256)
     if announced_hash is None and FEATURE_LAYOUT not in requested:
@@ -143,7 +149,8 @@ def refusal(own: FeatureLayout, requested: dict[str, Any], *, required: bool) ->
     if run.sha256 != announced_hash:
         return (f"the announced feature layout does not match its announced sha256; this "
                 f"partner's layout sha256 is {own.sha256}")
-    differences = own.differences(run) or [f"layout sha256 {own.sha256} vs {run.sha256}"]
+    differences = (own.differences(run, values=not required)
+                   or [f"layout sha256 {own.sha256} vs {run.sha256}"])
     shown = differences[:MAX_DIFFERENCES]
     if len(differences) > len(shown):
         shown.append(f"and {len(differences) - len(shown)} more")

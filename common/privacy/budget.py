@@ -124,9 +124,9 @@ def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_s
     and `planned_rounds` rounds at q = `plan_sample_rate(ñ, batch_size)` spend exactly the
     budget. `seed` seeds the count's noise (see `common.privacy.randomness.noise_seed`).
 
-    δ must lie in [`DELTA_MIN`, 1/ñ): a δ of 1/n or more lets a mechanism publish a record
-    outright, and below `DELTA_MIN` the accountant is not validated (ValueError; naming public
-    values only). `validate_delta=False` is for the benchmark that measures that range."""
+    δ must lie in [`DELTA_MIN`, 1) (ValueError; `validate_delta=False` is for the benchmark
+    that measures that range); whether it is also below 1/ñ is known only once ñ is released,
+    so `authorize_round` refuses every round of a plan where it is not (`delta_refusal`)."""
     if validate_delta:
         check_budget(epsilon, delta)
     if planned_rounds < 1:
@@ -134,10 +134,6 @@ def calibrate_plan(*, epsilon: float, delta: float, num_train_rows: int, batch_s
     count_event = count_release(epsilon=epsilon, delta=delta,
                                 count_epsilon_share=count_epsilon_share)
     released_rows = noisy_count(num_train_rows, count_event.noise_multiplier, seed)
-    if validate_delta and not delta < 1.0 / released_rows:
-        raise ValueError(f"delta {delta:g} is not below 1/n for the released training-set size "
-                         f"{released_rows}: such a delta allows publishing a record outright; "
-                         f"set delta below {1.0 / released_rows:.3g}")
     sample_rate = plan_sample_rate(released_rows, batch_size)
     per_round = num_steps(local_epochs, steps_per_epoch(released_rows, sample_rate=sample_rate))
     sigma = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta,
@@ -185,9 +181,20 @@ class RoundDecision:
     reason: str = ""
 
 
+def delta_refusal(plan: PrivacyPlan) -> str:
+    """Why no round of `plan` may train ('' if it may): a δ of 1/n or more lets a mechanism
+    publish a record outright. Judged on the released count ñ (public), once it is logged."""
+    if plan.delta < 1.0 / plan.released_rows:
+        return ""
+    return (f"delta {plan.delta:g} is not below 1/n for the released training-set size "
+            f"{plan.released_rows}: such a delta allows publishing a record outright; set the "
+            f"node config's delta below {1.0 / plan.released_rows:.3g}")
+
+
 def authorize_round(plan: PrivacyPlan, state: PrivacyState, *,
                     requested_epochs: float) -> RoundDecision:
-    """Decide this round: the calibrated q and σ always; refuse if ε would exceed the budget.
+    """Decide this round: the calibrated q and σ always; refuse if ε would exceed the budget,
+    or if the plan's δ is not below 1/ñ (`delta_refusal`).
 
     The coordinator influences only the number of local epochs it requests; more steps than
     the plan are allowed only while the composed ε stays within budget.
@@ -197,6 +204,9 @@ def authorize_round(plan: PrivacyPlan, state: PrivacyState, *,
                                                         sample_rate=planned.sample_rate))
     event = replace(planned, steps=steps)
     before = state.epsilon(plan.delta)
+    if reason := delta_refusal(plan):
+        log.warning(reason)
+        return RoundDecision(False, event, before, before, reason)
     after = composed_epsilon([*state.releases, event], delta=plan.delta, accountant=ACCOUNTANT)
     if not within_budget(after, plan.epsilon_budget):
         reason = (f"privacy budget exhausted: this round ({steps} steps, "

@@ -14,7 +14,7 @@ from common.data.spec import load_run_partners
 from common.data.vertical_spec import VerticalSpec
 from common.learning.steps import num_steps, steps_per_epoch
 from common.partner import round_seed
-from common.privacy.budget import calibrate_plan, plan_sample_rate
+from common.privacy.budget import calibrate_plan, delta_refusal, plan_sample_rate
 from common.vertical.settings import VerticalSettings
 
 MAX_PLANNED_STEPS = 1_000_000
@@ -56,11 +56,14 @@ def check_plan(run: RunConfig) -> None:
         assert partner.epsilon is not None and partner.delta is not None
         key = "sim-budgets" if data.partner in budgets else "sim-epsilon"
         try:
-            calibrate_plan(epsilon=partner.epsilon, delta=partner.delta, num_train_rows=rows,
-                           batch_size=run.batch_size, local_epochs=run.local_epochs,
-                           planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
-                           seed=round_seed(run.seed, partner, 0),
-                           count_epsilon_share=partner.count_epsilon_share)
+            plan = calibrate_plan(
+                epsilon=partner.epsilon, delta=partner.delta, num_train_rows=rows,
+                batch_size=run.batch_size, local_epochs=run.local_epochs,
+                planned_rounds=run.num_server_rounds, max_grad_norm=run.clip_norm,
+                seed=round_seed(run.seed, partner, 0),
+                count_epsilon_share=partner.count_epsilon_share)
+            if reason := delta_refusal(plan):
+                raise ValueError(reason)
         except ValueError as exc:
             raise ValueError(
                 f"partner {data.partner} cannot calibrate DP-SGD to epsilon {partner.epsilon:g} "

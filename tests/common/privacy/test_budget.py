@@ -286,7 +286,11 @@ def test_a_budget_too_small_to_calibrate_says_why() -> None:
         count_release(epsilon=0.05, delta=1e-5)
 
 
-def test_a_delta_of_one_over_n_or_more_is_refused() -> None:
-    with pytest.raises(ValueError, match="not below 1/n"):
-        calibrate_plan(epsilon=3.0, delta=0.01, num_train_rows=200, batch_size=0,
-                       local_epochs=1.0, planned_rounds=2, max_grad_norm=1.0, seed=0)
+def test_a_delta_of_one_over_n_or_more_refuses_every_round() -> None:
+    """Judged on ñ, which is released (and logged) before the first round: each round is then
+    refused, as an over-budget round is, so the count never goes out unlogged."""
+    plan = calibrate_plan(epsilon=3.0, delta=0.01, num_train_rows=200, batch_size=0,
+                          local_epochs=1.0, planned_rounds=2, max_grad_norm=1.0, seed=0)
+    decision = authorize_round(plan, PrivacyState(count=plan.count_event), requested_epochs=1.0)
+    assert not decision.allowed and "not below 1/n" in decision.reason
+    assert decision.epsilon_after == decision.epsilon_before

@@ -22,8 +22,9 @@ from common.partner import train_settings
 from common.protocol import EVALUATE_METRIC_KEYS, NUM_EXAMPLES
 
 
-def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
-                   data: PartnerData) -> dict[str, float]:
+def evaluate_round(
+    run: RunConfig, global_weights: dict[str, np.ndarray], data: PartnerData
+) -> dict[str, float]:
     """Metrics of the global model on the partner's own test split (exact: released only
     with `release-metrics`)."""
     model = build_model(data.test.features.shape[1], run.hidden, run.seed)
@@ -37,20 +38,33 @@ def evaluate_round(run: RunConfig, global_weights: dict[str, np.ndarray],
     return metrics
 
 
-def write_local_verdict(partner: PartnerConfig, run: RunConfig,
-                        global_weights: dict[str, np.ndarray], data: PartnerData,
-                        run_id: str) -> tuple[Path, Path]:
+def write_local_verdict(
+    partner: PartnerConfig,
+    run: RunConfig,
+    global_weights: dict[str, np.ndarray],
+    data: PartnerData,
+    run_id: str,
+) -> tuple[Path, Path]:
     """Did joining pay off, for this partner alone: the global model against a non-private
     model of the same family trained on its own training rows only, on its own test rows,
     written under its `local-report-path`. Nothing is released, so no privacy is spent."""
     local = build_model(data.train.features.shape[1], run.hidden, run.seed)
-    train(local, data.train, replace(train_settings(run, {}),
-                                     epochs=run.local_epochs * run.num_server_rounds),
-          seed=run.seed)
+    train(
+        local,
+        data.train,
+        replace(train_settings(run, {}), epochs=run.local_epochs * run.num_server_rounds),
+        seed=run.seed,
+    )
     federated = build_model(data.test.features.shape[1], run.hidden, run.seed)
     set_weights(federated, global_weights)
-    verdict = partner_verdict(data.test.labels, {
-        "local_only": predict(local, data.test.features),
-        "federated_dp": predict(federated, data.test.features)}, seed=run.seed)
-    return write_local_report(partner.local_report_path, partner.partner, verdict,
-                              partner.epsilon, run_id)
+    verdict = partner_verdict(
+        data.test.labels,
+        {
+            "local_only": predict(local, data.test.features),
+            "federated_dp": predict(federated, data.test.features),
+        },
+        seed=run.seed,
+    )
+    return write_local_report(
+        partner.local_report_path, partner.partner, verdict, partner.epsilon, run_id
+    )

@@ -65,8 +65,9 @@ def test_the_detector_reads_membership_off_a_released_training_loss() -> None:
     assert not check.within, check
 
 
-def test_the_detector_gets_no_evaluation_of_the_test_rows(attack: DetectorAttack,
-                                                          tmp_path: Path) -> None:
+def test_the_detector_gets_no_evaluation_of_the_test_rows(
+    attack: DetectorAttack, tmp_path: Path
+) -> None:
     """The same detector sent for evaluation, separately or folded into a train message,
     gets a refusal and no metric (AUC, KS, log-loss, test-set size) from a default partner."""
     node = attack.node(attack.member_csv, tmp_path, release_metrics=False)
@@ -77,9 +78,16 @@ def test_the_detector_gets_no_evaluation_of_the_test_rows(attack: DetectorAttack
     assert dict(reply["metrics"]) == {}
     assert reply["info"]["refusal-reason"] == METRICS_NOT_RELEASED
 
-    folded = train_message(attack.detector, {
-        "server-round": 1, "local-epochs": 1.0, "learning-rate": 1.0, EVALUATE_RECEIVED: True,
-        **_layout(attack)})
+    folded = train_message(
+        attack.detector,
+        {
+            "server-round": 1,
+            "local-epochs": 1.0,
+            "learning-rate": 1.0,
+            EVALUATE_RECEIVED: True,
+            **_layout(attack),
+        },
+    )
     reply = build_client_app(run.to_flower())(folded, node_context(node, run)).content
     assert reply["info"]["refusal-reason"] == ""
     released = set(reply["metrics"].keys())
@@ -87,33 +95,43 @@ def test_the_detector_gets_no_evaluation_of_the_test_rows(attack: DetectorAttack
     assert TRAIN_LOSS not in released and released <= set(TRAIN_METRIC_KEYS)
 
 
-@pytest.mark.parametrize(("asked", "bound"), [
-    ({"learning-rate": 1e-20}, "'min-learning-rate'"),
-    ({"learning-rate": 50.0}, "'max-learning-rate'"),
-    ({"local-epochs": 1000.0}, "'max-local-epochs'"),
-])
+@pytest.mark.parametrize(
+    ("asked", "bound"),
+    [
+        ({"learning-rate": 1e-20}, "'min-learning-rate'"),
+        ({"learning-rate": 50.0}, "'max-learning-rate'"),
+        ({"local-epochs": 1000.0}, "'max-local-epochs'"),
+    ],
+)
 def test_the_partner_refuses_what_its_bounds_exclude_before_reading_its_data(
-        attack: DetectorAttack, tmp_path: Path, asked: dict, bound: str) -> None:
+    attack: DetectorAttack, tmp_path: Path, asked: dict, bound: str
+) -> None:
     """The review's detector ran at a learning rate of 1e-20; a partner refuses a request
     outside its own bounds, names the bound, and spends nothing (no ledger is even opened)."""
     node = attack.node(attack.member_csv, tmp_path, release_metrics=False)
     run = attack.run_config(release_metrics=False)
-    message = train_message(attack.detector, {
-        "server-round": 1, "local-epochs": 1.0, "learning-rate": 1.0, **_layout(attack),
-        **asked})
+    message = train_message(
+        attack.detector,
+        {"server-round": 1, "local-epochs": 1.0, "learning-rate": 1.0, **_layout(attack), **asked},
+    )
     reply = build_client_app(run.to_flower())(message, node_context(node, run)).content
     assert bound in reply["info"]["refusal-reason"]
     assert "arrays" not in reply
     assert not Path(node["ledger-path"]).exists() and not Path(node["odometer-path"]).exists()
 
 
-def test_a_model_larger_than_the_partner_allows_is_refused(attack: DetectorAttack,
-                                                           tmp_path: Path) -> None:
-    node = {**attack.node(attack.member_csv, tmp_path, release_metrics=False),
-            "max-model-parameters": 10}
+def test_a_model_larger_than_the_partner_allows_is_refused(
+    attack: DetectorAttack, tmp_path: Path
+) -> None:
+    node = {
+        **attack.node(attack.member_csv, tmp_path, release_metrics=False),
+        "max-model-parameters": 10,
+    }
     run = attack.run_config(release_metrics=False)
-    message = train_message(attack.detector, {
-        "server-round": 1, "local-epochs": 1.0, "learning-rate": 1.0, **_layout(attack)})
+    message = train_message(
+        attack.detector,
+        {"server-round": 1, "local-epochs": 1.0, "learning-rate": 1.0, **_layout(attack)},
+    )
     reply = build_client_app(run.to_flower())(message, node_context(node, run)).content
     assert "'max-model-parameters'" in reply["info"]["refusal-reason"]
     assert not any(os.scandir(tmp_path))

@@ -160,7 +160,7 @@ DP, NON_PRIVATE = "dp", "non-private"
 
 # Records of the vertical messages.
 PSI = "psi"  # a PSI message (blinded set, reply or alignment) to or from a passive party
-SPLIT = "split"  # the lender's split: `TEST_POSITIONS` and `NUM_ALIGNED`
+SPLIT = "split"  # the lender's split: `TEST_POSITIONS`, `NUM_ALIGNED` and `PSI_TRANSCRIPT`
 LABELS = "labels"  # stage 1 labels; its one array has the same name
 # Embeddings a passive party sends; under DP its one array has the same name, non-private one
 # array per setting it is in.
@@ -179,6 +179,9 @@ _PARTY_SEPARATOR = "."
 PSI_RUN_ID = "psi-run-id"
 TEST_POSITIONS = "test-positions"
 NUM_ALIGNED = "num-aligned"
+# The digest of one partner's PSI session (blinded set, reply, alignment; `common.vertical.psi.
+# transcript_digest`): in the lender's sealed split, and in the partner's alignment state.
+PSI_TRANSCRIPT = "psi-transcript"
 STEP = "step"  # `FIT_TOPS` fits the stacked tops; then the fine-tuning step from 0
 FIT_TOPS = -1
 BATCH = "batch"  # positions of the next batch among the training rows (also `info` of `VFL_TOP`)
@@ -282,6 +285,9 @@ VOUCHERS = "vouchers"
 TEST_SHARE_REFUSED = ("the lender's split puts {num_test} of {num_aligned} aligned customers in "
                       "the test set, whose embeddings leave without DP: more than its node config "
                       "'max-test-fraction' = {cap:g} allows")
+ALIGNMENT_REFUSED = ("the PSI messages the coordinator relayed (the lender's blinded set, our "
+                     "reply or our alignment) are not the ones the lender sent and received, by "
+                     "its sealed split; this alignment is refused")
 NOT_SCORING = "the lender does not score customers in this run, so it answers no scoring request"
 VOUCHERS_SPENT = ("it answered its maximum of {cap} scoring requests in this run (node config "
                   "'max-vouchers')")

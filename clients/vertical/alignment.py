@@ -12,6 +12,7 @@ from common.privacy.randomness import split_key
 from common.protocol import (
     ALIGN_STATE,
     ALIGNED,
+    ALIGNMENT_REFUSED,
     CHANNEL,
     INFO,
     NUM_ALIGNED,
@@ -22,6 +23,7 @@ from common.protocol import (
     PSI_FINISH,
     PSI_RUN_ID,
     PSI_STATE,
+    PSI_TRANSCRIPT,
     ROWS,
     RUN,
     SCORES_RELEASED,
@@ -88,7 +90,7 @@ class AlignmentHandlers(PartyBase):
         self.connect(channels, [LENDER], keys)
         answer = party.respond(opening)
         self.context.state[PSI_STATE] = ConfigRecord(
-            {ROWS: party.sent_order(), RUN: opening.run_id}
+            {ROWS: party.sent_order(), PSI_TRANSCRIPT: party.transcript, RUN: opening.run_id}
         )
         return self.reply(
             {
@@ -129,32 +131,31 @@ class AlignmentHandlers(PartyBase):
         self.context.state[ALIGN_STATE] = ConfigRecord(
             {ALIGNED: aligned.tolist(), TEST: test.tolist(), RUN: lender.run_id}
         )
-        replies = {
-            party_record(PSI, a.recipient): ConfigRecord(
-                message_to_record(
-                    Alignment(
-                        a.run_id,
-                        a.sender,
-                        a.recipient,
-                        tuple(int(i) for i in np.asarray(a.indices)[order]),
-                    )
-                )
+        sent = [
+            Alignment(
+                a.run_id, a.sender, a.recipient, tuple(int(i) for i in np.asarray(a.indices)[order])
             )
             for a in alignments
-        }
+        ]
         # sealed and authenticated: the coordinator can neither read nor change what the lender
-        # tells its partners, whether it scores customers included
+        # tells its partners, whether it scores customers included, nor (by the digest of each
+        # partner's PSI session) the alignment it relays in clear
         scores = self.node.release_scores and self.node.max_scored_customers > 0
         split = {
             TEST_POSITIONS: test,
             NUM_ALIGNED: np.array(len(aligned)),
             SCORES_RELEASED: np.array(int(scores)),
         }
+        splits = {
+            a.recipient: {**split, PSI_TRANSCRIPT: np.frombuffer(lender.transcript(a), np.uint8)}
+            for a in sent
+        }
+        relayed = {party_record(PSI, a.recipient): ConfigRecord(message_to_record(a)) for a in sent}
         return self.reply(
             {
-                **replies,
+                **relayed,
                 INFO: ConfigRecord({NUM_ALIGNED: len(aligned)}),
-                SEALED: self.sealed_for(dict.fromkeys(PASSIVE, split), mode=SPLIT_MODE),
+                SEALED: self.sealed_for(splits, mode=SPLIT_MODE),
             }
         )
 
@@ -178,23 +179,36 @@ class AlignmentHandlers(PartyBase):
         return test
 
     def psi_align(self) -> Message:
-        """Passive: map the lender's positions back to our own rows."""
+        """Passive: map the lender's positions back to our own rows. The alignment came in
+        clear through the coordinator: it is kept with the digest of our PSI session and used
+        only once `split` found that digest in the lender's sealed split."""
         self.require(PASSIVE_ROLE)
-        state = dict(self.context.state.config_records[PSI_STATE])
+        record = self.context.state.config_records.get(PSI_STATE)
+        if record is None or PSI not in self.msg.content.config_records:
+            raise Refusal(f"{self.name}: no PSI session to align, or no alignment")
+        state = dict(record)
         party = PassiveParty(self.name, self.data.ids, run_id=str(state[RUN]), lender=LENDER)
-        party.restore_sent_order(state[ROWS])
+        party.restore_sent_order(state[ROWS], bytes(state[PSI_TRANSCRIPT]))
         aligned = party.align(message_from_record(dict(self.msg.content.config_records[PSI])))
         del self.context.state[PSI_STATE]
-        self.context.state[ALIGN_STATE] = ConfigRecord({ALIGNED: aligned, RUN: party.run_id})
+        self.context.state[ALIGN_STATE] = ConfigRecord(
+            {ALIGNED: aligned, PSI_TRANSCRIPT: party.transcript, RUN: party.run_id}
+        )
         return self.reply({INFO: ConfigRecord({NUM_ALIGNED: len(aligned)})})
 
     def split(self) -> Message:
         """Passive: which of our aligned rows are test rows (positions only, at most its
         `max-test-fraction`), and whether the lender scores customers in this run."""
         self.require(PASSIVE_ROLE)
+        state = self.context.state.config_records.get(ALIGN_STATE)
+        if state is None:
+            raise Refusal(f"{self.name}: no PSI alignment yet")
         self.once(STEP_SPLIT)
-        state = self.context.state.config_records[ALIGN_STATE]
         split = self.open_from(LENDER, [PSI_FINISH], mode=SPLIT_MODE)[0]
+        vouched = np.asarray(split.get(PSI_TRANSCRIPT, np.zeros(0, np.uint8)), np.uint8)
+        if vouched.tobytes() != bytes(state[PSI_TRANSCRIPT]):
+            del self.context.state[ALIGN_STATE]  # no later stage may use these rows
+            raise Refusal(f"{self.name}: {ALIGNMENT_REFUSED}")
         test = [int(i) for i in np.asarray(split[TEST_POSITIONS]).reshape(-1)]
         aligned = len(state[ALIGNED])
         if (

@@ -1,9 +1,12 @@
-"""A malicious coordinator against the vertical parties (issue 21, findings 3 and 4).
+"""A malicious coordinator against the vertical parties (issue 21, findings 3 and 4; review
+finding 5).
 
 The coordinator controls the run config and the message order, so it plays: (a) its own test
 fraction (0.9) and split seed, to get most customers' features to the lender as clean, non-DP
 test embeddings; (b) scoring requests for 20 chosen customers, to learn from each passive
-party's answer or refusal which party knows whom. Each attack runs the real coordinator code
+party's answer or refusal which party knows whom; (c) rewritten PSI messages (the alignment it
+relays, or a passive party's reply), to choose which of a passive party's rows sit at the
+lender's test positions. Each attack runs the real coordinator code
 (`server.vertical`: `Relay`, `run_psi`, `run_private`) against the real party ClientApps
 (`tests.vertical_helpers.VerticalGrid`), deployed parties on their own small tables
 (`tests.common.vertical.own_tables`, 240 customers) unless a test says simulated.
@@ -11,6 +14,7 @@ party's answer or refusal which party knows whom. Each attack runs the real coor
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +31,18 @@ from common.protocol import (
     CUSTOMER,
     DP,
     MODE,
+    PSI,
+    PSI_ALIGN,
+    PSI_FINISH,
     SCORE,
     SEALED,
     TEST,
     VFL_EMBED,
     VFL_SCORE,
+    party_record,
 )
 from common.vertical.parties import load_party_csv
-from common.vertical.psi import new_run_id
+from common.vertical.psi import POINT_SIZE, new_run_id
 from server.vertical import Relay, run_private, run_psi
 from tests.common.vertical.own_tables import ID_COLUMNS, OwnTables, customer_ref, write_own_tables
 from tests.flower_helpers import set_task_identity
@@ -49,10 +57,15 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> OwnTables:
 
 
 def _grid(
-    out: Path, tables: OwnTables | None, seed: int, lender: dict | None = None, **passive: object
+    out: Path,
+    tables: OwnTables | None,
+    seed: int,
+    lender: dict | None = None,
+    grid_class: type[VerticalGrid] = VerticalGrid,
+    **passive: object,
 ) -> tuple[VerticalGrid, Relay]:
     """Parties (deployed on `tables`, else simulated) and a coordinator whose run config asks
-    for test fraction 0.9 and split seed `seed`."""
+    for test fraction 0.9 and split seed `seed` (and relays through `grid_class`)."""
     set_task_identity()
     if tables is None:
         run, configs = keyed_run_config(out, seed=seed, test_fraction=COORDINATORS_FRACTION), {}
@@ -63,7 +76,7 @@ def _grid(
         configs = deployed_party_configs(tables, out, **(lender or {}))
     for party in PASSIVE:
         configs.setdefault(party, {}).update(passive)
-    grid = VerticalGrid(run, party_configs=configs)
+    grid = grid_class(run, party_configs=configs)
     return grid, Relay(grid, run)
 
 
@@ -223,3 +236,66 @@ def test_no_voucher_is_answered_when_the_lender_does_not_score(
     for party in PASSIVE:
         reasons = {s[party] for s in seen}
         assert len(reasons) == 1 and "does not score" in str(reasons.pop())
+
+
+# ---------------------------------------------------------------------- (c) rewritten PSI messages
+
+
+def _reversed(indices: list[int]) -> list[int]:
+    return indices[::-1]
+
+
+def _one_outside(indices: list[int]) -> list[int]:
+    """The first position replaced by one of the bank's reply positions the lender did not
+    align: a bank customer outside the intersection."""
+    outside = next(i for i in range(len(indices) + 1) if i not in set(indices))
+    return [outside, *indices[1:]]
+
+
+def _swapped_reply(record: ConfigRecord) -> None:
+    """The bank's first two blinded IDs swapped in its reply to the lender: the lender's
+    alignment then maps each of those two customers to the other's row."""
+    items = bytes(record["items"])
+    first, second = items[:POINT_SIZE], items[POINT_SIZE : 2 * POINT_SIZE]
+    record["items"] = second + first + items[2 * POINT_SIZE :]
+
+
+class RewritingGrid(VerticalGrid):
+    """A coordinator that rewrites the bank's alignment (`alignment`) or the bank's PSI reply
+    (`reply`) as it relays them; the rest it relays honestly."""
+
+    alignment: Callable[[list[int]], list[int]] | None = None
+    reply: Callable[[ConfigRecord], None] | None = None
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        for msg in messages:
+            records = msg.content.config_records
+            kind = msg.metadata.message_type
+            if kind == PSI_ALIGN and self.alignment and records[PSI]["recipient"] == "bank":
+                records[PSI]["indices"] = self.alignment(list(records[PSI]["indices"]))
+            if kind == PSI_FINISH and self.reply:
+                self.reply(records[party_record(PSI, "bank")])
+        return super().push_messages(messages)
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [{"alignment": _reversed}, {"alignment": _one_outside}, {"reply": _swapped_reply}],
+    ids=["alignment-reversed", "alignment-one-outside", "reply-swapped"],
+)
+def test_passive_parties_refuse_an_alignment_the_lender_did_not_send(
+    tables: OwnTables, tmp_path: Path, rewrite: dict
+) -> None:
+    """The coordinator relays the alignment (and the PSI before it) in clear and knows its
+    length; whatever it rewrites, the bank checks the PSI session it saw against the lender's
+    sealed account of it and refuses the split, so it never holds test positions."""
+    grid, relay = _grid(tmp_path, tables, 5, grid_class=RewritingGrid)
+    for name, rewriter in rewrite.items():
+        setattr(grid, name, rewriter)
+    with pytest.raises(PartyError, match="bank: .*not the ones the lender"):
+        run_psi(relay, new_run_id())
+    assert TEST not in grid.context_of("bank").state.config_records.get(ALIGN_STATE, {})
+    # relayed honestly, the same parties align and split
+    grid, relay = _grid(tmp_path / "honest", tables, 5, grid_class=RewritingGrid)
+    assert run_psi(relay, new_run_id())["num_test"] > 0

@@ -19,6 +19,13 @@ Protocol, for each passive party P with the lender L (P's IDs Y, L's IDs X, run 
 5. After all partners: L keeps the customers common to all of them, puts them in a random order
    and sends each P an `Alignment`: for row k, the position in P's own step-3 list. P maps the
    positions back through its secret shuffle to its own rows.
+6. Both ends chain the session's three messages into one digest (`transcript_digest`: SHA-256 of
+   the blinded set, then the reply, then the alignment, each as its sender built it). The PSI
+   messages travel unauthenticated through the coordinator; the lender sends its digest of each
+   partner's session inside the sealed, authenticated split (`common.vertical.channel`), and the
+   partner refuses the alignment unless it matches its own: a relay that rewrote the alignment
+   (reordered it, put in a row outside the intersection) or the blinded set or reply it derives
+   from is caught before any row is used.
 
 "a·Q" is `X25519PrivateKey.exchange`: the Montgomery ladder with the clamped scalar a on the
 u-coordinate of Q. Clamped scalars are multiples of 8, so a·H(x) lies in the prime-order subgroup,
@@ -43,9 +50,17 @@ two runs cannot be linked. What each party learns:
   by at least one fresh secret key. A customer outside the intersection appears only blinded under
   a key its receiver does not hold.
 
+What P can check of its alignment: that the lender sent exactly it for this session (step 6), and
+that every position names a distinct item of P's own reply, so every aligned row is one of P's
+rows that took part, each at most once. What P cannot check: that a position is in the
+intersection, or that the order is random; only the lender learns which items matched.
+
 Not covered: malicious parties (a lender could put guessed IDs in X and learn whether P knows
-them, as with any PSI; nobody proves it followed the protocol), set sizes (no padding), and
-timing side channels in the hashing of one's own IDs.
+them, as with any PSI; it could align any of P's positions, in any order; nobody proves it
+followed the protocol), set sizes (no padding), and timing side channels in the hashing of one's
+own IDs. A relay that alters the blinded set or the reply is caught at step 6, but only after
+the altered message was answered or matched: what the PSI values themselves reveal (e.g. P's
+reply to a blinded set the relay made up) is not prevented.
 
 Modules: `ids` (inputs), `curve` (hashing and blinding), `messages` (what crosses), `parties`
 (the lender and a passive party), `in_memory` (all parties in one process).
@@ -70,6 +85,7 @@ from common.vertical.psi.messages import (
     message_from_record,
     message_to_record,
     pack_points,
+    transcript_digest,
     unpack_points,
 )
 from common.vertical.psi.parties import LenderParty, PassiveParty
@@ -79,5 +95,5 @@ __all__ = [
     "PassiveParty", "PassiveReply", "PsiMessage", "PsiRun", "blind", "customer_id",
     "generate_blinding_key", "hash_to_point", "is_on_curve", "message_from_record",
     "message_to_record", "new_run_id", "pack_points", "run_psi_in_memory", "sample_known_ids",
-    "unpack_points", "validate_ids",
+    "transcript_digest", "unpack_points", "validate_ids",
 ]

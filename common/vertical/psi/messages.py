@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,34 @@ def message_to_record(message: PsiMessage) -> dict[str, str | bytes | list[int]]
     if isinstance(message, PassiveReply):
         record["reblinded"] = pack_points(message.reblinded)
     return record
+
+
+TRANSCRIPT_TAG = b"fedcredit-psi-transcript-v1"
+TRANSCRIPT_BYTES = 32
+
+
+def _fields(*parts: bytes | str) -> bytes:
+    """Unambiguous encoding of several fields: each one length-prefixed."""
+    out = bytearray()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        out += len(data).to_bytes(8, "big") + data
+    return bytes(out)
+
+
+def transcript_digest(message: PsiMessage, previous: bytes = b"") -> bytes:
+    """SHA-256 of one PSI session so far: `previous` (this digest of the earlier messages, empty
+    before the first) chained with `message`. Both ends of a session chain the same messages
+    (blinded set, reply, alignment), so the lender can vouch, sealed, for exactly what it sent
+    and received, and a passive party can tell whether the relay changed any of it."""
+    if isinstance(message, Alignment):
+        body = [b"".join(int(i).to_bytes(8, "big", signed=True) for i in message.indices)]
+    else:
+        body = [pack_points(message.items)]
+    if isinstance(message, PassiveReply):
+        body.append(pack_points(message.reblinded))
+    head = (_KIND_OF[type(message)], message.run_id, message.sender, message.recipient)
+    return hashlib.sha256(_fields(TRANSCRIPT_TAG, previous, *head, *body)).digest()
 
 
 def message_from_record(record: Mapping[str, Any]) -> PsiMessage:

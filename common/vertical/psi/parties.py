@@ -13,7 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from common.errors import PsiError
 from common.vertical.psi.curve import blind, generate_blinding_key, point_hasher, raw_key
 from common.vertical.psi.ids import check_run_id, validate_ids
-from common.vertical.psi.messages import Alignment, BlindedSet, PassiveReply, PsiMessage
+from common.vertical.psi.messages import (
+    Alignment,
+    BlindedSet,
+    PassiveReply,
+    PsiMessage,
+    transcript_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class _Session:
     key: X25519PrivateKey
     sent_rows: list[int]  # message position -> lender row
     matches: dict[int, int] | None = None  # lender row -> position in the partner's items
+    transcript: bytes = b""  # `transcript_digest` of the messages sent and received so far
 
 
 class LenderParty(_Party):
@@ -87,7 +94,9 @@ class LenderParty(_Party):
         points = self.points
         items = blind(session.key, [points[row] for row in rows])
         self._sessions[partner] = session
-        return BlindedSet(self.run_id, self.name, partner, tuple(items))
+        message = BlindedSet(self.run_id, self.name, partner, tuple(items))
+        session.transcript = transcript_digest(message)
+        return message
 
     def session_state(self) -> dict[str, bytes | list[int]]:
         """The open sessions (secret keys, sent order) as plain values, to keep between messages
@@ -98,6 +107,7 @@ class LenderParty(_Party):
                 raise PsiError(f"{self.name}: session with {partner!r} already answered")
             state[f"key.{partner}"] = raw_key(session.key)
             state[f"rows.{partner}"] = list(session.sent_rows)
+            state[f"transcript.{partner}"] = session.transcript
         return state
 
     def restore_sessions(self, state: Mapping[str, Any]) -> None:
@@ -106,7 +116,8 @@ class LenderParty(_Party):
             if f"key.{partner}" in state:
                 self._sessions[partner] = _Session(
                     key=X25519PrivateKey.from_private_bytes(bytes(state[f"key.{partner}"])),
-                    sent_rows=[int(r) for r in state[f"rows.{partner}"]])
+                    sent_rows=[int(r) for r in state[f"rows.{partner}"]],
+                    transcript=bytes(state[f"transcript.{partner}"]))
 
     def receive(self, reply: PassiveReply) -> None:
         """Match the partner's items against ours: which of our rows it knows, and where."""
@@ -127,6 +138,7 @@ class LenderParty(_Party):
             session.sent_rows[k]: position_of[value]
             for k, value in enumerate(reply.reblinded) if value in position_of
         }
+        session.transcript = transcript_digest(reply, session.transcript)
         logger.debug("%s: %d of our IDs in common with %s", self.name, len(session.matches),
                      reply.sender)
 
@@ -149,6 +161,15 @@ class LenderParty(_Party):
                 for partner in self.partners]
 
 
+    def transcript(self, alignment: Alignment) -> bytes:
+        """The digest of the recipient's whole session: our blinded set, its reply as we received
+        it and `alignment` as we send it (the one to vouch for, sealed, to that partner)."""
+        session = self._sessions.get(alignment.recipient)
+        if session is None or session.matches is None:
+            raise PsiError(f"{self.name}: no answered session with {alignment.recipient!r}")
+        return transcript_digest(alignment, session.transcript)
+
+
 class PassiveParty(_Party):
     """A feature holder (no label): answers the lender, then reorders its rows as told."""
 
@@ -157,6 +178,7 @@ class PassiveParty(_Party):
         self.lender = lender
         self._key = generate_blinding_key()
         self._sent_rows: list[int] | None = None  # message position -> our row
+        self.transcript = b""  # `transcript_digest` of the messages received and sent so far
 
     def respond(self, message: BlindedSet) -> PassiveReply:
         """Our IDs blinded in a secret random order, and the lender's items blinded again."""
@@ -169,7 +191,9 @@ class PassiveParty(_Party):
         items = blind(self._key, [points[row] for row in rows])
         reblinded = blind(self._key, message.items, source=message.sender)
         self._sent_rows = rows
-        return PassiveReply(self.run_id, self.name, self.lender, tuple(items), tuple(reblinded))
+        reply = PassiveReply(self.run_id, self.name, self.lender, tuple(items), tuple(reblinded))
+        self.transcript = transcript_digest(reply, transcript_digest(message))
+        return reply
 
     def sent_order(self) -> list[int]:
         """Our secret order of the reply (what `align` needs), to keep between messages."""
@@ -177,12 +201,17 @@ class PassiveParty(_Party):
             raise PsiError(f"{self.name}: nothing sent yet")
         return list(self._sent_rows)
 
-    def restore_sent_order(self, rows: Sequence[int]) -> None:
-        """Resume after `respond` from `sent_order` (the key is no longer needed)."""
+    def restore_sent_order(self, rows: Sequence[int], transcript: bytes) -> None:
+        """Resume after `respond` from `sent_order` and `transcript` (the key is no longer
+        needed)."""
         self._sent_rows = [int(r) for r in rows]
+        self.transcript = bytes(transcript)
 
     def align(self, message: Alignment) -> list[int]:
-        """Our row indices in the aligned order (row k is the lender's row k)."""
+        """Our row indices in the aligned order (row k is the lender's row k). Each position
+        must name a distinct item of our reply, so every aligned row is one of ours that took
+        part; whether it is in the intersection only the lender knows. Whether the lender sent
+        this very alignment is for `transcript` to settle, against the lender's sealed one."""
         _check_addressed(message, run_id=self.run_id, me=self.name, sender=self.lender)
         if self._sent_rows is None:
             raise PsiError(f"{self.name}: alignment before we answered the lender")
@@ -192,4 +221,5 @@ class PassiveParty(_Party):
         if any(not 0 <= i < len(sent) for i in message.indices):
             raise PsiError(f"{self.name}: alignment position outside 0..{len(sent) - 1}")
         self.aligned_rows = [sent[i] for i in message.indices]
+        self.transcript = transcript_digest(message, self.transcript)
         return self.aligned_rows

@@ -33,6 +33,7 @@ from common.vertical.psi import (
     message_to_record,
     run_psi_in_memory,
     sample_known_ids,
+    transcript_digest,
     validate_ids,
 )
 
@@ -235,6 +236,33 @@ def test_every_value_sent_is_on_the_curve_so_curve_or_twist_says_nothing() -> No
               for blob in [record[key]] for i in range(0, len(blob), POINT_SIZE)]
     assert len(values) > 1000
     assert all(_euler_on_curve(int.from_bytes(v, "little")) for v in values)
+
+
+def test_both_ends_chain_the_same_session_digest_and_any_change_shows() -> None:
+    """Step 6: the lender's digest of a partner's session (blinded set, reply, alignment) is the
+    partner's own, also after the lender's state round trip; a reordered alignment, or a blinded
+    set or reply changed on the way, gives another."""
+    sets, _ = _known_overlap(0, n_common=20)
+    lender = LenderParty("lender", sets["lender"], run_id=RUN, partners=["bank"])
+    bank = PassiveParty("bank", sets["bank"], run_id=RUN, lender="lender")
+    opening = lender.open_session("bank")
+    resumed = LenderParty("lender", sets["lender"], run_id=RUN, partners=["bank"])
+    resumed.restore_sessions(lender.session_state())
+    reply = bank.respond(opening)
+    resumed.receive(reply)
+    (alignment,) = resumed.finish()
+    session = bank.transcript
+    bank.align(alignment)
+    assert len(bank.transcript) == 32 and bank.transcript == resumed.transcript(alignment)
+    assert resumed.transcript(replace(alignment, indices=alignment.indices[::-1])) != (
+        bank.transcript
+    )
+    swapped = (reply.items[1], reply.items[0], *reply.items[2:])
+    changed = [
+        transcript_digest(reply, transcript_digest(replace(opening, items=opening.items[1:]))),
+        transcript_digest(replace(reply, items=swapped), transcript_digest(opening)),
+    ]
+    assert session not in changed
 
 
 # ---------------------------------------------------------------------------- keys and blinding

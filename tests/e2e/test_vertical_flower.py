@@ -214,10 +214,15 @@ def _lender_channel(context) -> Channels:
     return ends[LENDER]
 
 
+SESSION = b"\x07" * 32  # a PSI session digest (`transcript_digest`) both ends agree on
+
+
 def _split(lender: Channels, test: list[int], num_aligned: int) -> dict:
     """The lender's split for ecommerce, sealed as it sends it (`query.psi_finish`)."""
     return {LENDER: [lender.seal_arrays("ecommerce", {"test-positions": np.array(test),
-                                                      "num-aligned": np.array(num_aligned)},
+                                                      "num-aligned": np.array(num_aligned),
+                                                      "psi-transcript": np.frombuffer(SESSION,
+                                                                                      np.uint8)},
                                         stage="query.psi_finish", mode="")]}
 
 
@@ -232,7 +237,8 @@ def test_each_release_and_the_alignment_happen_once_per_run() -> None:
 
 def test_a_split_that_does_not_fit_the_alignment_is_refused() -> None:
     party = _party(1, "query.vfl_split")
-    party.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)), "run": "r"})
+    party.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)), "run": "r",
+                                                     "psi-transcript": SESSION})
     lender = _lender_channel(party.context)
     expected = round(100 * party.run.test_fraction)
     for test in ([0] * expected, list(range(100)), list(range(expected - 1)) + [100]):
@@ -240,7 +246,8 @@ def test_a_split_that_does_not_fit_the_alignment_is_refused() -> None:
         candidate = _party(1, "query.vfl_split", context=context,
                            sealed=_split(_lender_channel(context), test, 100))
         candidate.context.state["vfl.align"] = ConfigRecord({"aligned": list(range(100)),
-                                                             "run": "r"})
+                                                             "run": "r",
+                                                             "psi-transcript": SESSION})
         with pytest.raises(Refusal, match="does not fit|more than its node config"):
             candidate.split()
     good = _party(1, "query.vfl_split", context=party.context,

@@ -20,7 +20,7 @@ from common.config import RunConfig
 from common.data.vertical_spec import VerticalSpec
 from common.errors import OutputDirError
 from simulations.audit.cli import audit_app
-from simulations.federation_cli import federation_app
+from simulations.federation_cli import app_app, federation_app
 from simulations.options import DeltaOpt, EpsilonOpt, RoundsOpt, SeedOpt
 from simulations.schema_cli import schema_app
 from simulations.simulate.rundir import finish_run_dir, prepare_run_dir
@@ -267,6 +267,7 @@ app.command("sweep")(sweep)
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for ledgers and receipts.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(federation_app, name="federation")
+app.add_typer(app_app, name="app")
 
 
 @keys_app.command("new")

@@ -191,3 +191,144 @@ def _demo_vertical_spec(spec: Path | None, mode: str | None) -> VerticalSpec | N
         return load_vertical_spec(spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--spec") from None
+
+
+app_app = typer.Typer(no_args_is_help=True, help=(
+    "Signed app bundles: SuperNodes that run only the fedcredit bundle their partner signed "
+    "(Flower's --trusted-entities), with no network or Flower Hub."))
+
+
+def _app_error(exc: Exception, hint: str | None = None) -> typer.BadParameter:
+    return typer.BadParameter(str(exc), param_hint=hint)
+
+
+@app_app.command("build")
+def app_build(
+    out: Annotated[Path, typer.Option(help="Where to write the bundle (.fab).")],
+    app: Annotated[Path, typer.Option(help="The Flower App directory (pyproject.toml).")] = (
+        Path(".")),
+) -> None:
+    """Bundle the app as `flwr build` does. The bundle is reproducible: a partner who builds
+    the source it reviewed gets the same SHA-256, so it can sign its own build."""
+    from simulations.deploy.appsign import AppSigningError, build_fab
+
+    try:
+        fab = build_fab(app.resolve())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(fab.content)
+    except AppSigningError as exc:
+        raise _app_error(exc, "--app") from None
+    except OSError as exc:
+        raise _app_error(exc, "--out") from None
+    Console().print(f"{out}\n  app: {fab.spec}\n  sha256: {fab.sha256}", markup=False,
+                    highlight=False, soft_wrap=True)
+
+
+@app_app.command("key")
+def app_key(
+    out: Annotated[Path, typer.Option(help="Private key file to create (mode 0600); the "
+                                           "public key goes to <out>.pub.")],
+    key_id: Annotated[str, typer.Option(help="The name this key signs under (the partner's "
+                                              "name).")],
+) -> None:
+    """Create your own Ed25519 app-signing key (OpenSSH format, as Flower reads it). Keep the
+    private key; give the .pub line only to those who should trust your signature."""
+    from simulations.deploy.appsign import AppSigningError, new_signing_key
+
+    try:
+        line = new_signing_key(out, key_id)
+    except AppSigningError as exc:
+        raise _app_error(exc) from None
+    except OSError as exc:
+        raise _app_error(f"cannot write {out}: {exc.strerror or exc}", "--out") from None
+    Console().print(f"{line} {key_id}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app_app.command("trust")
+def app_trust(
+    out: Annotated[Path, typer.Option(help="The trusted-entities YAML to write.")],
+    entity: Annotated[list[str], typer.Option(
+        "--entity", metavar="NAME=PUB",
+        help="A key whose signature your SuperNode accepts: its name and its .pub file.")],
+) -> None:
+    """Write your SuperNode's `--trusted-entities` file from the public keys you chose."""
+    from simulations.deploy.appsign import (
+        AppSigningError,
+        load_public_line,
+        trusted_entities_yaml,
+    )
+
+    entities: dict[str, str] = {}
+    try:
+        for item in entity:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise AppSigningError(f"--entity wants NAME=PUB, got {item!r}")
+            entities[name] = load_public_line(Path(path))
+        text = trusted_entities_yaml(entities)
+    except AppSigningError as exc:
+        raise _app_error(exc, "--entity") from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _app_error(f"cannot write {out}: {exc.strerror or exc}", "--out") from None
+    Console().print(f"{out}: trusts {', '.join(entities)}", markup=False, highlight=False)
+
+
+@app_app.command("sign")
+def app_sign(
+    fab: Annotated[Path, typer.Argument(help="The bundle you reviewed (.fab).")],
+    key: Annotated[Path, typer.Option(help="Your app-signing private key.")],
+    key_id: Annotated[str, typer.Option(help="The name your key signs under.")],
+    out: Annotated[Path, typer.Option(help="The signature file to write (send it back).")],
+) -> None:
+    """Sign one exact bundle (its SHA-256). Sign only what you reviewed: your SuperNode will run
+    whatever bundle carries your signature."""
+    import json
+
+    from simulations.deploy.appsign import AppSigningError, read_fab, sign_fab
+
+    try:
+        record = sign_fab(read_fab(fab), key, key_id)
+    except AppSigningError as exc:
+        raise _app_error(exc) from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise _app_error(f"cannot write {out}: {exc.strerror or exc}", "--out") from None
+    Console().print(f"{out}: {key_id} signed {record['app']} sha256 {record['fab_sha256']}",
+                    markup=False, highlight=False, soft_wrap=True)
+
+
+@app_app.command("serve")
+def app_serve(
+    fab: Annotated[Path, typer.Argument(help="The bundle the partners signed (.fab).")],
+    signature: Annotated[list[str], typer.Option(
+        "--signature", metavar="FILE", help="A partner's signature file; once per partner.")],
+    port: Annotated[int, typer.Option(help="Loopback port; the SuperLink's "
+                                           "FLWR_SUPERGRID_API_URL names it.")] = 8090,
+    host: Annotated[str, typer.Option(help="Address to listen on (the SuperLink's host).")] = (
+        "127.0.0.1"),
+) -> None:
+    """Serve the bundle and its signatures to this machine's SuperLink, in the form it reads
+    from Flower Hub, until interrupted. Nothing here is trusted: each SuperNode checks the
+    signatures against its own trusted-entities file."""
+    from simulations.deploy.appsign import AppRegistry, AppSigningError, read_fab, read_signature
+
+    try:
+        bundle = read_fab(fab)
+        registry = AppRegistry(bundle, [read_signature(Path(s)) for s in signature], host, port)
+    except AppSigningError as exc:
+        raise _app_error(exc) from None
+    Console().print(f"serving {bundle.spec} (sha256 {bundle.sha256}) with "
+                    f"{len(signature)} signature(s) at {registry.url}; run it with "
+                    f"`flwr run {bundle.spec} ...`", markup=False, highlight=False,
+                    soft_wrap=True)
+    try:
+        registry.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        registry.close()

@@ -1,4 +1,5 @@
-"""Every command line of a real deployment: SuperLink, SuperNodes, `flwr run`, the audit.
+"""Every command line of a real deployment: SuperLink, SuperNodes, the signed app bundle,
+`flwr run`, the audit.
 
 The local demo (`simulations.deploy.local`), the tests and docs/partners.md use the same ones.
 """
@@ -24,6 +25,22 @@ DEMO_LIFETIME_EPSILON = 10.0
 # second by default; the `flwr` CLI checks for updates in a thread each time it runs.
 LATENCY_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 HORIZONTAL, VERTICAL = "horizontal", "vertical"
+FAB_FILE = "fedcredit.fab"  # the app bundle the coordinator builds and every partner signs
+APP_KEY = "app-signing"  # a partner's Ed25519 app-signing key (and .pub) in its own folder
+FAB_SIGNATURE = "fab-signature.json"  # a partner's signature of the bundle it reviewed
+TRUSTED_ENTITIES = "trusted-entities.yaml"  # the keys a partner's SuperNode accepts a bundle by
+APP_ID = "@fedcredit/fedcredit"  # `@<[tool.flwr.app] publisher>/<[project] name>`
+
+
+def signed_app() -> str:
+    """`flwr run`'s name for the signed bundle of the installed fedcredit release
+    (`@fedcredit/fedcredit==x.y.z`); a path instead would send an unsigned bundle."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{APP_ID}=={version('fedcredit')}"
+    except PackageNotFoundError:
+        return f"{APP_ID}==<version>"
 VERTICAL_ID_COLUMN = "customer_id"
 """The customer-ID column of a vertical party's table at `<data>/<party>.csv` (unless its
 `PartyTable` names another)."""
@@ -67,6 +84,7 @@ class FederationCommands:
     listen_host: str = "127.0.0.1"
     schema: str = ""
     mode: str = HORIZONTAL
+    registry_port: int = 8090
 
     @property
     def vertical(self) -> bool:
@@ -115,10 +133,51 @@ class FederationCommands:
         """host:port the SuperNodes and the `flwr` CLI connect to."""
         return f"{self.superlink_host}:{self.superlink_port}"
 
+    @property
+    def fab(self) -> str:
+        """The app bundle the coordinator builds, sends to every partner and serves."""
+        return f"{self.work}/{FAB_FILE}"
+
+    def app_build(self, app: str) -> list[str]:
+        """Bundle the Flower App at `app` (as `flwr build` does, reproducibly: a partner who
+        builds the same reviewed source gets the same SHA-256)."""
+        return ["fedcredit", "app", "build", "--app", app, "--out", self.fab]
+
+    def app_key(self, partner: str) -> list[str]:
+        """A partner makes its own Ed25519 app-signing key (`app-signing`, `.pub`)."""
+        return ["fedcredit", "app", "key", "--key-id", partner,
+                "--out", f"{self.partner_dir(partner)}/{APP_KEY}"]
+
+    def app_trust(self, partner: str) -> list[str]:
+        """A partner's `--trusted-entities` file: here its own key alone, so its SuperNode runs
+        only a bundle it signed itself (add `--entity NAME=PUB` for each key it also trusts)."""
+        d = self.partner_dir(partner)
+        return ["fedcredit", "app", "trust", "--entity", f"{partner}={d}/{APP_KEY}.pub",
+                "--out", f"{d}/{TRUSTED_ENTITIES}"]
+
+    def app_sign(self, partner: str, fab: str = "") -> list[str]:
+        """A partner signs the bundle it reviewed (`fab`, default the coordinator's path);
+        it sends back only the signature."""
+        d = self.partner_dir(partner)
+        return ["fedcredit", "app", "sign", fab or self.fab, "--key", f"{d}/{APP_KEY}",
+                "--key-id", partner, "--out", f"{d}/{FAB_SIGNATURE}"]
+
+    def app_serve(self, partners: Sequence[str], received: str = "") -> list[str]:
+        """The coordinator serves the bundle and the partners' signatures (`received/<partner>/`,
+        default their own folders) to its SuperLink on loopback."""
+        args = ["fedcredit", "app", "serve", self.fab, "--port", str(self.registry_port)]
+        for p in partners:
+            folder = f"{received}/{p}" if received else self.partner_dir(p)
+            args += ["--signature", f"{folder}/{FAB_SIGNATURE}"]
+        return args
+
     def superlink(self) -> list[str]:
-        """The coordinator's SuperLink: HTTPS with the federation's certificate, node auth on."""
+        """The coordinator's SuperLink: HTTPS with the federation's certificate, node auth on,
+        app bundles (with their signatures) fetched from the loopback registry (`app_serve`)
+        instead of Flower Hub."""
         s = f"{self.pki}/superlink"
-        return ["flower-superlink", "--ssl-ca-certfile", f"{s}/ca.crt",
+        return ["env", f"FLWR_SUPERGRID_API_URL=http://127.0.0.1:{self.registry_port}",
+                "flower-superlink", "--ssl-ca-certfile", f"{s}/ca.crt",
                 "--ssl-certfile", f"{s}/server.crt", "--ssl-keyfile", f"{s}/server.key",
                 "--enable-supernode-auth", "--database", f"{self.work}/{SUPERLINK_DB}",
                 "--host", self.listen_host, "--port", str(self.superlink_port),
@@ -159,11 +218,13 @@ class FederationCommands:
 
     def supernode(self, partner: str, port: int, epsilon: float, delta: float,
                   table: PartyTable | None = None, extra: str = "") -> list[str]:
-        """A partner's SuperNode: trusts only the federation CA, signs in with its auth key."""
+        """A partner's SuperNode: trusts only the federation CA, signs in with its auth key,
+        runs only an app bundle signed by a key in its own trusted-entities file."""
         d = self.partner_dir(partner)
         return ["flower-supernode", "--superlink", self.superlink_address,
                 "--root-certificates", f"{d}/ca.crt",
                 "--auth-supernode-private-key", f"{d}/supernode-auth",
+                "--trusted-entities", f"{d}/{TRUSTED_ENTITIES}",
                 "--port", str(port), "--node-config",
                 self.node_config(partner, epsilon, delta, table, extra)]
 
@@ -181,7 +242,9 @@ class FederationCommands:
         return f"{text} {extra}".strip()
 
     def run(self, app: str, rounds: int, min_partners: int, extra: str = "") -> list[str]:
-        """Start the federated run on the SuperLink and stream its log until it ends."""
+        """Start the federated run on the SuperLink and stream its log until it ends. `app` is
+        the signed bundle's spec (`@fedcredit/fedcredit==x.y.z`, fetched from the registry with
+        its signatures); a path instead sends an unsigned bundle every SuperNode refuses."""
         return ["flwr", "run", app, FEDERATION, "--stream",
                 "--run-config", self.run_config(rounds, min_partners, extra)]
 

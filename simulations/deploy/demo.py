@@ -33,15 +33,18 @@ def run_demo(fed: LocalFederation, step: Callable[[str], None],
     step(f"each partner makes its own keys in {fed.partner_homes}/<partner>/ (`fedcredit keys "
          f"new`; on one machine only because this is a demo), the coordinator makes its "
          f"certificates from their public keys alone (`federation init`) in {fed.pki}; "
-         f"writing partner data")
+         f"each partner signs the app bundle with its own key and trusts only that key "
+         f"(`fedcredit app sign`, `app trust`); writing partner data")
     fed.prepare()
-    step(f"starting flower-superlink on 127.0.0.1:{o.superlink_port} (TLS, node auth)")
+    step(f"starting the app registry on 127.0.0.1:{fed.commands.registry_port} (the signed "
+         f"bundle) and flower-superlink on 127.0.0.1:{o.superlink_port} (TLS, node auth)")
     fed.start_superlink()
     for partner in o.partners:
         step(f"registering {partner}'s SuperNode key")
         fed.register(partner)
     for partner in o.partners:
-        step(f"starting {partner}'s flower-supernode (eps={o.epsilon:g}, delta={o.delta:g})")
+        step(f"starting {partner}'s flower-supernode (eps={o.epsilon:g}, delta={o.delta:g}; "
+             f"runs only a bundle {partner} signed)")
         fed.start_supernode(partner)
     fed.wait_online(len(o.partners))
     if o.vertical:
@@ -75,12 +78,12 @@ def _audit_summary(audit: AuditResult | None) -> dict:
 
 def _commands(fed: LocalFederation) -> list[str]:
     """Every command the demo ran, as a person types it."""
-    return [shell_line(c) for c in (
-        *map(fed.commands.keys_new, fed.options.partners),
-        fed.commands.init(fed.options.partners),
-        fed.commands.superlink(), *map(fed.commands.register, fed.options.partners),
-        *map(fed.supernode_command, fed.options.partners), fed.run_command(),
-        fed.commands.audit(fed.options.partners))]
+    c, partners = fed.commands, fed.options.partners
+    return [shell_line(args) for args in (
+        *map(c.keys_new, partners), c.init(partners), c.app_build(str(fed.app)),
+        *(step(p) for p in partners for step in (c.app_key, c.app_trust, c.app_sign)),
+        c.app_serve(partners), c.superlink(), *map(c.register, partners),
+        *map(fed.supernode_command, partners), fed.run_command(), c.audit(partners))]
 
 
 def demo_report(fed: LocalFederation, history: dict, audit: AuditResult | None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.privacy.crypto import generate_signing_key, write_key_pair
-from simulations.deploy.commands import FederationCommands, shell_line
+from simulations.deploy.commands import FAB_FILE, FederationCommands, shell_line, signed_app
 from simulations.deploy.keys import (
     NAME,
     SUPERNODE_AUTH,
@@ -76,14 +76,19 @@ class FederationLayout:
                  "Set $DATA (your CSV and schema folder), $PARTNER_HOME (where a partner keeps "
                  "its own folder) and $WORK (the coordinator's working folder) first; "
                  "docs/partners.md explains every step.", "",
-                 "Coordinator (SuperLink host):", "  " + shell_line(c.superlink()),
+                 "Coordinator (SuperLink host): build the app bundle and send it to every "
+                 "partner, serve it with the signatures they send back (leave it running), "
+                 "start the SuperLink:",
+                 "  " + shell_line(c.app_build(".")),
+                 "  " + shell_line(c.app_serve(self.partners, "$RECEIVED")),
+                 "  " + shell_line(c.superlink()),
                  "  $FLWR_HOME/config.toml of its flwr CLI (write the real host and path):",
                  *(f"    {line}" for line in c.flwr_config().splitlines()),
                  "  admit each partner's SuperNode key (any other key is refused):",
                  *(f"  {shell_line(c.register(p))}" for p in self.partners),
-                 "  when the SuperNodes are online, from the fedcredit checkout (the global model "
-                 "is built for $DATA/schema.toml, the schema every partner's data follows):",
-                 "  " + shell_line(c.run(".", 3, 2)), ""]
+                 "  when the SuperNodes are online, run the signed bundle (the global model is "
+                 "built for $DATA/schema.toml, the schema every partner's data follows):",
+                 "  " + shell_line(c.run(signed_app(), 3, 2)), ""]
         for p in self.partners:
             lines += [f"Partner {p}: confirm with the coordinator, out of band, that it "
                       f"registered your keys: {self.fingerprints(p)}.",
@@ -91,6 +96,12 @@ class FederationLayout:
                       f"the keys you made there with `{shell_line(c.keys_new(p))}`); set your "
                       f"own budget, lifetime budget and paths:",
                       f"  fedcredit schema check $DATA/{p}.csv $DATA/{p}.toml",
+                      "  your app-signing key and the keys your SuperNode accepts a bundle from; "
+                      "review the bundle the coordinator sends you, sign it, send back the "
+                      "signature:",
+                      *(f"  {shell_line(cmd)}" for cmd in (
+                          c.app_key(p), c.app_trust(p),
+                          c.app_sign(p, f"{c.partner_dir(p)}/{FAB_FILE}"))),
                       "  " + shell_line(c.supernode(p, 9094, 3.0, 1e-5)), ""]
         lines += ["Auditor (with a copy of " + str(self.auditor_keys) + ", whose fingerprints "
                   "it confirms with each party):", "  " + shell_line(c.audit(self.partners)),

@@ -39,6 +39,7 @@ from common.outputs import (
 )
 from common.privacy.audit import AuditResult, verify
 from common.privacy.ledger import read_lines
+from simulations.deploy.appsign import app_spec, free_port, sign_as_partners
 from simulations.deploy.commands import (
     FEDERATION,
     HORIZONTAL,
@@ -87,6 +88,7 @@ class DemoOptions:
     partners: list[str] = field(default_factory=list)
     mode: str = HORIZONTAL
     spec: VerticalSpec | None = None
+    registry_port: int = 0  # the coordinator's loopback app registry (0: any free port)
 
     @property
     def vertical(self) -> bool:
@@ -158,7 +160,8 @@ class LocalFederation:
                                            work=str(self.workspace),
                                            partners=str(self.partner_homes),
                                            superlink_port=options.superlink_port,
-                                           mode=options.mode)
+                                           mode=options.mode,
+                                           registry_port=options.registry_port or free_port())
         self.pki_layout = FederationLayout(self.pki, options.partners,
                                            self.commands.superlink_host)
         self.tables: dict[str, PartyTable] = {}  # a party's own files, where not under data/
@@ -183,6 +186,7 @@ class LocalFederation:
             raise FederationError(f"{self.workspace} exists and is not empty; choose another "
                                   "--out or pass --overwrite")
         self.make_keys()
+        sign_as_partners(self.commands, self.app, self.options.partners)
         self._write_data(self.workspace / DATA_DIR)
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True)
@@ -228,7 +232,7 @@ class LocalFederation:
     def ports(self) -> list[int]:
         """Every port the federation listens on."""
         first = self.options.supernode_port
-        return [self.options.superlink_port,
+        return [self.options.superlink_port, self.commands.registry_port,
                 *range(first, first + len(self.options.partners))]
 
     # -- processes ----------------------------------------------------------------------------
@@ -272,7 +276,10 @@ class LocalFederation:
                 stderr=f"{_text(exc.stderr)}`{shell_line(args)}` timed out after {timeout:g} s\n")
 
     def start_superlink(self, timeout: float = 60) -> None:
-        """Start the SuperLink and wait until it accepts connections."""
+        """Start the app registry, then the SuperLink; wait until both accept connections."""
+        self._spawn("app-registry", self.commands.app_serve(self.options.partners))
+        self._wait("the app registry to listen", lambda: not port_is_free(
+            self.commands.registry_port), timeout, watch=["app-registry"])
         self._spawn("superlink", self.commands.superlink())
         self._wait("the SuperLink to listen", lambda: not port_is_free(
             self.options.superlink_port), timeout, watch=["superlink"])
@@ -362,7 +369,7 @@ class LocalFederation:
                  f"seed={o.seed} sim-pooled-eval=true "
                  f"secure-aggregation={str(o.secure_aggregation).lower()} ")
         extra += f"{o.extra_run_config} {extra_run_config}"
-        return self.commands.run(str(self.app), o.rounds, o.min_partners, extra.strip())
+        return self.commands.run(app_spec(self.app), o.rounds, o.min_partners, extra.strip())
 
     def start_run(self, extra_run_config: str = "") -> subprocess.Popen:
         """Submit the run with `flwr run` (streams its log to logs/flwr-run.log)."""

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from common.config import PartnerConfig, RunConfig
 from common.outputs import RECEIPTS_FILE
 from common.privacy.accounting import SubsampledGaussianEvent, composed_epsilon
 from common.privacy.ledger import read_lines
-from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line
+from simulations.deploy.commands import FEDERATION, FederationCommands, shell_line, signed_app
 from simulations.deploy.demo import run_demo
 from simulations.deploy.local import DemoOptions, LocalFederation, processes_marked
 from simulations.deploy.pki import write_supernode_auth_keys
@@ -157,6 +158,35 @@ def test_flwr_cli_without_the_ca_cannot_reach_the_superlink(federation, tmp_path
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
+def test_supernodes_run_only_the_app_their_partner_signed(federation) -> None:
+    """The signed bundle ran (fixture); the same app sent as a path, with no signatures (what a
+    coordinator replacing the partners' code would send), is refused by every SuperNode before
+    any ClientApp starts."""
+    fed, report = federation
+    assert report["status"] == "completed"
+    for partner in fed.options.partners:
+        args = fed.supernode_command(partner)
+        assert args[args.index("--trusted-entities") + 1].startswith(
+            fed.commands.partner_dir(partner))
+    ledgers = {p: p.read_bytes() for p in fed.ledger_paths()}
+    logs = {p: len(fed.log_tail(p, 10**6)) for p in fed.options.partners}
+    fresh = replace(fed.commands, work=str(fed.workspace / "unsigned"))  # new receipts log
+    args = [a for a in fresh.run(str(fed.app), 1, 3, "wait-for-partners=5.0") if a != "--stream"]
+    done = fed.flwr(args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    refusal = "App verification is not supported by the connected SuperLink"
+    try:
+        fed._wait("every SuperNode to refuse the unsigned app", lambda: all(
+            refusal in fed.log_tail(p, 10**6)[logs[p]:] for p in fed.options.partners), 120,
+            watch=["superlink", *fed.options.partners])
+    finally:
+        run_id = next((w for w in done.stdout.split() if w.isdigit()), "")
+        if run_id:
+            fed.flwr(["flwr", "stop", run_id, FEDERATION])
+    assert {p: p.read_bytes() for p in fed.ledger_paths()} == ledgers  # nothing trained
+    assert fed.online_nodes() == 3
+
+
 def test_teardown_leaves_no_process_behind(federation) -> None:
     fed, _ = federation
     assert processes_marked(fed.mark)
@@ -173,9 +203,12 @@ def test_partner_guide_runs_the_commands_the_demo_runs() -> None:
                                   partners="$PARTNER_HOME", schema="$DATA/schema.toml")
     everyone = ["lender", "ecommerce", "bank"]
     expected = [commands.keys_new("lender"), commands.init(everyone, "$RECEIVED"),
+                commands.app_key("lender"), commands.app_trust("lender"),
+                commands.app_sign("lender", "$PARTNER_HOME/lender/fedcredit.fab"),
+                commands.app_build("."), commands.app_serve(everyone, "$RECEIVED"),
                 commands.superlink(), commands.register("lender"),
-                commands.supernode("lender", 9094, 3.0, 1e-5), commands.run(".", 3, 2),
-                commands.audit(everyone)]
+                commands.supernode("lender", 9094, 3.0, 1e-5),
+                commands.run(signed_app(), 3, 2), commands.audit(everyone)]
     for args in expected:
         assert shell_line(args) in guide, shell_line(args)
     assert commands.flwr_config().strip() in guide

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from common.privacy.crypto import fingerprint, load_private_key, load_public_keys
 from simulations.cli import app
-from simulations.deploy.commands import FederationCommands, shell_line
+from simulations.deploy.appsign import app_spec
+from simulations.deploy.commands import FederationCommands, shell_line, signed_app
 from simulations.deploy.demo import _commands
 from simulations.deploy.local import DemoOptions, LocalFederation
 
@@ -152,12 +153,16 @@ def test_init_prints_the_commands_the_guide_and_the_demo_use(tmp_path: Path) -> 
     printed = "\n".join(line.strip() for line in result.output.splitlines())
     expected = [commands.keys_new("lender"), commands.keys_new("bank"),
                 commands.superlink(), commands.register("lender"), commands.register("bank"),
-                commands.run(".", 3, 2), commands.supernode("lender", 9094, 3.0, 1e-5),
+                commands.run(signed_app(), 3, 2), commands.supernode("lender", 9094, 3.0, 1e-5),
                 commands.supernode("bank", 9094, 3.0, 1e-5),
-                commands.audit(["lender", "bank"])]
+                commands.audit(["lender", "bank"]), commands.app_build("."),
+                commands.app_serve(["lender", "bank"], "$RECEIVED"), commands.app_key("bank"),
+                commands.app_trust("bank"), commands.app_sign("bank", "$PARTNER_HOME/bank/"
+                                                              "fedcredit.fab")]
     for args in expected:
         assert shell_line(args) in printed, shell_line(args)
-    assert "schema-path='$DATA/schema.toml'" in shell_line(commands.run(".", 3, 2))
+    assert "schema-path='$DATA/schema.toml'" in shell_line(commands.run(signed_app(), 3, 2))
+    assert signed_app() == app_spec(Path(__file__).parents[3])  # the bundle `app build` makes
     for line in commands.flwr_config().splitlines():
         assert line.strip() in printed
 

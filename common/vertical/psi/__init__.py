@@ -64,9 +64,10 @@ them, as with any PSI; it could align any of P's positions, in any order; nobody
 followed the protocol; a relay colluding with the lender can do what the lender can), set sizes
 (no padding), and timing side channels in the hashing of one's own IDs. A relay that makes up
 or alters a blinded set or a reply gets a refusal, not an answer (step 6): it cannot probe a
-party's customer set with IDs it guesses. It can still drop, delay or replay a signed message;
-a replayed one is of the same session and partner (the digest names both), and each party
-answers or matches once per run.
+party's customer set with IDs it guesses. It can still drop, delay or replay a signed message:
+one verifies only for the partner and session it was signed for (a replayed blinded set, even
+into a later run, is the lender's genuine one, meaningless without that session's key), and each
+party answers or matches once per run.
 
 Modules: `ids` (inputs), `curve` (hashing and blinding), `messages` (what crosses), `auth` (the
 signatures of step 6), `parties` (the lender and a passive party), `in_memory` (all parties in

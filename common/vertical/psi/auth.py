@@ -10,8 +10,9 @@ up to and including the message it sends: the lender its blinded set, a passive 
 set it answers chained with its reply. The receiver recomputes that digest from what it received
 (the lender: chained onto what it sent) and checks the signature against the sender's public key
 in the federation's keys before it blinds or matches anything. The digest names the message kind,
-run id, sender and recipient, so a signed message verifies in no other run, for no other partner
-and as the answer to no other blinded set.
+run id, sender and recipient, so a signed message verifies for no other partner, as no other kind
+and as the answer to no other blinded set. Replayed whole (an earlier run's blinded set, say) it
+is still the lender's genuine set, whose values mean nothing without that session's key.
 """
 
 from __future__ import annotations

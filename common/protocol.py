@@ -182,6 +182,9 @@ NUM_ALIGNED = "num-aligned"
 # The digest of one partner's PSI session (blinded set, reply, alignment; `common.vertical.psi.
 # transcript_digest`): in the lender's sealed split, and in the partner's alignment state.
 PSI_TRANSCRIPT = "psi-transcript"
+# In a blinded set's or reply's `PSI` record: its sender's Ed25519 signature of its session digest
+# up to that message (`common.vertical.psi.sign_session`); checked before the message is used.
+PSI_SIGNATURE = "psi-signature"
 STEP = "step"  # `FIT_TOPS` fits the stacked tops; then the fine-tuning step from 0
 FIT_TOPS = -1
 BATCH = "batch"  # positions of the next batch among the training rows (also `info` of `VFL_TOP`)
@@ -206,7 +209,8 @@ _SETTING_SEPARATOR = "/"
 VERTICAL_REFUSAL_CODE = 4031
 
 # The parties' end-to-end channel (`common.vertical.channel`); every party-to-party payload but
-# the PSI's blinded values travels sealed, so the coordinator relays ciphertext it cannot read.
+# the PSI's messages travels sealed, so the coordinator relays ciphertext it cannot read (the
+# blinded sets and replies are signed, `PSI_SIGNATURE`; the alignment is vouched for in the split).
 # `CHANNEL`: signed ephemeral keys by party name, in the `query.psi_open` reply (the lender's),
 # the `query.psi_respond` instruction (the lender's) and reply (the passive party's), and the
 # `query.psi_finish` instruction (both passive parties'). `SEALED`: sealed blobs, a list per
@@ -285,9 +289,10 @@ VOUCHERS = "vouchers"
 TEST_SHARE_REFUSED = ("the lender's split puts {num_test} of {num_aligned} aligned customers in "
                       "the test set, whose embeddings leave without DP: more than its node config "
                       "'max-test-fraction' = {cap:g} allows")
-ALIGNMENT_REFUSED = ("the PSI messages the coordinator relayed (the lender's blinded set, our "
-                     "reply or our alignment) are not the ones the lender sent and received, by "
-                     "its sealed split; this alignment is refused")
+ALIGNMENT_REFUSED = ("the PSI alignment the coordinator relayed is not the one the lender sent, "
+                     "by its sealed split; this alignment is refused")
+PSI_NOT_AUTHENTIC = ("the PSI message relayed as {sender}'s is not signed by {sender} for this "
+                     "session (made up or altered on the way); it is neither answered nor matched")
 NOT_SCORING = "the lender does not score customers in this run, so it answers no scoring request"
 VOUCHERS_SPENT = ("it answered its maximum of {cap} scoring requests in this run (node config "
                   "'max-vouchers')")

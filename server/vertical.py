@@ -1,10 +1,11 @@
 """The coordinator of a vertical run: holds no data, relays each party's messages to the others.
 
 Every step is one `grid.send_and_receive` round of the message types `common.protocol` lists:
-the PSI (records of blinded values only, with the parties' signed channel keys), the split,
-stage 1 labels, stages 2-3 released embeddings, stage 5 test embeddings, stage 4 and the
-metrics, in non-private mode the fine-tuning rounds, then the scoring of `vertical-score-ids`.
-Every party-to-party payload but the PSI's blinded values is sealed end to end between the two
+the PSI (records of blinded values only, signed by their senders, with the parties' signed
+channel keys), the split, stage 1 labels, stages 2-3 released embeddings, stage 5 test
+embeddings, stage 4 and the metrics, in non-private mode the fine-tuning rounds, then the
+scoring of `vertical-score-ids`.
+Every party-to-party payload but the PSI's messages is sealed end to end between the two
 parties (`common.vertical.channel`): the coordinator forwards ciphertext, and reads only sizes,
 the customer IDs it asks to score, the ε figures and mechanism parameters, and what the lender
 releases to it (its evaluation and scores, each only when the lender's node config allows).
@@ -184,8 +185,8 @@ def _with_sealed(
 
 
 def run_psi(relay: Relay, run_id: str) -> dict[str, Any]:
-    """PSI, channel keys and split through the coordinator: it relays blinded records, signed
-    ephemeral keys, alignment positions and the sealed split, and learns sizes only."""
+    """PSI, channel keys and split through the coordinator: it relays signed blinded records,
+    signed ephemeral keys, alignment positions and the sealed split, and learns sizes only."""
     opened = relay.ask(PSI_OPEN, {LENDER: _config({PSI_RUN_ID: run_id})})
     records = opened[LENDER].content.config_records
     replies = relay.ask(

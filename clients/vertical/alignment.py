@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Message
 
 from clients.vertical.base import PASSIVE_ROLE, PartyBase
 from common.data.scenarios import LENDER, PASSIVE
-from common.errors import ChannelError, Refusal
+from common.errors import ChannelError, PsiError, Refusal
 from common.privacy.randomness import split_key
 from common.protocol import (
     ALIGN_STATE,
@@ -21,7 +21,9 @@ from common.protocol import (
     PARTY,
     PSI,
     PSI_FINISH,
+    PSI_NOT_AUTHENTIC,
     PSI_RUN_ID,
+    PSI_SIGNATURE,
     PSI_STATE,
     PSI_TRANSCRIPT,
     ROWS,
@@ -46,17 +48,38 @@ from common.vertical.psi import (
     Alignment,
     LenderParty,
     PassiveParty,
+    PsiMessage,
     message_from_record,
     message_to_record,
+    sign_session,
+    transcript_digest,
+    verify_session,
 )
 
 SPLIT_MODE = ""  # the split serves every mode: its sealed payload is bound to none
 
 
+def signed_record(message: PsiMessage, signature: bytes) -> ConfigRecord:
+    """The `PSI` record of a blinded set or reply, with its sender's signature of the session."""
+    return ConfigRecord({**message_to_record(message), PSI_SIGNATURE: signature})
+
+
 class AlignmentHandlers(PartyBase):
     """`query.vfl_hello`, the PSI (`query.psi_*`) and `query.vfl_split`. The end-to-end channels
     are set up inside the PSI messages: the lender's signed channel key goes out with its blinded
-    sets, each passive party's comes back with its reply."""
+    sets, each passive party's comes back with its reply. Neither end has the other's channel
+    key when it must use a blinded set or reply, so each of those carries its sender's signature
+    of the session (`common.vertical.psi.auth`), checked before anything is blinded or matched."""
+
+    def authentic(
+        self, keys: ChannelKeys, record: ConfigRecord, sender: str, digest: bytes
+    ) -> None:
+        """Refuse, with the fixed `PSI_NOT_AUTHENTIC`, unless `sender` signed `digest`: the
+        session as we would have it with this message, which the coordinator relayed."""
+        try:
+            verify_session(keys, sender, digest, record.get(PSI_SIGNATURE))
+        except PsiError as exc:
+            raise Refusal(f"{self.name}: {PSI_NOT_AUTHENTIC.format(sender=sender)}") from exc
 
     def hello(self) -> Message:
         """Who this node is."""
@@ -69,23 +92,32 @@ class AlignmentHandlers(PartyBase):
         lender = LenderParty(
             LENDER, self.data.ids, run_id=str(self.config[PSI_RUN_ID]), partners=list(PASSIVE)
         )
-        records = {
-            party_record(PSI, p): ConfigRecord(message_to_record(lender.open_session(p)))
-            for p in PASSIVE
-        }
+        keys = self.channel_keys()
+        records = {}
+        for p in PASSIVE:
+            opening = lender.open_session(p)
+            signature = sign_session(keys, lender.session_digest(p))
+            records[party_record(PSI, p)] = signed_record(opening, signature)
         channels = Channels(self.name, lender.run_id)
-        signed = channels.start(self.channel_keys())
+        signed = channels.start(keys)
         self.save_channels(channels)
         self.context.state[PSI_STATE] = ConfigRecord({**lender.session_state(), RUN: lender.run_id})
         return self.reply({**records, CHANNEL: ConfigRecord({self.name: signed})})
 
     def psi_respond(self) -> Message:
-        """Passive: blind our IDs and the lender's once more; keep our secret order."""
+        """Passive: blind our IDs and the lender's once more, only if the lender signed that
+        blinded set (a made-up one would make our reply a membership oracle); keep our secret
+        order."""
         self.require(PASSIVE_ROLE)
+        record = self.msg.content.config_records.get(PSI)
+        if record is None:
+            raise Refusal(f"{self.name}: no blinded set to answer")
+        opening = message_from_record(dict(record))
+        keys = self.channel_keys()
+        self.authentic(keys, record, LENDER, transcript_digest(opening))
         self.once(STEP_PSI)
-        opening = message_from_record(dict(self.msg.content.config_records[PSI]))
         party = PassiveParty(self.name, self.data.ids, run_id=opening.run_id, lender=LENDER)
-        keys, channels = self.channel_keys(), Channels(self.name, opening.run_id)
+        channels = Channels(self.name, opening.run_id)
         signed = channels.start(keys)
         self.connect(channels, [LENDER], keys)
         answer = party.respond(opening)
@@ -94,7 +126,7 @@ class AlignmentHandlers(PartyBase):
         )
         return self.reply(
             {
-                PSI: ConfigRecord(message_to_record(answer)),
+                PSI: signed_record(answer, sign_session(keys, party.transcript)),
                 CHANNEL: ConfigRecord({self.name: signed}),
             }
         )
@@ -119,10 +151,19 @@ class AlignmentHandlers(PartyBase):
         state = dict(self.context.state.config_records[PSI_STATE])
         lender = LenderParty(LENDER, self.data.ids, run_id=str(state[RUN]), partners=list(PASSIVE))
         lender.restore_sessions(state)
-        self.connect(self.channels(), list(PASSIVE), self.channel_keys())
+        keys = self.channel_keys()
         records = self.msg.content.config_records
-        for p in PASSIVE:
-            lender.receive(message_from_record(dict(records[party_record(PSI, p)])))
+        replies = []
+        for p in PASSIVE:  # every reply checked before any is matched
+            record = records.get(party_record(PSI, p))
+            if record is None:
+                raise Refusal(f"{self.name}: no PSI reply of {p}")
+            reply = message_from_record(dict(record))
+            self.authentic(keys, record, p, transcript_digest(reply, lender.session_digest(p)))
+            replies.append(reply)
+        self.connect(self.channels(), list(PASSIVE), keys)
+        for reply in replies:
+            lender.receive(reply)
         alignments = lender.finish()
         order = lender_row_order(lender.aligned_rows or [])
         aligned = np.asarray(lender.aligned_rows, dtype=int)[order]

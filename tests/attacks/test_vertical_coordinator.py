@@ -1,12 +1,14 @@
 """A malicious coordinator against the vertical parties (issue 21, findings 3 and 4; review
-finding 5).
+findings 5 and 6).
 
 The coordinator controls the run config and the message order, so it plays: (a) its own test
 fraction (0.9) and split seed, to get most customers' features to the lender as clean, non-DP
 test embeddings; (b) scoring requests for 20 chosen customers, to learn from each passive
 party's answer or refusal which party knows whom; (c) rewritten PSI messages (the alignment it
 relays, or a passive party's reply), to choose which of a passive party's rows sit at the
-lender's test positions. Each attack runs the real coordinator code
+lender's test positions; (d) PSI messages of its own making (a blinded set sent to a passive
+party as the lender's, a reply sent to the lender as a passive party's), to learn which of its
+guessed customer IDs a party knows. Each attack runs the real coordinator code
 (`server.vertical`: `Relay`, `run_psi`, `run_private`) against the real party ClientApps
 (`tests.vertical_helpers.VerticalGrid`), deployed parties on their own small tables
 (`tests.common.vertical.own_tables`, 240 customers) unless a test says simulated.
@@ -14,6 +16,7 @@ lender's test positions. Each attack runs the real coordinator code
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,13 +30,20 @@ from common.errors import PartyError
 from common.protocol import (
     ALIGN_STATE,
     ALIGNED,
+    CHANNEL,
     CONFIG,
     CUSTOMER,
     DP,
+    INFO,
     MODE,
+    NUM_ALIGNED,
     PSI,
     PSI_ALIGN,
     PSI_FINISH,
+    PSI_OPEN,
+    PSI_RESPOND,
+    PSI_RUN_ID,
+    PSI_STATE,
     SCORE,
     SEALED,
     TEST,
@@ -42,7 +52,17 @@ from common.protocol import (
     party_record,
 )
 from common.vertical.parties import load_party_csv
-from common.vertical.psi import POINT_SIZE, new_run_id
+from common.vertical.psi import (
+    POINT_SIZE,
+    BlindedSet,
+    PassiveReply,
+    blind,
+    generate_blinding_key,
+    hash_to_point,
+    message_from_record,
+    message_to_record,
+    new_run_id,
+)
 from server.vertical import Relay, run_private, run_psi
 from tests.common.vertical.own_tables import ID_COLUMNS, OwnTables, customer_ref, write_own_tables
 from tests.flower_helpers import set_task_identity
@@ -281,21 +301,135 @@ class RewritingGrid(VerticalGrid):
 
 @pytest.mark.parametrize(
     "rewrite",
-    [{"alignment": _reversed}, {"alignment": _one_outside}, {"reply": _swapped_reply}],
-    ids=["alignment-reversed", "alignment-one-outside", "reply-swapped"],
+    [{"alignment": _reversed}, {"alignment": _one_outside}],
+    ids=["alignment-reversed", "alignment-one-outside"],
 )
 def test_passive_parties_refuse_an_alignment_the_lender_did_not_send(
     tables: OwnTables, tmp_path: Path, rewrite: dict
 ) -> None:
-    """The coordinator relays the alignment (and the PSI before it) in clear and knows its
-    length; whatever it rewrites, the bank checks the PSI session it saw against the lender's
-    sealed account of it and refuses the split, so it never holds test positions."""
+    """The coordinator relays the alignment in clear and knows its length; whatever it
+    rewrites, the bank checks the PSI session it saw against the lender's sealed account of it
+    and refuses the split, so it never holds test positions. (A rewritten reply is refused
+    earlier, by the lender: see (d).)"""
     grid, relay = _grid(tmp_path, tables, 5, grid_class=RewritingGrid)
     for name, rewriter in rewrite.items():
         setattr(grid, name, rewriter)
-    with pytest.raises(PartyError, match="bank: .*not the ones the lender"):
+    with pytest.raises(PartyError, match="bank: .*not the one the lender sent"):
         run_psi(relay, new_run_id())
     assert TEST not in grid.context_of("bank").state.config_records.get(ALIGN_STATE, {})
     # relayed honestly, the same parties align and split
     grid, relay = _grid(tmp_path / "honest", tables, 5, grid_class=RewritingGrid)
     assert run_psi(relay, new_run_id())["num_test"] > 0
+
+
+# ---------------------------------------------------------------------- (d) made-up PSI messages
+
+
+def _guesses(tables: OwnTables) -> list[str]:
+    """8 customer IDs the coordinator guesses: 4 every party knows, 4 nobody knows."""
+    return [customer_ref(k) for k in sorted(tables.common)[:4]] + [
+        customer_ref(1000 + k) for k in range(4)
+    ]
+
+
+def _blinded(key: object, run_id: str, customers: list[str]) -> tuple[bytes, ...]:
+    """c·H(g) for each guessed ID g, under the coordinator's own key c."""
+    return tuple(blind(key, [hash_to_point(g, run_id) for g in customers]))  # type: ignore[arg-type]
+
+
+def _made_up_set(lenders: ConfigRecord, run_id: str, guesses: list[str], key: object) -> None:
+    """The lender's blinded set for the bank replaced by the coordinator's own c·H(g)."""
+    forged = BlindedSet(run_id, LENDER, "bank", _blinded(key, run_id, guesses))
+    lenders.clear()
+    lenders.update(message_to_record(forged))
+
+
+def _one_item_swapped(lenders: ConfigRecord, run_id: str, guesses: list[str], key: object) -> None:
+    """The lender's own blinded set for the bank, its first item replaced by c·H(g), g the
+    first guess: a set that looks like the lender's, with one probe inside."""
+    items = bytes(lenders["items"])
+    lenders["items"] = _blinded(key, run_id, guesses[:1])[0] + items[POINT_SIZE:]
+
+
+def _learned(reply: Message, key: object, guesses: list[str]) -> list[str]:
+    """Which guesses the bank knows, from its reply: c·(b·H(y)) equals b·(c·H(g)) iff g = y."""
+    answer = message_from_record(dict(reply.content.config_records[PSI]))
+    assert isinstance(answer, PassiveReply)
+    known = set(blind(key, answer.items))  # type: ignore[arg-type]
+    return [g for g, value in zip(guesses, answer.reblinded, strict=False) if value in known]
+
+
+@pytest.mark.parametrize("forge", [_made_up_set, _one_item_swapped], ids=["made-up", "one-item"])
+def test_a_passive_party_answers_no_blinded_set_the_lender_did_not_send(
+    tables: OwnTables, tmp_path: Path, forge: Callable[..., None]
+) -> None:
+    """The coordinator sends the bank, as the lender's, blinded IDs it made up with its own key
+    (with the lender's genuine channel key): were they answered, the reply would tell it which
+    guessed IDs the bank knows. The bank refuses; no re-blinded value leaves it, no PSI session
+    is kept, and the same parties still run the PSI when it relays honestly."""
+    grid, relay = _grid(tmp_path, tables, 6)
+    run_id, guesses, key = new_run_id(), _guesses(tables), generate_blinding_key()
+    opened = relay.ask(PSI_OPEN, {LENDER: RecordDict({CONFIG: ConfigRecord({PSI_RUN_ID: run_id})})})
+    records = opened[LENDER].content.config_records
+    lenders = records[party_record(PSI, "bank")]
+    forge(lenders, run_id, guesses, key)
+    content = RecordDict({PSI: lenders, CHANNEL: records[CHANNEL]})
+    reply = relay.ask(PSI_RESPOND, {"bank": content}, True)["bank"]
+    learned = [] if reply.has_error() else _learned(reply, key, guesses)
+    assert reply.has_error(), f"the coordinator learned that the bank knows {learned}"
+    assert re.search(r"bank: .*not signed by lender", reply.error.reason)
+    assert PSI_STATE not in grid.context_of("bank").state.config_records
+    grid, relay = _grid(tmp_path / "honest", tables, 6)
+    assert run_psi(relay, new_run_id())["num_aligned"] == len(tables.common)
+
+
+def _made_up_reply(
+    reply: ConfigRecord, lenders: ConfigRecord, run_id: str, guesses: list[str], key: object
+) -> None:
+    """The bank's reply replaced by the coordinator's: its own c·H(g) as the bank's IDs, and the
+    lender's blinded set (relayed in clear) blinded with c."""
+    blinded = message_from_record(dict(lenders))
+    assert isinstance(blinded, BlindedSet)
+    forged = PassiveReply(
+        run_id,
+        "bank",
+        LENDER,
+        _blinded(key, run_id, guesses),
+        tuple(blind(key, blinded.items)),  # type: ignore[arg-type]
+    )
+    reply.clear()
+    reply.update(message_to_record(forged))
+
+
+def _swapped(reply: ConfigRecord, *_: object) -> None:
+    """The bank's genuine reply, its first two blinded IDs swapped: the lender's alignment would
+    map each of those two customers to the other's row."""
+    _swapped_reply(reply)
+
+
+@pytest.mark.parametrize("forge", [_made_up_reply, _swapped], ids=["made-up", "swapped"])
+def test_the_lender_uses_no_reply_the_passive_party_did_not_send(
+    tables: OwnTables, tmp_path: Path, forge: Callable[..., None]
+) -> None:
+    """The coordinator relays the bank's reply to the lender rewritten: made up from its own
+    key (the aligned count would then tell it how many of its guessed IDs the lender and the
+    e-commerce party know) or with two items swapped (to misalign two customers). The lender
+    refuses before matching: no alignment, no count, no PSI session left to finish."""
+    grid, relay = _grid(tmp_path, tables, 7)
+    run_id, guesses, key = new_run_id(), _guesses(tables), generate_blinding_key()
+    opened = relay.ask(PSI_OPEN, {LENDER: RecordDict({CONFIG: ConfigRecord({PSI_RUN_ID: run_id})})})
+    records = opened[LENDER].content.config_records
+    contents = {
+        p: RecordDict({PSI: records[party_record(PSI, p)], CHANNEL: records[CHANNEL]})
+        for p in PASSIVE
+    }
+    replies = relay.ask(PSI_RESPOND, contents)
+    psi = {p: replies[p].content.config_records[PSI] for p in PASSIVE}
+    forge(psi["bank"], records[party_record(PSI, "bank")], run_id, guesses, key)
+    keys = ConfigRecord({p: replies[p].content.config_records[CHANNEL][p] for p in PASSIVE})
+    content = RecordDict({**{party_record(PSI, p): psi[p] for p in PASSIVE}, CHANNEL: keys})
+    finished = relay.ask(PSI_FINISH, {LENDER: content}, True)[LENDER]
+    count = None if finished.has_error() else finished.content.config_records[INFO][NUM_ALIGNED]
+    assert finished.has_error(), f"the lender aligned {count} customers of the forged reply"
+    assert re.search(r"lender: .*not signed by bank", finished.error.reason)
+    assert ALIGN_STATE not in grid.context_of(LENDER).state.config_records

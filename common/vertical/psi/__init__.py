@@ -21,11 +21,15 @@ Protocol, for each passive party P with the lender L (P's IDs Y, L's IDs X, run 
    positions back through its secret shuffle to its own rows.
 6. Both ends chain the session's three messages into one digest (`transcript_digest`: SHA-256 of
    the blinded set, then the reply, then the alignment, each as its sender built it). The PSI
-   messages travel unauthenticated through the coordinator; the lender sends its digest of each
-   partner's session inside the sealed, authenticated split (`common.vertical.channel`), and the
-   partner refuses the alignment unless it matches its own: a relay that rewrote the alignment
-   (reordered it, put in a row outside the intersection) or the blinded set or reply it derives
-   from is caught before any row is used.
+   messages travel in clear through the coordinator, so they are authenticated by that digest
+   (`auth`): the lender signs its digest after the blinded set, P its digest after the reply,
+   each with its Ed25519 ledger key, and the receiver checks the signature against the sender's
+   public key in the federation's keys before it blinds (P) or matches (L) a single value. The
+   lender sends its digest after the alignment inside the sealed, authenticated split
+   (`common.vertical.channel`), and P refuses the alignment unless it matches its own: a relay
+   that made up or rewrote the blinded set or the reply is refused before it is used, one that
+   rewrote the alignment (reordered it, put in a row outside the intersection) before any
+   aligned row is used.
 
 "a·Q" is `X25519PrivateKey.exchange`: the Montgomery ladder with the clamped scalar a on the
 u-coordinate of Q. Clamped scalars are multiples of 8, so a·H(x) lies in the prime-order subgroup,
@@ -57,15 +61,20 @@ intersection, or that the order is random; only the lender learns which items ma
 
 Not covered: malicious parties (a lender could put guessed IDs in X and learn whether P knows
 them, as with any PSI; it could align any of P's positions, in any order; nobody proves it
-followed the protocol), set sizes (no padding), and timing side channels in the hashing of one's
-own IDs. A relay that alters the blinded set or the reply is caught at step 6, but only after
-the altered message was answered or matched: what the PSI values themselves reveal (e.g. P's
-reply to a blinded set the relay made up) is not prevented.
+followed the protocol; a relay colluding with the lender can do what the lender can), set sizes
+(no padding), and timing side channels in the hashing of one's own IDs. A relay that makes up
+or alters a blinded set or a reply gets a refusal, not an answer (step 6): it cannot probe a
+party's customer set with IDs it guesses. It can still drop, delay or replay a signed message:
+one verifies only for the partner and session it was signed for (a replayed blinded set, even
+into a later run, is the lender's genuine one, meaningless without that session's key), and each
+party answers or matches once per run.
 
-Modules: `ids` (inputs), `curve` (hashing and blinding), `messages` (what crosses), `parties`
-(the lender and a passive party), `in_memory` (all parties in one process).
+Modules: `ids` (inputs), `curve` (hashing and blinding), `messages` (what crosses), `auth` (the
+signatures of step 6), `parties` (the lender and a passive party), `in_memory` (all parties in
+one process, no relay, so nothing to sign).
 """
 
+from common.vertical.psi.auth import sign_session, verify_session
 from common.vertical.psi.curve import (
     DOMAIN_TAG,
     LOW_ORDER_U,
@@ -95,5 +104,5 @@ __all__ = [
     "PassiveParty", "PassiveReply", "PsiMessage", "PsiRun", "blind", "customer_id",
     "generate_blinding_key", "hash_to_point", "is_on_curve", "message_from_record",
     "message_to_record", "new_run_id", "pack_points", "run_psi_in_memory", "sample_known_ids",
-    "transcript_digest", "unpack_points", "validate_ids",
+    "sign_session", "transcript_digest", "unpack_points", "validate_ids", "verify_session",
 ]

@@ -160,6 +160,13 @@ class LenderParty(_Party):
                           tuple(self._sessions[partner].matches[row] for row in rows))
                 for partner in self.partners]
 
+    def session_digest(self, partner: str) -> bytes:
+        """The digest of `partner`'s session so far: after `open_session`, what we sign with the
+        blinded set; before `receive`, what the partner's signed digest of its reply chains onto."""
+        session = self._sessions.get(partner)
+        if session is None:
+            raise PsiError(f"{self.name}: no open session with {partner!r}")
+        return session.transcript
 
     def transcript(self, alignment: Alignment) -> bytes:
         """The digest of the recipient's whole session: our blinded set, its reply as we received

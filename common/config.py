@@ -272,12 +272,14 @@ def _optional_number(node: Mapping[str, Any], key: str, default: Any) -> Any:
     return _node_number(node, key) if key in node else default
 
 
-def _node_flag(node: Mapping[str, Any], key: str) -> bool:
-    """An optional true/false node config key (absent: false)."""
-    value = str(node.get(key, False)).strip().lower()
-    if value not in ("true", "false"):
-        raise ValueError(f"node config key '{key}' must be true or false, got {node[key]!r}")
-    return value == "true"
+def node_flag(node: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """An optional true/false node config key (a bool, or the text true/false)."""
+    value = node.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"node config key '{key}' must be true or false, got {value!r}")
 
 
 def _node_number(node: Mapping[str, Any], key: str) -> float:
@@ -397,7 +399,7 @@ class PartnerConfig:
                    ledger_path=str(node["ledger-path"]), signing_key=str(node["signing-key"]),
                    count_epsilon_share=share, odometer_path=str(node.get("odometer-path", "")),
                    lifetime_epsilon=lifetime, test_fraction=test_fraction,
-                   release_metrics=_node_flag(node, "release-metrics"),
+                   release_metrics=node_flag(node, "release-metrics"),
                    limits=PartnerLimits.from_node_config(node),
                    local_report_path=str(node.get("local-report-path", "")).strip(),
                    id_column=str(node.get("id-column", "")).strip())

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import PartnerConfig, RunConfig
+from common.config import PartnerConfig, RunConfig, node_flag
 from common.learning.training import TrainSettings
 from common.privacy.accounting import check_budget
 
@@ -79,15 +79,6 @@ MAX_TEST_FRACTION_KEY = "max-test-fraction"
 MAX_VOUCHERS_KEY = "max-vouchers"
 RELEASE_EVALUATION = "release-evaluation"
 RELEASE_SCORES = "release-scores"
-
-
-def _node_flag(node: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = node.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValueError(f"node config key '{key}' must be true or false, got {value!r}")
 
 
 def _node_count(node: Mapping[str, Any], key: str, default: int) -> int:
@@ -173,8 +164,8 @@ class VerticalNodeConfig:
             signing_key=signing_key,
             federation_keys=federation_keys,
             max_scored_customers=_node_count(node, MAX_SCORED_KEY, MAX_SCORED_CUSTOMERS),
-            release_evaluation=_node_flag(node, RELEASE_EVALUATION, simulated),
-            release_scores=_node_flag(node, RELEASE_SCORES, simulated),
+            release_evaluation=node_flag(node, RELEASE_EVALUATION, simulated),
+            release_scores=node_flag(node, RELEASE_SCORES, simulated),
             test_fraction=test_fraction,
             max_test_fraction=_node_fraction(node, MAX_TEST_FRACTION_KEY, MAX_TEST_FRACTION),
             max_vouchers=_node_count(node, MAX_VOUCHERS_KEY, MAX_VOUCHERS),
